@@ -1,0 +1,448 @@
+//! The token cache: one entry per token request name in a `moka` cache, filled from the IdP on
+//! demand and refreshed ahead of expiry by one background task per name.
+//!
+//! Every IdP call for a name runs inside moka's per-key `and_try_compute_with`, which runs
+//! computations for one key strictly one after another. Each computation first looks at the
+//! entry it is handed: if a concurrent caller already stored a usable token, it keeps it and
+//! calls nothing. So any number of concurrent readers of a cold name cause one IdP call.
+//!
+//! Failures never remove an entry: a token stays in the cache (and its file stays on disk) until
+//! a new one replaces it. After a failure the name backs off (exponential, jittered, at least the
+//! IdP's `Retry-After`); readers arriving during the back-off get the last error at once instead
+//! of queueing up behind fresh IdP calls, and the refresher sleeps until it ends.
+//!
+//! When to refresh is [`RefreshPolicy`], a pure function of the token's lifetime and a random
+//! draw, so a fleet of pods that started together spreads its refreshes out.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+use moka::ops::compute::{CompResult, Op};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument as _;
+
+use crate::config::TokenRequest;
+use crate::idp::{Idp, IdpError};
+use crate::metrics::{Metrics, NameMetrics};
+use crate::secret::SecretResolver;
+use crate::sink::Sink;
+use crate::token::Token;
+
+/// The cached tokens by name.
+pub type Entries = moka::future::Cache<String, Arc<Token>>;
+
+/// When to refresh a token and how to back off after a failure.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RefreshPolicy {
+    /// Refresh once this fraction of the lifetime has passed…
+    pub at_fraction: f64,
+    /// …minus up to this fraction, drawn at random per refresh.
+    pub jitter: f64,
+    /// Lifetime assumed when the IdP states none and the token is not a JWT with `exp`.
+    pub default_lifetime: Duration,
+    /// First back-off after a failure.
+    pub min_backoff: Duration,
+    /// Longest back-off.
+    pub max_backoff: Duration,
+}
+
+impl Default for RefreshPolicy {
+    fn default() -> Self {
+        Self {
+            at_fraction: 0.75,
+            jitter: 0.1,
+            default_lifetime: Duration::from_secs(300),
+            min_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(60),
+        }
+    }
+}
+
+impl RefreshPolicy {
+    /// Time after issue at which to refresh a token of `lifetime`; `draw` is uniform in [0, 1).
+    pub fn refresh_after(&self, lifetime: Duration, draw: f64) -> Duration {
+        lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
+    }
+
+    /// Wait before the retry that follows failure number `attempt` (0 for the first failure):
+    /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
+    /// in [0, 1), and never shorter than the IdP's `Retry-After`.
+    pub fn backoff(&self, attempt: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
+        let exp = self.min_backoff.saturating_mul(1 << attempt.min(20)).min(self.max_backoff);
+        let jittered = exp.mul_f64(0.5 + 0.5 * draw);
+        retry_after.map_or(jittered, |r| r.max(jittered))
+    }
+}
+
+/// Why a token could not be minted.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum MintError {
+    /// The IdP (or the secret feeding it) failed.
+    #[error(transparent)]
+    Idp(#[from] IdpError),
+    /// The token was minted but its file could not be written, so it is not handed out either:
+    /// the API and the file always agree.
+    #[error("{0}")]
+    File(String),
+}
+
+impl MintError {
+    fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Self::Idp(e) => e.retry_after(),
+            Self::File(_) => None,
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self {
+            Self::Idp(e) => e.kind(),
+            Self::File(_) => "file",
+        }
+    }
+}
+
+/// Why a read gave no token.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum GetError {
+    /// No token request has this name.
+    #[error("no token request is named {0:?}")]
+    Unknown(String),
+    /// The name is known but no valid token can be had now.
+    #[error("no valid token for {name:?}: {reason}")]
+    Unavailable {
+        /// The token request name.
+        name: String,
+        /// The last failure.
+        reason: MintError,
+    },
+}
+
+/// One name's state in the status listing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// A fresh token is cached.
+    Valid,
+    /// The cached token has expired and no new one could be had yet.
+    Expired,
+    /// No token yet, and no failure either (first request in flight).
+    Pending,
+    /// No token, and the last attempt failed.
+    Failing,
+}
+
+/// One name in the status listing: never the token value.
+#[derive(Debug, Clone)]
+pub struct Status {
+    /// The token request name.
+    pub name: String,
+    /// Its state.
+    pub state: State,
+    /// When the cached token expires.
+    pub expires_at: Option<SystemTime>,
+    /// The last failure, if the last attempt failed.
+    pub last_error: Option<String>,
+}
+
+#[derive(Debug, Default)]
+struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+    last_error: Option<MintError>,
+}
+
+struct Slot {
+    request: TokenRequest,
+    metrics: NameMetrics,
+    backoff: Mutex<Backoff>,
+}
+
+/// What a fetch is for, which decides whether the cached entry is good enough.
+#[derive(Clone, Copy)]
+enum Want {
+    /// A reader: any fresh token will do; respect the back-off.
+    Fresh,
+    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did.
+    Replace { seen: Option<SystemTime> },
+}
+
+/// Tokens by name, with the machinery to mint and refresh them.
+pub struct TokenCache {
+    entries: Entries,
+    slots: HashMap<String, Slot>,
+    order: Vec<String>,
+    idp: Idp,
+    resolver: SecretResolver,
+    sink: Arc<Sink>,
+    metrics: Arc<Metrics>,
+    policy: RefreshPolicy,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding one of these small locks leaves consistent data behind.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl TokenCache {
+    /// A cache for `requests` (names are unique: config validation guarantees it).
+    pub fn new(
+        requests: Vec<TokenRequest>,
+        idp: Idp,
+        resolver: SecretResolver,
+        sink: Arc<Sink>,
+        entries: Entries,
+        metrics: Arc<Metrics>,
+        policy: RefreshPolicy,
+    ) -> Self {
+        let order = requests.iter().map(|r| r.name.clone()).collect();
+        let slots = requests
+            .into_iter()
+            .map(|request| {
+                let slot = Slot { metrics: metrics.for_name(&request.name), request, backoff: Mutex::default() };
+                (slot.request.name.clone(), slot)
+            })
+            .collect();
+        Self { entries, slots, order, idp, resolver, sink, metrics, policy }
+    }
+
+    /// An empty entries map sized for `n` names.
+    pub fn entries(n: usize) -> Entries {
+        moka::future::Cache::builder().max_capacity(n.max(1) as u64).build()
+    }
+
+    /// The configured names, in configuration order.
+    pub fn names(&self) -> &[String] {
+        &self.order
+    }
+
+    /// A fresh token for `name`, from the cache or, on a miss, from the IdP.
+    pub async fn get(&self, name: &str) -> Result<Arc<Token>, GetError> {
+        let slot = self.slots.get(name).ok_or_else(|| GetError::Unknown(name.to_string()))?;
+        if let Some(token) = self.entries.get(name).await {
+            if token.is_fresh(SystemTime::now()) {
+                slot.metrics.hits.inc();
+                return Ok(token);
+            }
+        }
+        slot.metrics.misses.inc();
+        self.fetch(slot, Want::Fresh)
+            .await
+            .map_err(|reason| GetError::Unavailable { name: name.to_string(), reason })
+    }
+
+    /// Every name's state, in configuration order.
+    pub async fn status(&self) -> Vec<Status> {
+        let now = SystemTime::now();
+        let mut out = Vec::with_capacity(self.order.len());
+        for name in &self.order {
+            let token = self.entries.get(name).await;
+            let last_error = self.slots.get(name).and_then(|s| lock(&s.backoff).last_error.as_ref().map(|e| e.to_string()));
+            let state = match (&token, &last_error) {
+                (Some(t), _) if t.is_fresh(now) => State::Valid,
+                (Some(_), _) => State::Expired,
+                (None, None) => State::Pending,
+                (None, Some(_)) => State::Failing,
+            };
+            out.push(Status { name: name.clone(), state, expires_at: token.map(|t| t.expires_at), last_error });
+        }
+        out
+    }
+
+    /// Whether every name has a fresh token; else the names that do not.
+    pub async fn ready(&self) -> Result<(), Vec<String>> {
+        let now = SystemTime::now();
+        let mut missing = Vec::new();
+        for name in &self.order {
+            match self.entries.get(name).await {
+                Some(t) if t.is_fresh(now) => {}
+                _ => missing.push(name.clone()),
+            }
+        }
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    async fn fetch(&self, slot: &Slot, want: Want) -> Result<Arc<Token>, MintError> {
+        let result = self
+            .entries
+            .entry_by_ref(slot.request.name.as_str())
+            .and_try_compute_with(|current| self.compute(slot, want, current.map(|e| e.into_value())))
+            .await?;
+        match result {
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => Ok(e.into_value()),
+            // The computation only returns Put, or Nop over an existing entry, so these cannot
+            // happen; report them as a failure rather than trusting that.
+            CompResult::StillNone(_) | CompResult::Removed(_) => {
+                Err(MintError::File("internal: cache entry vanished during refresh".into()))
+            }
+        }
+    }
+
+    /// The body of one serialized computation for a name: keep `current` if it will do, else
+    /// mint (unless backing off) and record the outcome.
+    // Boxed with an explicit lifetime: moka's higher-ranked closure bound otherwise keeps the
+    // compiler from proving the future `Send`.
+    fn compute<'a>(
+        &'a self,
+        slot: &'a Slot,
+        want: Want,
+        current: Option<Arc<Token>>,
+    ) -> Pin<Box<dyn Future<Output = Result<Op<Arc<Token>>, MintError>> + Send + 'a>> {
+        Box::pin(async move {
+            let now = SystemTime::now();
+            let usable = current.as_ref().is_some_and(|t| {
+                t.is_fresh(now)
+                    && match want {
+                        Want::Fresh => true,
+                        Want::Replace { seen } => Some(t.issued_at) != seen,
+                    }
+            });
+            if usable {
+                return Ok(Op::Nop);
+            }
+            if let Want::Fresh = want {
+                let b = lock(&slot.backoff);
+                if let (Some(until), Some(err)) = (b.not_before, &b.last_error) {
+                    if Instant::now() < until {
+                        return Err(err.clone());
+                    }
+                }
+            }
+            match self.mint(slot).await {
+                Ok(token) => {
+                    *lock(&slot.backoff) = Backoff::default();
+                    Ok(Op::Put(Arc::new(token)))
+                }
+                Err(e) => {
+                    let mut b = lock(&slot.backoff);
+                    let delay = self.policy.backoff(b.failures, rand::random(), e.retry_after());
+                    b.failures = b.failures.saturating_add(1);
+                    b.not_before = Some(Instant::now() + delay);
+                    b.last_error = Some(e.clone());
+                    let name = slot.request.name.as_str();
+                    tracing::warn!(name, error = %e, retry_in = %humantime::format_duration(delay), "token request failed");
+                    Err(e)
+                }
+            }
+        })
+    }
+
+    /// One IdP round trip plus the file write, as one traced operation.
+    async fn mint(&self, slot: &Slot) -> Result<Token, MintError> {
+        let request = &slot.request;
+        let span = tracing::info_span!("token_request", name = %request.name);
+        async {
+            let started = std::time::Instant::now();
+            let result = self.mint_inner(request).await;
+            slot.metrics.idp_latency.observe(started.elapsed().as_secs_f64());
+            self.metrics.token_request(&request.name, result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
+            if let Ok(token) = &result {
+                tracing::info!(
+                    token_type = %token.token_type,
+                    expires_in = %humantime::format_duration(Duration::from_secs(token.lifetime().as_secs())),
+                    "token minted"
+                );
+            }
+            result
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn mint_inner(&self, request: &TokenRequest) -> Result<Token, MintError> {
+        let resolver = self.resolver.clone();
+        let secret_ref = request.client_secret.clone();
+        let secret = tokio::task::spawn_blocking(move || resolver.read(&secret_ref))
+            .await
+            .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
+            .map_err(|e| IdpError::Secret(e.to_string()))?;
+        let token = self.idp.token(request, &secret).await?;
+        let sink = self.sink.clone();
+        let name = request.name.clone();
+        let value = token.access_token.clone();
+        tokio::task::spawn_blocking(move || sink.write(&name, value.expose()))
+            .await
+            .map_err(|e| MintError::File(format!("writer task failed: {e}")))?
+            .map_err(|e| MintError::File(e.to_string()))?;
+        Ok(token)
+    }
+
+    /// Keeps `name` fresh until `shutdown`: fetches now, then refreshes ahead of each expiry and
+    /// retries failures after their back-off.
+    pub async fn refresh(self: Arc<Self>, name: String, shutdown: CancellationToken) {
+        let Some(slot) = self.slots.get(&name) else { return };
+        let mut seen = None;
+        loop {
+            let delay = match self.fetch(slot, Want::Replace { seen }).await {
+                Ok(token) => {
+                    seen = Some(token.issued_at);
+                    let age = SystemTime::now().duration_since(token.issued_at).unwrap_or_default();
+                    self.policy.refresh_after(token.lifetime(), rand::random()).saturating_sub(age)
+                }
+                Err(_) => {
+                    let until = lock(&slot.backoff).not_before;
+                    until.map_or(self.policy.min_backoff, |u| u.saturating_duration_since(Instant::now()))
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
+    }
+
+    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`).
+    pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
+        let slot = self.slots.get(name).ok_or_else(|| GetError::Unknown(name.to_string()))?;
+        loop {
+            match self.fetch(slot, Want::Replace { seen: None }).await {
+                Ok(token) => return Ok(token),
+                Err(reason) => {
+                    let retry_at = lock(&slot.backoff).not_before.unwrap_or_else(Instant::now);
+                    if retry_at >= deadline {
+                        return Err(GetError::Unavailable { name: name.to_string(), reason });
+                    }
+                    tokio::time::sleep_until(retry_at).await;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refresh_point_is_a_jittered_fraction_of_the_lifetime() {
+        let p = RefreshPolicy::default();
+        let hour = Duration::from_secs(3600);
+        assert_eq!(p.refresh_after(hour, 0.0), Duration::from_secs(2700));
+        assert_eq!(p.refresh_after(hour, 0.5), Duration::from_secs(2520));
+        assert!(p.refresh_after(hour, 0.999) > Duration::from_secs(2340));
+        assert!(p.refresh_after(hour, 0.999) < hour);
+        // Two pods with different draws refresh at different times.
+        assert_ne!(p.refresh_after(hour, 0.1), p.refresh_after(hour, 0.9));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_honours_retry_after() {
+        let p = RefreshPolicy::default();
+        let secs = |attempt, draw| p.backoff(attempt, draw, None).as_secs_f64();
+        assert_eq!(secs(0, 1.0), 1.0);
+        assert_eq!(secs(0, 0.0), 0.5);
+        assert_eq!(secs(3, 1.0), 8.0);
+        assert_eq!(secs(10, 1.0), 60.0);
+        assert_eq!(secs(u32::MAX, 1.0), 60.0);
+        assert_eq!(p.backoff(0, 1.0, Some(Duration::from_secs(30))), Duration::from_secs(30));
+        assert_eq!(p.backoff(6, 1.0, Some(Duration::from_secs(2))), Duration::from_secs(60));
+    }
+}

@@ -1,0 +1,84 @@
+//! A client for a running agent's token API, behind `flyte-auth-agent token NAME` (for shell
+//! scripts and flytekit's `ExternalCommand` credentials mode).
+
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use http::{header, Request, StatusCode};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+
+/// Why no token came back.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The socket does not answer.
+    #[error("cannot connect to the agent at {socket}: {source} (is the agent running? set --socket or FLYTE_AUTH_AGENT_SOCKET)")]
+    Connect {
+        /// The socket path.
+        socket: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed.
+    #[error("talking to the agent at {socket}: {reason}")]
+    Http {
+        /// The socket path.
+        socket: PathBuf,
+        /// What failed.
+        reason: String,
+    },
+    /// The agent answered with an error.
+    #[error("the agent answered {status}: {message}")]
+    Api {
+        /// HTTP status.
+        status: StatusCode,
+        /// The agent's message.
+        message: String,
+    },
+}
+
+/// Fetches the bare token `name` from the agent listening on `socket`.
+pub async fn token(socket: &Path, name: &str) -> Result<String, ClientError> {
+    let path = format!(
+        "/v1/tokens/{}",
+        percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
+    );
+    let (status, body) = get(socket, &path, "text/plain").await?;
+    if status == StatusCode::OK {
+        return String::from_utf8(body.to_vec()).map_err(|_| ClientError::Http {
+            socket: socket.to_path_buf(),
+            reason: "token is not UTF-8".into(),
+        });
+    }
+    let message = serde_json::from_slice::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
+    Err(ClientError::Api { status, message })
+}
+
+/// One GET over the unix socket: status and body.
+pub async fn get(socket: &Path, path: &str, accept: &str) -> Result<(StatusCode, Bytes), ClientError> {
+    let http_err = |reason: String| ClientError::Http { socket: socket.to_path_buf(), reason };
+    let stream = tokio::net::UnixStream::connect(socket)
+        .await
+        .map_err(|source| ClientError::Connect { socket: socket.to_path_buf(), source })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| http_err(e.to_string()))?;
+    tokio::spawn(conn);
+    let request = Request::get(path)
+        .header(header::HOST, "flyte-auth-agent")
+        .header(header::ACCEPT, accept)
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| http_err(e.to_string()))?;
+    let response = sender.send_request(request).await.map_err(|e| http_err(e.to_string()))?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| http_err(e.to_string()))?
+        .to_bytes();
+    Ok((status, body))
+}

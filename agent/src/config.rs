@@ -1,0 +1,741 @@
+//! Configuration: a YAML file, environment overrides for everything a pod sets, and token
+//! requests in flyteidl's JSON form. [`Config::load`] validates all of it up front and reports
+//! every problem at once, each naming the field and where the value came from (file or env var),
+//! never a secret.
+//!
+//! Token requests are flyteidl `OAuth2TokenRequest` objects (camelCase or snake_case) with three
+//! optional agent extensions beside the proto fields, since flyteidl has no place for them:
+//! `scopes` (list of strings, or one space-separated string), `audience` (string) and
+//! `clientAuthMethod` / `client_auth_method` (`client_secret_basic`, the default,
+//! `client_secret_post` or `private_key_jwt`; with `private_key_jwt` the client secret holds a PEM
+//! private key, RSA or P-256).
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use flyte_auth_proto::flyteidl::core::{o_auth2_token_request, OAuth2TokenRequest, Secret};
+use serde::Deserialize;
+use url::Url;
+
+use crate::cache::RefreshPolicy;
+use crate::secret::{SecretResolver, SecretsConfig};
+
+/// Reads environment variables. Tests pass a `HashMap` instead of mutating the process
+/// environment, which would race with other tests.
+pub trait Env: Send + Sync {
+    /// The value of `key`, if set.
+    fn var(&self, key: &str) -> Option<String>;
+}
+
+/// The real process environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, key: &str) -> Option<String> {
+        std::env::var(key).ok()
+    }
+}
+
+impl Env for HashMap<String, String> {
+    fn var(&self, key: &str) -> Option<String> {
+        self.get(key).cloned()
+    }
+}
+
+/// Env var: directory for token files.
+pub const ENV_TOKENS_PATH_PREFIX: &str = "FLYTE_TOKENS_PATH_PREFIX";
+/// Env var: the unix socket path.
+pub const ENV_SOCKET: &str = "FLYTE_AUTH_AGENT_SOCKET";
+/// Env var: token requests as a JSON array of flyteidl `OAuth2TokenRequest`.
+pub const ENV_TOKEN_REQUESTS: &str = "FLYTE_AUTH_AGENT_TOKEN_REQUESTS";
+/// Env var: the secrets directory.
+pub const ENV_SECRETS_DIR: &str = "FLYTE_SECRETS_DEFAULT_DIR";
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// How the agent authenticates itself to the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic with client id and secret (RFC 6749 §2.3.1).
+    ClientSecretBasic,
+    /// Client id and secret in the form body.
+    ClientSecretPost,
+    /// An RFC 7523 JWT assertion signed with the private key the secret holds.
+    PrivateKeyJwt,
+}
+
+impl ClientAuth {
+    /// The OAuth2 registration name of the method.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecretBasic => "client_secret_basic",
+            Self::ClientSecretPost => "client_secret_post",
+            Self::PrivateKeyJwt => "private_key_jwt",
+        }
+    }
+}
+
+/// Where the token endpoint comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    /// Given directly.
+    Token(Url),
+    /// Found by OIDC discovery from this URL (an issuer, or its
+    /// `/.well-known/openid-configuration`).
+    Discovery(Url),
+}
+
+/// One validated token request.
+#[derive(Debug, Clone)]
+pub struct TokenRequest {
+    /// Unique name; the token file's name.
+    pub name: String,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// Where the client secret (or private key) lives.
+    pub client_secret: Secret,
+    /// Token endpoint or discovery URL.
+    pub endpoint: Endpoint,
+    /// Client authentication method.
+    pub client_auth: ClientAuth,
+    /// Scopes to request (none: the IdP's default).
+    pub scopes: Vec<String>,
+    /// Audience to request, sent as `audience`.
+    pub audience: Option<String>,
+    /// Where this request was configured, for messages.
+    pub origin: String,
+}
+
+/// Settings for calls to IdPs.
+#[derive(Debug, Clone)]
+pub struct IdpSettings {
+    /// Timeout for each HTTP call (connect and whole response).
+    pub timeout: Duration,
+    /// Extra CA certificates (PEM bundle) trusted besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// Allow plain `http://` to hosts other than loopback.
+    pub allow_insecure_http: bool,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Directory token files are written to (`FLYTE_TOKENS_PATH_PREFIX`).
+    pub tokens_dir: PathBuf,
+    /// The token API's unix socket (`FLYTE_AUTH_AGENT_SOCKET`).
+    pub socket_path: PathBuf,
+    /// Health and metrics listen address.
+    pub health_addr: SocketAddr,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Mode of token files.
+    pub file_mode: u32,
+    /// Mode of the socket file.
+    pub socket_mode: u32,
+    /// How long shutdown waits for in-flight requests.
+    pub shutdown_grace: Duration,
+    /// Where client secrets are found.
+    pub secrets: SecretsConfig,
+    /// IdP call settings.
+    pub idp: IdpSettings,
+    /// When to refresh and how to back off.
+    pub refresh: RefreshPolicy,
+    /// The token requests, in configuration order.
+    pub token_requests: Vec<TokenRequest>,
+    /// Things worth saying at info level once logging is up.
+    pub notices: Vec<String>,
+}
+
+/// One configuration problem.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Where the value came from (`config file a.yaml`, `env FLYTE_…`).
+    pub source: String,
+    /// The field, as a path.
+    pub field: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}: {}", self.source, self.field, self.problem)
+    }
+}
+
+/// Every problem found in a configuration, one per line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl std::fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawConfig {
+    tokens_path_prefix: Option<String>,
+    socket: Option<String>,
+    health_addr: Option<String>,
+    log_format: Option<String>,
+    file_mode: Option<String>,
+    socket_mode: Option<String>,
+    shutdown_grace: Option<String>,
+    secrets: RawSecrets,
+    idp: RawIdp,
+    refresh: RawRefresh,
+    token_requests: Vec<serde_json::Value>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawSecrets {
+    default_dir: Option<String>,
+    env_prefix: Option<String>,
+    file_prefix: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawIdp {
+    timeout: Option<String>,
+    ca_file: Option<String>,
+    allow_insecure_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRefresh {
+    at_fraction: Option<f64>,
+    jitter: Option<f64>,
+    default_lifetime: Option<String>,
+    min_backoff: Option<String>,
+    max_backoff: Option<String>,
+}
+
+/// Collects values and problems while one configuration is read.
+struct Loader<'a> {
+    file_source: String,
+    env: &'a dyn Env,
+    errors: Vec<ConfigError>,
+}
+
+impl Loader<'_> {
+    fn error(&mut self, source: &str, field: &str, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: source.to_string(),
+            field: field.to_string(),
+            problem: problem.into(),
+        });
+    }
+
+    /// The env var if set, else the file's value, with where it came from.
+    fn pick(&self, env_var: Option<&str>, file: Option<String>) -> Option<(String, String)> {
+        if let Some(var) = env_var {
+            if let Some(v) = self.env.var(var) {
+                return Some((v, format!("env {var}")));
+            }
+        }
+        file.map(|v| (v, self.file_source.clone()))
+    }
+
+    fn parsed<T>(
+        &mut self,
+        field: &str,
+        env_var: Option<&str>,
+        file: Option<String>,
+        default: T,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> T {
+        match self.pick(env_var, file) {
+            None => default,
+            Some((raw, source)) => match parse(raw.trim()) {
+                Ok(v) => v,
+                Err(problem) => {
+                    self.error(&source, field, problem);
+                    default
+                }
+            },
+        }
+    }
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 10s or 1h30m ({e})"))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    let digits = s.strip_prefix("0o").unwrap_or(s);
+    match u32::from_str_radix(digits, 8) {
+        Ok(m) if m <= 0o777 => Ok(m),
+        _ => Err(format!("{s:?} is not an octal file mode like \"0644\"")),
+    }
+}
+
+fn parse_bool(s: &str) -> Result<bool, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" => Ok(true),
+        "false" | "0" | "no" => Ok(false),
+        _ => Err(format!("{s:?} is not true or false")),
+    }
+}
+
+fn parse_fraction(s: f64) -> Result<f64, String> {
+    if (0.0..1.0).contains(&s) {
+        Ok(s)
+    } else {
+        Err(format!("{s} is not a fraction in [0, 1)"))
+    }
+}
+
+impl Config {
+    /// Reads, validates and checks the configuration: the YAML file at `path` (if any), env
+    /// overrides from `env`, and every client secret (read once now so an unreadable one stops
+    /// the agent at start rather than at its first token).
+    pub fn load(path: Option<&Path>, env: Arc<dyn Env>) -> Result<Config, ConfigErrors> {
+        let (raw, file_source) = match path {
+            None => (RawConfig::default(), "config".to_string()),
+            Some(path) => {
+                let source = format!("config file {}", path.display());
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    ConfigErrors(vec![ConfigError {
+                        source: source.clone(),
+                        field: "(file)".into(),
+                        problem: format!("cannot read it: {e}"),
+                    }])
+                })?;
+                (parse_yaml(&text, &source)?, source)
+            }
+        };
+        let mut l = Loader { file_source, env: env.as_ref(), errors: Vec::new() };
+        let config = build(raw, &mut l, &env);
+        if l.errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(l.errors))
+        }
+    }
+}
+
+fn parse_yaml(text: &str, source: &str) -> Result<RawConfig, ConfigErrors> {
+    if text.trim().is_empty() {
+        return Ok(RawConfig::default());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            source: source.to_string(),
+            field: e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "(file)".into()),
+            problem: e.to_string(),
+        }])
+    })
+}
+
+fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
+    let defaults = SecretsConfig::default();
+    let secrets = SecretsConfig {
+        default_dir: l
+            .pick(Some(ENV_SECRETS_DIR), raw.secrets.default_dir)
+            .map_or(defaults.default_dir, |(v, _)| v.into()),
+        env_prefix: l
+            .pick(Some("FLYTE_SECRETS_ENV_PREFIX"), raw.secrets.env_prefix)
+            .map_or(defaults.env_prefix, |(v, _)| v),
+        file_prefix: l
+            .pick(Some("FLYTE_SECRETS_FILE_PREFIX"), raw.secrets.file_prefix)
+            .map_or(defaults.file_prefix, |(v, _)| v),
+    };
+    let tokens_dir = l
+        .pick(Some(ENV_TOKENS_PATH_PREFIX), raw.tokens_path_prefix)
+        .map_or_else(|| PathBuf::from("/var/run/flyte/tokens"), |(v, _)| v.into());
+    let socket_path = l
+        .pick(Some(ENV_SOCKET), raw.socket)
+        .map_or_else(|| PathBuf::from("/var/run/flyte-auth-agent/agent.sock"), |(v, _)| v.into());
+    let health_addr = l.parsed(
+        "health_addr",
+        Some("FLYTE_AUTH_AGENT_HEALTH_ADDR"),
+        raw.health_addr,
+        SocketAddr::from(([0, 0, 0, 0], 9911)),
+        |s| s.parse().map_err(|_| format!("{s:?} is not an address like 0.0.0.0:9911")),
+    );
+    let log_format = l.parsed(
+        "log_format",
+        Some("FLYTE_AUTH_AGENT_LOG_FORMAT"),
+        raw.log_format,
+        LogFormat::Text,
+        |s| match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?} is not text or json")),
+        },
+    );
+    let file_mode = l.parsed("file_mode", Some("FLYTE_AUTH_AGENT_FILE_MODE"), raw.file_mode, 0o644, parse_mode);
+    let socket_mode =
+        l.parsed("socket_mode", Some("FLYTE_AUTH_AGENT_SOCKET_MODE"), raw.socket_mode, 0o666, parse_mode);
+    let shutdown_grace = l.parsed(
+        "shutdown_grace",
+        Some("FLYTE_AUTH_AGENT_SHUTDOWN_GRACE"),
+        raw.shutdown_grace,
+        Duration::from_secs(10),
+        parse_duration,
+    );
+    let idp = IdpSettings {
+        timeout: l.parsed(
+            "idp.timeout",
+            Some("FLYTE_AUTH_AGENT_IDP_TIMEOUT"),
+            raw.idp.timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        ca_file: l.pick(Some("FLYTE_AUTH_AGENT_CA_FILE"), raw.idp.ca_file).map(|(v, _)| v.into()),
+        allow_insecure_http: l.parsed(
+            "idp.allow_insecure_http",
+            Some("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"),
+            raw.idp.allow_insecure_http.map(|b| b.to_string()),
+            false,
+            parse_bool,
+        ),
+    };
+    if let Some(ca) = &idp.ca_file {
+        if let Err(e) = std::fs::metadata(ca) {
+            let source = if l.env.var("FLYTE_AUTH_AGENT_CA_FILE").is_some() {
+                "env FLYTE_AUTH_AGENT_CA_FILE".to_string()
+            } else {
+                l.file_source.clone()
+            };
+            l.error(&source, "idp.ca_file", format!("cannot read {}: {e}", ca.display()));
+        }
+    }
+    let refresh = build_refresh(raw.refresh, l);
+
+    let resolver = SecretResolver::new(secrets.clone(), env.clone());
+    let mut notices = Vec::new();
+    let mut token_requests = Vec::new();
+    let file_items = raw
+        .token_requests
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (l.file_source.clone(), format!("token_requests[{i}]"), v));
+    let mut items: Vec<_> = file_items.collect();
+    if let Some(json) = l.env.var(ENV_TOKEN_REQUESTS) {
+        let source = format!("env {ENV_TOKEN_REQUESTS}");
+        match serde_json::from_str::<Vec<serde_json::Value>>(&json) {
+            Ok(values) => items.extend(
+                values
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, v)| (source.clone(), format!("[{i}]"), v)),
+            ),
+            Err(e) => l.error(&source, "(value)", format!("not a JSON array of token requests: {e}")),
+        }
+    }
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (source, path, value) in items {
+        let Some(req) = parse_token_request(value, &source, &path, &idp, &resolver, l, &mut notices) else {
+            continue;
+        };
+        let origin = format!("{source} {path}");
+        if let Some(first) = seen.get(&req.name) {
+            l.error(
+                &source,
+                &format!("{path}.name"),
+                format!("duplicate token request name {:?} (first defined at {first})", req.name),
+            );
+            continue;
+        }
+        seen.insert(req.name.clone(), origin);
+        token_requests.push(req);
+    }
+
+    Config {
+        tokens_dir,
+        socket_path,
+        health_addr,
+        log_format,
+        file_mode,
+        socket_mode,
+        shutdown_grace,
+        secrets,
+        idp,
+        refresh,
+        token_requests,
+        notices,
+    }
+}
+
+fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
+    let d = RefreshPolicy::default();
+    let fraction = |v: Option<f64>| v.map(|f| f.to_string());
+    let policy = RefreshPolicy {
+        at_fraction: l.parsed("refresh.at_fraction", None, fraction(raw.at_fraction), d.at_fraction, |s| {
+            parse_fraction(s.parse().unwrap_or(f64::NAN))
+        }),
+        jitter: l.parsed("refresh.jitter", None, fraction(raw.jitter), d.jitter, |s| {
+            parse_fraction(s.parse().unwrap_or(f64::NAN))
+        }),
+        default_lifetime: l.parsed(
+            "refresh.default_lifetime",
+            None,
+            raw.default_lifetime,
+            d.default_lifetime,
+            parse_duration,
+        ),
+        min_backoff: l.parsed("refresh.min_backoff", None, raw.min_backoff, d.min_backoff, parse_duration),
+        max_backoff: l.parsed("refresh.max_backoff", None, raw.max_backoff, d.max_backoff, parse_duration),
+    };
+    if policy.jitter > policy.at_fraction {
+        let src = l.file_source.clone();
+        l.error(&src, "refresh.jitter", "must not exceed refresh.at_fraction");
+    }
+    if policy.min_backoff.is_zero() || policy.min_backoff > policy.max_backoff {
+        let src = l.file_source.clone();
+        l.error(&src, "refresh.min_backoff", "must be above zero and at most refresh.max_backoff");
+    }
+    policy
+}
+
+/// Checks a token request name: it becomes a file name and a URL path segment.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name == "." || name == ".." {
+        return Err(format!("{name:?} is not a file name"));
+    }
+    if name.starts_with('.') {
+        return Err(format!("{name:?} starts with '.'; token files must not be hidden files"));
+    }
+    if name.len() > 255 {
+        return Err(format!("is {} bytes; a file name holds at most 255", name.len()));
+    }
+    if name.contains('/') {
+        return Err(format!("{name:?} contains '/'; it must be a single path component"));
+    }
+    if name.contains('\0') {
+        return Err("contains a NUL byte".into());
+    }
+    if name.chars().any(char::is_control) {
+        return Err(format!("{name:?} contains a control character"));
+    }
+    Ok(())
+}
+
+/// Checks that an IdP URL may be used: https, or http to loopback, or http anywhere when
+/// explicitly allowed.
+pub fn check_idp_url(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
+        "http" => Err(format!(
+            "{url} is plain http to a non-loopback host; use https, or set idp.allow_insecure_http"
+        )),
+        other => Err(format!("{url} has scheme {other:?}; only https (or http to loopback) works")),
+    }
+}
+
+fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        None => false,
+    }
+}
+
+const EXTENSION_KEYS: [&str; 4] = ["scopes", "audience", "clientAuthMethod", "client_auth_method"];
+
+struct Extensions {
+    scopes: Vec<String>,
+    audience: Option<String>,
+    client_auth: ClientAuth,
+}
+
+fn take_extensions(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+    source: &str,
+    path: &str,
+    l: &mut Loader<'_>,
+) -> Extensions {
+    let mut ext = Extensions { scopes: Vec::new(), audience: None, client_auth: ClientAuth::ClientSecretBasic };
+    for key in EXTENSION_KEYS {
+        let Some(value) = obj.remove(key) else { continue };
+        let field = format!("{path}.{key}");
+        match (key, value) {
+            ("scopes", serde_json::Value::String(s)) => {
+                ext.scopes = s.split_whitespace().map(str::to_string).collect()
+            }
+            ("scopes", serde_json::Value::Array(items)) => {
+                for item in items {
+                    match item {
+                        serde_json::Value::String(s) if !s.is_empty() && !s.contains(' ') => ext.scopes.push(s),
+                        other => l.error(source, &field, format!("{other} is not a single scope string")),
+                    }
+                }
+            }
+            ("audience", serde_json::Value::String(s)) if !s.is_empty() => ext.audience = Some(s),
+            (_, serde_json::Value::String(s)) if key != "scopes" && key != "audience" => {
+                ext.client_auth = match s.as_str() {
+                    "client_secret_basic" => ClientAuth::ClientSecretBasic,
+                    "client_secret_post" => ClientAuth::ClientSecretPost,
+                    "private_key_jwt" => ClientAuth::PrivateKeyJwt,
+                    _ => {
+                        l.error(
+                            source,
+                            &field,
+                            format!(
+                                "{s:?} is not client_secret_basic, client_secret_post or private_key_jwt"
+                            ),
+                        );
+                        continue;
+                    }
+                }
+            }
+            (_, other) => l.error(source, &field, format!("{other} has the wrong type")),
+        }
+    }
+    ext
+}
+
+/// Checks the `type` field by hand: an unknown name would otherwise fail the whole message in the
+/// JSON parser, hiding every other problem in it.
+fn take_type(
+    obj: &mut serde_json::Map<String, serde_json::Value>,
+    source: &str,
+    path: &str,
+    l: &mut Loader<'_>,
+) {
+    let Some(value) = obj.get("type") else { return };
+    let known = match value {
+        serde_json::Value::String(s) => s == "CLIENT_CREDENTIALS",
+        serde_json::Value::Number(n) => n.as_i64() == Some(o_auth2_token_request::Type::ClientCredentials as i64),
+        _ => false,
+    };
+    if !known {
+        l.error(
+            source,
+            &format!("{path}.type"),
+            format!("unknown token request type {value}; only CLIENT_CREDENTIALS is supported"),
+        );
+        obj.remove("type");
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn parse_token_request(
+    value: serde_json::Value,
+    source: &str,
+    path: &str,
+    idp: &IdpSettings,
+    resolver: &SecretResolver,
+    l: &mut Loader<'_>,
+    notices: &mut Vec<String>,
+) -> Option<TokenRequest> {
+    let serde_json::Value::Object(mut obj) = value else {
+        l.error(source, path, "is not an object");
+        return None;
+    };
+    let errors_before = l.errors.len();
+    let ext = take_extensions(&mut obj, source, path, l);
+    take_type(&mut obj, source, path, l);
+    let proto: OAuth2TokenRequest = match flyte_auth_proto::from_json(&serde_json::Value::Object(obj)) {
+        Ok(p) => p,
+        Err(e) => {
+            l.error(source, path, e.to_string());
+            return None;
+        }
+    };
+    let field = |f: &str| format!("{path}.{f}");
+    if let Err(problem) = check_name(&proto.name) {
+        l.error(source, &field("name"), problem);
+    }
+    let client = proto.client.unwrap_or_default();
+    if client.client_id.trim().is_empty() {
+        l.error(source, &field("client.clientId"), "is missing");
+    }
+    let client_secret = client.client_secret.unwrap_or_default();
+    let url = |s: &str, name: &str, l: &mut Loader<'_>| -> Option<Url> {
+        match Url::parse(s) {
+            Ok(u) => match check_idp_url(&u, idp.allow_insecure_http) {
+                Ok(()) => Some(u),
+                Err(problem) => {
+                    l.error(source, &field(name), problem);
+                    None
+                }
+            },
+            Err(e) => {
+                l.error(source, &field(name), format!("{s:?} is not a URL: {e}"));
+                None
+            }
+        }
+    };
+    let endpoint = match (proto.token_endpoint.as_str(), proto.idp_discovery_endpoint.as_str()) {
+        ("", "") => {
+            l.error(source, path, "neither tokenEndpoint nor idpDiscoveryEndpoint is set");
+            None
+        }
+        (token, discovery) if !token.is_empty() => {
+            if !discovery.is_empty() {
+                notices.push(format!(
+                    "token request {:?} ({source} {path}) sets both tokenEndpoint and idpDiscoveryEndpoint; using tokenEndpoint",
+                    proto.name
+                ));
+            }
+            url(token, "tokenEndpoint", l).map(Endpoint::Token)
+        }
+        (_, discovery) => url(discovery, "idpDiscoveryEndpoint", l).map(Endpoint::Discovery),
+    };
+    if client_secret.group.is_empty() {
+        l.error(source, &field("client.clientSecret.group"), "is missing");
+    } else {
+        match resolver.read(&client_secret) {
+            Err(e) => l.error(source, &field("client.clientSecret"), e.to_string()),
+            Ok(value) if ext.client_auth == ClientAuth::PrivateKeyJwt => {
+                if let Err(e) = crate::idp::AssertionKey::from_pem(&value) {
+                    l.error(source, &field("client.clientSecret"), e.to_string());
+                }
+            }
+            Ok(_) => {}
+        }
+    }
+    if l.errors.len() > errors_before {
+        return None;
+    }
+    Some(TokenRequest {
+        name: proto.name,
+        client_id: client.client_id,
+        client_secret,
+        endpoint: endpoint?,
+        client_auth: ext.client_auth,
+        scopes: ext.scopes,
+        audience: ext.audience,
+        origin: format!("{source} {path}"),
+    })
+}
+
+/// Token request names, for messages.
+pub fn names(requests: &[TokenRequest]) -> HashSet<&str> {
+    requests.iter().map(|r| r.name.as_str()).collect()
+}
+
+#[cfg(test)]
+mod tests;

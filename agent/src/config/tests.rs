@@ -1,0 +1,242 @@
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use super::*;
+
+struct Fixture {
+    dir: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("secrets/app")).unwrap();
+        std::fs::write(dir.path().join("secrets/app/secret"), "s3cr3t-value\n").unwrap();
+        Self { dir }
+    }
+
+    fn env(&self, extra: &[(&str, &str)]) -> Arc<dyn Env> {
+        let mut env: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        env.entry(ENV_SECRETS_DIR.into())
+            .or_insert_with(|| self.dir.path().join("secrets").display().to_string());
+        Arc::new(env)
+    }
+
+    fn yaml(&self, text: &str) -> std::path::PathBuf {
+        let path = self.dir.path().join("agent.yaml");
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    fn load_json(&self, requests: &str) -> Result<Config, ConfigErrors> {
+        Config::load(None, self.env(&[(ENV_TOKEN_REQUESTS, requests)]))
+    }
+}
+
+fn request(name: &str) -> String {
+    format!(
+        r#"{{"name":"{name}","type":"CLIENT_CREDENTIALS","client":{{"clientId":"app","clientSecret":{{"group":"app","key":"secret"}}}},"tokenEndpoint":"https://idp.example/token"}}"#
+    )
+}
+
+fn messages(errors: ConfigErrors) -> Vec<String> {
+    errors.0.iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn defaults_fit_a_pod() {
+    let c = Config::load(None, Arc::new(HashMap::<String, String>::new())).unwrap();
+    assert_eq!(c.tokens_dir, Path::new("/var/run/flyte/tokens"));
+    assert_eq!(c.socket_path, Path::new("/var/run/flyte-auth-agent/agent.sock"));
+    assert_eq!(c.health_addr.to_string(), "0.0.0.0:9911");
+    assert_eq!((c.file_mode, c.socket_mode), (0o644, 0o666));
+    assert_eq!(c.secrets.default_dir, Path::new("/etc/flyte/secrets"));
+    assert_eq!(c.secrets.env_prefix, "_FSEC_");
+    assert!(c.token_requests.is_empty());
+}
+
+#[test]
+fn token_requests_from_env_json_camel_and_snake_case() {
+    let f = Fixture::new();
+    let json = format!(
+        r#"[{}, {{"name":"snake","client":{{"client_id":"c2","client_secret":{{"group":"app","key":"secret","mount_requirement":"FILE"}}}},"idp_discovery_endpoint":"http://127.0.0.1:1/","scopes":"a b","audience":"flyteadmin","client_auth_method":"client_secret_post"}}]"#,
+        request("camel")
+    );
+    let c = f.load_json(&json).unwrap();
+    let [camel, snake] = &c.token_requests[..] else { panic!("two requests") };
+    assert_eq!(camel.name, "camel");
+    assert_eq!(camel.client_id, "app");
+    assert_eq!(camel.endpoint, Endpoint::Token(Url::parse("https://idp.example/token").unwrap()));
+    assert_eq!(camel.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(snake.client_id, "c2");
+    assert_eq!(snake.endpoint, Endpoint::Discovery(Url::parse("http://127.0.0.1:1/").unwrap()));
+    assert_eq!(snake.scopes, ["a", "b"]);
+    assert_eq!(snake.audience.as_deref(), Some("flyteadmin"));
+    assert_eq!(snake.client_auth, ClientAuth::ClientSecretPost);
+    assert_eq!(snake.origin, "env FLYTE_AUTH_AGENT_TOKEN_REQUESTS [1]");
+}
+
+#[test]
+fn yaml_file_with_env_overrides() {
+    let f = Fixture::new();
+    let path = f.yaml(
+        r#"
+tokens_path_prefix: /from/file
+socket: /file/agent.sock
+file_mode: "0640"
+idp: {timeout: 3s}
+refresh: {at_fraction: 0.5, jitter: 0.2, min_backoff: 2s, max_backoff: 30s}
+token_requests:
+  - name: api
+    tokenEndpoint: https://idp.example/token
+    client: {clientId: app, clientSecret: {group: app, key: secret}}
+    scopes: [all, offline]
+"#,
+    );
+    let c = Config::load(Some(&path), f.env(&[(ENV_TOKENS_PATH_PREFIX, "/from/env")])).unwrap();
+    assert_eq!(c.tokens_dir, Path::new("/from/env"));
+    assert_eq!(c.socket_path, Path::new("/file/agent.sock"));
+    assert_eq!(c.file_mode, 0o640);
+    assert_eq!(c.idp.timeout, Duration::from_secs(3));
+    assert_eq!(c.refresh.at_fraction, 0.5);
+    assert_eq!(c.refresh.min_backoff, Duration::from_secs(2));
+    assert_eq!(c.token_requests[0].scopes, ["all", "offline"]);
+    assert_eq!(c.token_requests[0].origin, format!("config file {} token_requests[0]", path.display()));
+}
+
+#[test]
+fn every_bad_request_is_reported_at_once_naming_the_field() {
+    let f = Fixture::new();
+    let long = "x".repeat(256);
+    let bad = |name: &str| request(name);
+    let json = format!(
+        "[{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}]",
+        bad(""),
+        bad(".."),
+        bad("a/b"),
+        bad("nul\\u0000x"),
+        bad(&long),
+        bad("dup"),
+        bad("dup"),
+        r#"{"name":"typed","type":"PASSWORD","client":{"clientId":"app","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t"}"#,
+        r#"{"name":"noend","client":{"clientId":"app","clientSecret":{"group":"app","key":"secret"}}}"#,
+        r#"{"name":"badurl","client":{"clientId":"app","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"not a url"}"#,
+        r#"{"name":"plain","client":{"clientId":"app","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"http://idp.example/t"}"#,
+        r#"{"name":"noid","client":{"clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t"}"#,
+        r#"{"name":"nosecret","client":{"clientId":"app","clientSecret":{"group":"missing","key":"secret"}},"tokenEndpoint":"https://idp/t"}"#,
+    );
+    let errors = messages(f.load_json(&json).unwrap_err());
+    let src = "env FLYTE_AUTH_AGENT_TOKEN_REQUESTS";
+    let expected_starts = [
+        format!("{src}: [0].name: is empty"),
+        format!("{src}: [1].name: \"..\" is not a file name"),
+        format!("{src}: [2].name: \"a/b\" contains '/'"),
+        format!("{src}: [3].name: contains a NUL byte"),
+        format!("{src}: [4].name: is 256 bytes"),
+        format!("{src}: [6].name: duplicate token request name \"dup\" (first defined at {src} [5])"),
+        format!("{src}: [7].type: unknown token request type \"PASSWORD\""),
+        format!("{src}: [8]: neither tokenEndpoint nor idpDiscoveryEndpoint is set"),
+        format!("{src}: [9].tokenEndpoint: \"not a url\" is not a URL"),
+        format!("{src}: [10].tokenEndpoint: http://idp.example/t is plain http to a non-loopback host"),
+        format!("{src}: [11].client.clientId: is missing"),
+        format!("{src}: [12].client.clientSecret: secret not found: looked for env var _FSEC_MISSING_SECRET and file"),
+    ];
+    assert_eq!(errors.len(), expected_starts.len(), "{errors:#?}");
+    for (got, want) in errors.iter().zip(&expected_starts) {
+        assert!(got.starts_with(want.as_str()), "got {got:?}\nwant prefix {want:?}");
+    }
+    assert!(!errors.join("\n").contains("s3cr3t-value"));
+}
+
+#[test]
+fn structural_json_errors_name_the_path() {
+    let f = Fixture::new();
+    let errors = messages(f.load_json(r#"[{"name":"x","client":{"clientId":"a","bogus":1}}]"#).unwrap_err());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: "), "{errors:?}");
+    assert!(errors[0].contains("bogus"), "{errors:?}");
+    let errors = messages(f.load_json("{not json").unwrap_err());
+    assert!(errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: (value): not a JSON array"), "{errors:?}");
+    let errors = messages(f.load_json(r#"["str"]"#).unwrap_err());
+    assert_eq!(errors, ["env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: is not an object"]);
+}
+
+#[test]
+fn both_endpoints_prefers_token_endpoint_with_a_notice() {
+    let f = Fixture::new();
+    let json = r#"[{"name":"both","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t","idpDiscoveryEndpoint":"https://other/"}]"#;
+    let c = f.load_json(json).unwrap();
+    assert_eq!(c.token_requests[0].endpoint, Endpoint::Token(Url::parse("https://idp/t").unwrap()));
+    assert_eq!(c.notices.len(), 1);
+    assert!(c.notices[0].contains("using tokenEndpoint"), "{:?}", c.notices);
+}
+
+#[test]
+fn insecure_http_needs_the_flag() {
+    let f = Fixture::new();
+    let json = r#"[{"name":"p","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"http://idp.internal/t"}]"#;
+    assert!(f.load_json(json).is_err());
+    let env = f.env(&[(ENV_TOKEN_REQUESTS, json), ("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP", "true")]);
+    assert!(Config::load(None, env).is_ok());
+    for ok in ["http://127.0.0.1:8080/t", "http://localhost/t", "http://[::1]/t", "https://x/t"] {
+        assert!(check_idp_url(&Url::parse(ok).unwrap(), false).is_ok(), "{ok}");
+    }
+    assert!(check_idp_url(&Url::parse("ftp://x/t").unwrap(), true).is_err());
+}
+
+#[test]
+fn bad_top_level_values_each_reported() {
+    let f = Fixture::new();
+    let path = f.yaml("file_mode: \"999\"\nsocket_mode: \"0o660\"\nhealth_addr: nowhere\nlog_format: xml\nidp: {timeout: soon}\nrefresh: {at_fraction: 1.5}\n");
+    let errors = messages(Config::load(Some(&path), f.env(&[("FLYTE_AUTH_AGENT_FILE_MODE", "abc")])).unwrap_err());
+    let src = format!("config file {}", path.display());
+    assert_eq!(
+        errors,
+        [
+            format!("{src}: health_addr: \"nowhere\" is not an address like 0.0.0.0:9911"),
+            format!("{src}: log_format: \"xml\" is not text or json"),
+            "env FLYTE_AUTH_AGENT_FILE_MODE: file_mode: \"abc\" is not an octal file mode like \"0644\"".to_string(),
+            format!("{src}: idp.timeout: \"soon\" is not a duration like 10s or 1h30m (expected number at 0)"),
+            format!("{src}: refresh.at_fraction: 1.5 is not a fraction in [0, 1)"),
+        ]
+    );
+}
+
+#[test]
+fn unknown_yaml_keys_and_syntax_errors_are_named() {
+    let f = Fixture::new();
+    let errors = messages(Config::load(Some(&f.yaml("tokens_dir: /x\n")), f.env(&[])).unwrap_err());
+    assert!(errors[0].contains("unknown field `tokens_dir`"), "{errors:?}");
+    let errors = messages(Config::load(Some(&f.yaml("socket: [unclosed\n")), f.env(&[])).unwrap_err());
+    assert!(errors[0].contains(": line "), "{errors:?}");
+    let missing = f.dir.path().join("nope.yaml");
+    let errors = messages(Config::load(Some(&missing), f.env(&[])).unwrap_err());
+    assert!(errors[0].contains("cannot read it"), "{errors:?}");
+}
+
+#[test]
+fn private_key_jwt_secret_must_be_a_key() {
+    let f = Fixture::new();
+    let json = r#"[{"name":"pk","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t","clientAuthMethod":"private_key_jwt"}]"#;
+    let errors = messages(f.load_json(json).unwrap_err());
+    assert_eq!(
+        errors,
+        ["env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0].client.clientSecret: client assertion: the client secret is not a PEM RSA or P-256 private key"]
+    );
+    let json = r#"[{"name":"pk","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t","clientAuthMethod":"mtls"}]"#;
+    let errors = messages(f.load_json(json).unwrap_err());
+    assert!(errors[0].contains("[0].clientAuthMethod: \"mtls\" is not"), "{errors:?}");
+}
+
+#[test]
+fn names_are_single_safe_components() {
+    for ok in ["api", "my-token_1", "a.b", "ünïcode"] {
+        assert_eq!(check_name(ok), Ok(()), "{ok}");
+    }
+    for bad in ["", ".", "..", ".hidden", "a/b", "/", "a\0b", "line\nbreak"] {
+        assert!(check_name(bad).is_err(), "{bad:?}");
+    }
+    assert!(check_name(&"x".repeat(255)).is_ok());
+    assert!(check_name(&"x".repeat(256)).is_err());
+}

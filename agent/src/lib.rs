@@ -1,0 +1,195 @@
+//! The Flyte auth agent: a per-pod sidecar that mints OAuth2 client-credentials tokens for a Flyte
+//! task's token requests, keeps them fresh, writes each to `$FLYTE_TOKENS_PATH_PREFIX/<name>` and
+//! serves them on a unix socket, so the task never holds a client secret.
+//!
+//! [`Agent::build`] turns a validated [`config::Config`] into a running set of parts;
+//! [`Agent::serve`] runs them on listeners the caller bound, until a shutdown signal;
+//! [`Agent::once`] is the init-container mode: every token once, then exit.
+
+#![forbid(unsafe_code)]
+#![deny(rust_2018_idioms)]
+#![warn(missing_docs)]
+
+pub mod cache;
+pub mod client;
+pub mod config;
+pub mod dev;
+pub mod health;
+pub mod idp;
+pub mod metrics;
+pub mod secret;
+pub mod server;
+pub mod sink;
+pub mod token;
+
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, UnixListener};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::cache::{GetError, TokenCache};
+use crate::config::{Config, Env};
+use crate::metrics::Metrics;
+use crate::secret::SecretResolver;
+use crate::sink::Sink;
+
+/// Why the agent could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The IdP client could not be built.
+    #[error(transparent)]
+    Idp(#[from] idp::BuildError),
+    /// The tokens directory is unusable.
+    #[error(transparent)]
+    Sink(#[from] sink::SinkError),
+    /// Another agent is serving on the socket.
+    #[error("socket {0} is in use by a running process; refusing to take it over")]
+    SocketInUse(PathBuf),
+    /// The socket could not be created.
+    #[error("cannot create socket {path}: {source}")]
+    Socket {
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+}
+
+/// Tokens that `--once` could not get, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct OnceError(pub Vec<GetError>);
+
+/// The unix socket, bound and given its mode; the file is removed when this is dropped.
+#[derive(Debug)]
+pub struct BoundSocket {
+    listener: Option<UnixListener>,
+    path: PathBuf,
+}
+
+impl Drop for BoundSocket {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+impl BoundSocket {
+    /// Binds `path` with `mode`. A socket file left by a crashed agent is replaced; one that a
+    /// live process still accepts on is not. Must run inside a tokio runtime.
+    pub fn bind(path: &Path, mode: u32) -> Result<Self, AgentError> {
+        let err = |source| AgentError::Socket { path: path.to_path_buf(), source };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        match std::fs::symlink_metadata(path) {
+            Ok(meta) if meta.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(AgentError::SocketInUse(path.to_path_buf()));
+                }
+                tracing::info!(socket = %path.display(), "replacing stale socket");
+                std::fs::remove_file(path).map_err(err)?;
+            }
+            Ok(_) => {
+                return Err(err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "a file that is not a socket is in the way",
+                )))
+            }
+            Err(_) => {}
+        }
+        let listener = UnixListener::bind(path).map_err(err)?;
+        let bound = Self { listener: Some(listener), path: path.to_path_buf() };
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+        Ok(bound)
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+/// The agent's parts, built and ready to serve.
+pub struct Agent {
+    cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+    grace: Duration,
+}
+
+impl Agent {
+    /// Builds the agent from a validated configuration. `env` is where env-var secrets are read.
+    pub fn build(config: &Config, env: Arc<dyn Env>) -> Result<Self, AgentError> {
+        let idp = idp::Idp::new(&config.idp, config.refresh.default_lifetime)?;
+        let sink = Arc::new(Sink::open(&config.tokens_dir, config.file_mode)?);
+        let resolver = SecretResolver::new(config.secrets.clone(), env);
+        let entries = TokenCache::entries(config.token_requests.len());
+        let metrics = Arc::new(Metrics::new(entries.clone()));
+        let cache = Arc::new(TokenCache::new(
+            config.token_requests.clone(),
+            idp,
+            resolver,
+            sink,
+            entries,
+            metrics.clone(),
+            config.refresh,
+        ));
+        Ok(Self { cache, metrics, grace: config.shutdown_grace })
+    }
+
+    /// The token cache (for embedding and tests).
+    pub fn cache(&self) -> &Arc<TokenCache> {
+        &self.cache
+    }
+
+    /// Serves the token API on `socket` and health on `health`, refreshing every token, until
+    /// `shutdown`; then drains in-flight requests and removes the socket file.
+    pub async fn serve(self, mut socket: BoundSocket, health: TcpListener, shutdown: CancellationToken) {
+        let tasks = TaskTracker::new();
+        for name in self.cache.names() {
+            tasks.spawn(self.cache.clone().refresh(name.clone(), shutdown.clone()));
+        }
+        if let Some(listener) = socket.listener.take() {
+            let api = Arc::new(server::TokenApi::new(self.cache.clone()));
+            tasks.spawn(server::serve(listener, api, shutdown.clone(), self.grace));
+        }
+        let health_api = Arc::new(health::Health::new(self.cache.clone(), self.metrics.clone()));
+        tasks.spawn(server::serve(health, health_api, shutdown.clone(), self.grace));
+        tasks.close();
+        tasks.wait().await;
+        drop(socket);
+        tracing::info!("stopped");
+    }
+
+    /// Gets every token once and writes its file, retrying each until `timeout` has passed.
+    pub async fn once(self, timeout: Duration) -> Result<(), OnceError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let fetches = self.cache.names().iter().map(|name| self.cache.fetch_until(name, deadline));
+        let failures: Vec<_> = futures_util::future::join_all(fetches)
+            .await
+            .into_iter()
+            .filter_map(Result::err)
+            .collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(OnceError(failures))
+        }
+    }
+}
+
+/// Resolves when the process receives SIGTERM or SIGINT.
+pub async fn termination_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+        // Without signal handlers the process still dies on the default action.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM received; shutting down"),
+        _ = int.recv() => tracing::info!("SIGINT received; shutting down"),
+    }
+}

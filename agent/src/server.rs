@@ -1,0 +1,201 @@
+//! The token API on the agent's unix socket (HTTP/1.1), and the connection loop it shares with
+//! the health server: accept until shutdown, then let in-flight requests finish within a grace
+//! period.
+//!
+//! - `GET /v1/tokens/{name}`: `{"name","access_token","token_type","expires_at"}`, or the bare
+//!   token with `Accept: text/plain`. 404 for an unknown name, 503 when no valid token can be
+//!   had, both with `{"error","message"}`.
+//! - `GET /v1/tokens`: every name with its state, expiry and last error; never a token value.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, Method, Request, Response, StatusCode};
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::graceful::GracefulShutdown;
+use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::{GetError, TokenCache};
+use crate::token::rfc3339;
+
+/// A listener the connection loop can accept from.
+pub trait Accept: Send + 'static {
+    /// The connection type.
+    type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    /// Accepts the next connection.
+    fn accept(&self) -> impl Future<Output = std::io::Result<Self::Io>> + Send;
+}
+
+impl Accept for tokio::net::UnixListener {
+    type Io = tokio::net::UnixStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        tokio::net::UnixListener::accept(self).await.map(|(s, _)| s)
+    }
+}
+
+impl Accept for tokio::net::TcpListener {
+    type Io = tokio::net::TcpStream;
+    async fn accept(&self) -> std::io::Result<Self::Io> {
+        let (s, _) = tokio::net::TcpListener::accept(self).await?;
+        // Small request/response pairs: do not wait to coalesce segments.
+        let _ = s.set_nodelay(true);
+        Ok(s)
+    }
+}
+
+/// Something that answers HTTP requests.
+pub trait Handler: Send + Sync + 'static {
+    /// Answers one request.
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+}
+
+/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown`, then waits up to `grace` for
+/// open connections to finish their requests.
+pub async fn serve<A: Accept, H: Handler>(listener: A, handler: Arc<H>, shutdown: CancellationToken, grace: Duration) {
+    let graceful = GracefulShutdown::new();
+    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    loop {
+        let io = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(io) => io,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let handler = handler.clone();
+        let service = hyper::service::service_fn(move |req| {
+            let handler = handler.clone();
+            async move { Ok::<_, Infallible>(handler.handle(req).await) }
+        });
+        let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+        tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period; closing them");
+    }
+}
+
+/// A JSON response.
+pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response
+}
+
+/// A JSON error response: `{"error": code, "message": message}`.
+pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<Full<Bytes>> {
+    json_response(status, &json!({ "error": code, "message": message }))
+}
+
+/// The token API.
+pub struct TokenApi {
+    cache: Arc<TokenCache>,
+}
+
+impl TokenApi {
+    /// The API over `cache`.
+    pub fn new(cache: Arc<TokenCache>) -> Self {
+        Self { cache }
+    }
+
+    async fn token(&self, name: &str, plain: bool) -> Response<Full<Bytes>> {
+        let mut response = match self.cache.get(name).await {
+            Ok(token) if plain => {
+                let mut r = Response::new(Full::new(Bytes::copy_from_slice(token.access_token.expose().as_bytes())));
+                r.headers_mut()
+                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+                r
+            }
+            Ok(token) => json_response(
+                StatusCode::OK,
+                &json!({
+                    "name": name,
+                    "access_token": token.access_token.expose(),
+                    "token_type": token.token_type,
+                    "expires_at": rfc3339(token.expires_at),
+                }),
+            ),
+            Err(e @ GetError::Unknown(_)) => {
+                let known = self.cache.names().join(", ");
+                error_response(StatusCode::NOT_FOUND, "unknown_token", &format!("{e}; configured: {known}"))
+            }
+            Err(e @ GetError::Unavailable { .. }) => {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", &e.to_string())
+            }
+        };
+        response
+            .headers_mut()
+            .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        response
+    }
+
+    async fn list(&self) -> Response<Full<Bytes>> {
+        let tokens: Vec<_> = self
+            .cache
+            .status()
+            .await
+            .into_iter()
+            .map(|s| {
+                json!({
+                    "name": s.name,
+                    "status": s.state,
+                    "expires_at": s.expires_at.map(rfc3339),
+                    "error": s.last_error,
+                })
+            })
+            .collect();
+        json_response(StatusCode::OK, &json!({ "tokens": tokens }))
+    }
+}
+
+fn wants_plain_text(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|media| media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain")))
+}
+
+impl Handler for TokenApi {
+    async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
+        }
+        let path = req.uri().path();
+        if path == "/v1/tokens" || path == "/v1/tokens/" {
+            return self.list().await;
+        }
+        if let Some(raw) = path.strip_prefix("/v1/tokens/") {
+            return match percent_encoding::percent_decode_str(raw).decode_utf8() {
+                Ok(name) if !name.contains('/') => self.token(&name, wants_plain_text(&req)).await,
+                _ => error_response(StatusCode::NOT_FOUND, "unknown_token", "not a token name"),
+            };
+        }
+        if path == "/v1/admin/token" {
+            return error_response(StatusCode::NOT_FOUND, "admin_not_configured", "this agent has no FlyteAdmin credential configured");
+        }
+        error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"))
+    }
+}

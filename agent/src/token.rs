@@ -1,0 +1,161 @@
+//! The token value types: a redacting string wrapper for secrets and tokens, and a minted
+//! [`Token`] with its lifetime.
+
+use std::fmt;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+
+/// A secret or token value. It has no `Display`, and its `Debug` prints `[redacted]`, so it
+/// cannot reach a log line or an error message by accident; [`SecretString::expose`] is the one
+/// door out, and every caller of it is a place that must send the value somewhere on purpose.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SecretString(Box<str>);
+
+impl SecretString {
+    /// Wraps a value.
+    pub fn new(value: impl Into<Box<str>>) -> Self {
+        Self(value.into())
+    }
+
+    /// The value itself, for the few places that must send it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for SecretString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// An access token minted by an IdP.
+#[derive(Debug, Clone)]
+pub struct Token {
+    /// The bearer value.
+    pub access_token: SecretString,
+    /// `token_type` as the IdP sent it (normally `Bearer`).
+    pub token_type: String,
+    /// When the agent received it.
+    pub issued_at: SystemTime,
+    /// When it stops being valid.
+    pub expires_at: SystemTime,
+}
+
+/// A token closer than this to its expiry is treated as expired: a caller that receives it needs
+/// a moment to use it, and clocks in a cluster drift.
+pub const EXPIRY_SKEW: Duration = Duration::from_secs(5);
+
+impl Token {
+    /// Whether the token can still be handed out at `now`: more than [`EXPIRY_SKEW`] (or a
+    /// quarter of a shorter lifetime) before its expiry.
+    pub fn is_fresh(&self, now: SystemTime) -> bool {
+        now + EXPIRY_SKEW.min(self.lifetime() / 4) < self.expires_at
+    }
+
+    /// The whole validity period the IdP granted.
+    pub fn lifetime(&self) -> Duration {
+        self.expires_at
+            .duration_since(self.issued_at)
+            .unwrap_or_default()
+    }
+
+    /// Seconds until expiry, negative once expired (for metrics and the status listing).
+    pub fn seconds_to_expiry(&self, now: SystemTime) -> f64 {
+        match self.expires_at.duration_since(now) {
+            Ok(left) => left.as_secs_f64(),
+            Err(past) => -past.duration().as_secs_f64(),
+        }
+    }
+}
+
+/// The `exp` claim of a JWT, read without verifying it: the agent is not the audience, it only
+/// needs to know when to refresh when the IdP sent no `expires_in`.
+pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let mut parts = token.split('.');
+    let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    let bytes = URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    #[derive(serde::Deserialize)]
+    struct Claims {
+        exp: Option<serde_json::Number>,
+    }
+    let exp = serde_json::from_slice::<Claims>(&bytes).ok()?.exp?.as_u64()?;
+    Some(UNIX_EPOCH + Duration::from_secs(exp))
+}
+
+/// RFC 3339 in UTC with seconds, the form the socket API uses for times.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn jwt(payload: &str) -> String {
+        format!(
+            "{}.{}.sig",
+            URL_SAFE_NO_PAD.encode(r#"{"alg":"RS256"}"#),
+            URL_SAFE_NO_PAD.encode(payload)
+        )
+    }
+
+    #[test]
+    fn secret_string_debug_is_redacted() {
+        let s = SecretString::new("hunter2");
+        assert_eq!(format!("{s:?}"), "[redacted]");
+        let t = Token {
+            access_token: SecretString::new("eyJ.value.sig"),
+            token_type: "Bearer".into(),
+            issued_at: UNIX_EPOCH,
+            expires_at: UNIX_EPOCH,
+        };
+        assert!(!format!("{t:?}").contains("eyJ.value.sig"));
+    }
+
+    #[test]
+    fn jwt_expiry_reads_exp() {
+        assert_eq!(
+            jwt_expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)),
+            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+    }
+
+    #[test]
+    fn jwt_expiry_rejects_non_jwts() {
+        for t in [
+            "opaque-token",
+            "a.b",
+            "a.b.c.d",
+            &jwt(r#"{"sub":"no exp"}"#),
+            &jwt(r#"{"exp":"soon"}"#),
+            &jwt(r#"{"exp":-5}"#),
+            "e30.!!!.sig",
+        ] {
+            assert_eq!(jwt_expiry(t), None, "{t}");
+        }
+    }
+
+    #[test]
+    fn freshness_keeps_a_skew() {
+        let t = Token {
+            access_token: SecretString::new("x"),
+            token_type: "Bearer".into(),
+            issued_at: UNIX_EPOCH,
+            expires_at: UNIX_EPOCH + Duration::from_secs(100),
+        };
+        assert!(t.is_fresh(UNIX_EPOCH + Duration::from_secs(94)));
+        assert!(!t.is_fresh(UNIX_EPOCH + Duration::from_secs(95)));
+        assert_eq!(t.lifetime(), Duration::from_secs(100));
+        assert_eq!(t.seconds_to_expiry(UNIX_EPOCH + Duration::from_secs(110)), -10.0);
+        // A short-lived token keeps a proportionally short skew, so it is usable at all.
+        let short = Token { expires_at: UNIX_EPOCH + Duration::from_secs(4), ..t };
+        assert!(short.is_fresh(UNIX_EPOCH + Duration::from_millis(2900)));
+        assert!(!short.is_fresh(UNIX_EPOCH + Duration::from_secs(3)));
+    }
+}

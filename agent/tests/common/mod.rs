@@ -1,0 +1,333 @@
+//! Test harness: the real `oidc-provider` (tests/idp) and the real agent binary, both on
+//! loopback, started per test and stopped when dropped. Every wait is bounded and polls a
+//! condition; nothing sleeps for a fixed time.
+//!
+//! Every agent's log output is kept; [`AgentProcess::stop`] asserts that no client secret and no
+//! token value any test saw appears in it.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+/// Polls `f` every 20 ms until it returns `Some`, failing the test after `limit`.
+pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Async twin of [`wait_for`].
+pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    limit: Duration,
+    mut f: impl FnMut() -> F,
+) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A running `oidc-provider`.
+pub struct Idp {
+    child: Child,
+    pub issuer: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Idp {
+    /// Starts the IdP with `config` (see tests/idp/README.md).
+    pub fn start(config: Value) -> Self {
+        let server = workspace().join("tests/idp/server.mjs");
+        let modules = workspace().join("tests/idp/node_modules/oidc-provider");
+        assert!(
+            modules.exists(),
+            "oidc-provider is not installed: run `tests/run` (it runs `npm ci --prefix tests/idp`)"
+        );
+        let mut child = Command::new("node")
+            .arg(&server)
+            .env("IDP_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start node tests/idp/server.mjs");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read IdP address");
+        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP said {line:?}: {e}"));
+        let issuer = info["issuer"].as_str().expect("issuer").to_string();
+        Self { child, issuer, http: reqwest::blocking::Client::new() }
+    }
+
+    /// Starts the IdP with one client per `(client_id, secret, auth method)`.
+    pub fn with_clients(clients: &[(&str, &str, &str)]) -> Self {
+        let clients: Vec<Value> = clients
+            .iter()
+            .map(|(id, secret, method)| json!({"client_id": id, "client_secret": secret, "token_endpoint_auth_method": method}))
+            .collect();
+        Self::start(json!({ "clients": clients }))
+    }
+
+    pub fn discovery_url(&self) -> String {
+        format!("{}/.well-known/openid-configuration", self.issuer)
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        let doc: Value = self.http.get(self.discovery_url()).send().unwrap().json().unwrap();
+        doc["token_endpoint"].as_str().unwrap().to_string()
+    }
+
+    pub fn stats(&self) -> Value {
+        self.http.get(format!("{}/__test/stats", self.issuer)).send().unwrap().json().unwrap()
+    }
+
+    pub fn token_requests(&self) -> u64 {
+        self.stats()["token_requests"].as_u64().unwrap()
+    }
+
+    pub fn control(&self, what: &str, body: Value) {
+        let r = self.http.post(format!("{}/__test/{what}", self.issuer)).json(&body).send().unwrap();
+        assert!(r.status().is_success(), "IdP control {what}: {}", r.status());
+    }
+
+    pub fn fault(&self, body: Value) {
+        self.control("fault", body)
+    }
+
+    pub fn reset(&self) {
+        self.control("reset", json!({}))
+    }
+
+    /// The IdP's JWKS, for verifying tokens.
+    pub fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
+        let doc: Value = self.http.get(self.discovery_url()).send().unwrap().json().unwrap();
+        self.http.get(doc["jwks_uri"].as_str().unwrap()).send().unwrap().json().unwrap()
+    }
+
+    /// Verifies `token` against the IdP's JWKS and returns its claims.
+    pub fn verify(&self, token: &str, audience: &str) -> Value {
+        let header = jsonwebtoken::decode_header(token).expect("JWT header");
+        let jwks = self.jwks();
+        let jwk = match &header.kid {
+            Some(kid) => jwks.find(kid).expect("key in JWKS"),
+            None => &jwks.keys[0],
+        };
+        let key = jsonwebtoken::DecodingKey::from_jwk(jwk).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(header.alg);
+        validation.set_audience(&[audience]);
+        validation.set_issuer(&[&self.issuer]);
+        jsonwebtoken::decode::<Value>(token, &key, &validation).expect("token verifies against the IdP's JWKS").claims
+    }
+}
+
+impl Drop for Idp {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Strings that must never appear in agent output: client secrets and every token seen.
+#[derive(Clone, Default)]
+pub struct Sensitive(Arc<Mutex<Vec<String>>>);
+
+impl Sensitive {
+    pub fn add(&self, s: impl Into<String>) {
+        let s = s.into();
+        if !s.is_empty() {
+            self.0.lock().unwrap().push(s);
+        }
+    }
+
+    pub fn assert_absent(&self, what: &str, text: &str) {
+        for s in self.0.lock().unwrap().iter() {
+            assert!(!text.contains(s.as_str()), "{what} contains a secret or token value");
+        }
+    }
+}
+
+/// A directory laid out like the agent's pod: secrets, tokens, socket.
+pub struct Pod {
+    pub dir: tempfile::TempDir,
+    pub sensitive: Sensitive,
+}
+
+impl Pod {
+    pub fn new() -> Self {
+        Self { dir: tempfile::tempdir().unwrap(), sensitive: Sensitive::default() }
+    }
+
+    pub fn secrets_dir(&self) -> PathBuf {
+        self.dir.path().join("secrets")
+    }
+
+    pub fn tokens_dir(&self) -> PathBuf {
+        self.dir.path().join("tokens")
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.path().join("run/agent.sock")
+    }
+
+    /// Writes a secret where flytekit's rules put `<group>/<key>`.
+    pub fn secret(&self, group: &str, key: &str, value: &str) {
+        let dir = self.secrets_dir().join(group);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(key), format!("{value}\n")).unwrap();
+        self.sensitive.add(value);
+    }
+
+    pub fn token_file(&self, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.tokens_dir().join(name)).ok()
+    }
+
+    /// The env a pod gives the agent, plus `requests` as FLYTE_AUTH_AGENT_TOKEN_REQUESTS.
+    pub fn env(&self, requests: &Value) -> Vec<(String, String)> {
+        vec![
+            ("FLYTE_TOKENS_PATH_PREFIX".into(), self.tokens_dir().display().to_string()),
+            ("FLYTE_AUTH_AGENT_SOCKET".into(), self.socket().display().to_string()),
+            ("FLYTE_SECRETS_DEFAULT_DIR".into(), self.secrets_dir().display().to_string()),
+            ("FLYTE_AUTH_AGENT_HEALTH_ADDR".into(), "127.0.0.1:0".into()),
+            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS".into(), requests.to_string()),
+            ("FLYTE_AUTH_AGENT_IDP_TIMEOUT".into(), "2s".into()),
+        ]
+    }
+}
+
+/// A token request in flyteidl JSON form with a file secret `<group>/client_secret`.
+pub fn request(name: &str, client_id: &str, group: &str, endpoint: (&str, &str)) -> Value {
+    let mut r = json!({
+        "name": name,
+        "type": "CLIENT_CREDENTIALS",
+        "client": {"clientId": client_id, "clientSecret": {"group": group, "key": "client_secret", "mountRequirement": "FILE"}},
+    });
+    r[endpoint.0] = json!(endpoint.1);
+    r
+}
+
+/// The agent binary running as a child process.
+pub struct AgentProcess {
+    child: Option<Child>,
+    output: Arc<Mutex<String>>,
+    pub health: String,
+    sensitive: Sensitive,
+    socket: PathBuf,
+}
+
+pub fn agent_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_flyte-auth-agent")
+}
+
+impl AgentProcess {
+    /// Starts `flyte-auth-agent <args>` with exactly `env` (plus PATH) and waits until it logs
+    /// the address it serves on.
+    pub fn start(pod: &Pod, args: &[&str], env: &[(String, String)]) -> Self {
+        let mut child = Command::new(agent_bin())
+            .args(args)
+            .env_clear()
+            .env("RUST_LOG", "debug")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start agent");
+        let output = Arc::new(Mutex::new(String::new()));
+        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+            let output = output.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    let mut o = output.lock().unwrap();
+                    o.push_str(&line);
+                    o.push('\n');
+                }
+            });
+        }
+        let mut agent = Self { child: Some(child), output, health: String::new(), sensitive: pod.sensitive.clone(), socket: pod.socket() };
+        if args.contains(&"--once") {
+            return agent;
+        }
+        agent.health = wait_for("agent to log its addresses", Duration::from_secs(10), || {
+            let out = agent.output();
+            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!("agent exited early with {status}:\n{out}");
+            }
+            let line = out.lines().find(|l| l.contains("serving"))?;
+            let start = line.find("health=")? + "health=".len();
+            Some(line[start..].split_whitespace().next()?.to_string())
+        });
+        agent
+    }
+
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// GET on the health port: status and body.
+    pub fn health_get(&self, path: &str) -> (u16, String) {
+        let r = reqwest::blocking::get(format!("http://{}{path}", self.health)).unwrap();
+        (r.status().as_u16(), r.text().unwrap())
+    }
+
+    pub fn wait_ready(&self, limit: Duration) {
+        wait_for("agent /readyz", limit, || (self.health_get("/readyz").0 == 200).then_some(()));
+    }
+
+    /// Waits for the process to exit; returns its exit code and output, after checking the
+    /// output holds no secret.
+    pub fn wait_exit(mut self, limit: Duration) -> (i32, String) {
+        let mut child = self.child.take().unwrap();
+        let status = wait_for("agent to exit", limit, || child.try_wait().unwrap());
+        // Let the reader threads drain what the process wrote last.
+        std::thread::sleep(Duration::from_millis(50));
+        let out = self.output();
+        self.sensitive.assert_absent("agent output", &out);
+        (status.code().unwrap_or(-1), out)
+    }
+
+    /// SIGTERM, then wait for exit.
+    pub fn stop(self) -> (i32, String) {
+        let pid = self.child.as_ref().unwrap().id();
+        let ok = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        assert!(ok.success());
+        self.wait_exit(Duration::from_secs(10))
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// GET over the agent's unix socket with a blocking hyper-free client: status and body.
+pub async fn socket_get(socket: &Path, path: &str, accept: &str) -> (u16, String) {
+    let (status, body) = flyte_auth_agent::client::get(socket, path, accept).await.expect("socket GET");
+    (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
+}

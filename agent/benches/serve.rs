@@ -30,19 +30,27 @@ const RSS_REQUESTS: usize = 10_000;
 const RSS_TOKENS: usize = 10;
 
 fn server_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap()
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 /// The floor: the least an HTTP/1.1 server on a unix socket can do per request.
 async fn floor_server(listener: UnixListener) {
     static BODY: &[u8; 40] = b"0123456789012345678901234567890123456789";
     loop {
-        let Ok((stream, _)) = listener.accept().await else { return };
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(|_req| async {
                 Ok::<_, Infallible>(hyper::Response::new(Full::new(Bytes::from_static(BODY))))
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), svc).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
         });
     }
 }
@@ -51,14 +59,20 @@ type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
 async fn connect(socket: &Path) -> Sender {
     let stream = UnixStream::connect(socket).await.unwrap();
-    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
     tokio::spawn(conn);
     sender
 }
 
 async fn one(sender: &mut Sender, path: &str) -> usize {
     sender.ready().await.unwrap();
-    let req = Request::get(path).header("host", "agent").header("accept", "text/plain").body(Empty::new()).unwrap();
+    let req = Request::get(path)
+        .header("host", "agent")
+        .header("accept", "text/plain")
+        .body(Empty::new())
+        .unwrap();
     let resp = sender.send_request(req).await.unwrap();
     assert!(resp.status().is_success(), "{}", resp.status());
     resp.into_body().collect().await.unwrap().to_bytes().len()
@@ -73,7 +87,10 @@ struct Figures {
 
 /// Sequential keep-alive latency, then throughput over several connections.
 fn measure(socket: &Path, path: &str) -> Figures {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let (mut lat, body) = rt.block_on(async {
         let mut s = connect(socket).await;
         let mut body = 0;
@@ -112,7 +129,12 @@ fn measure(socket: &Path, path: &str) -> Figures {
         }
         (per * THROUGHPUT_CONNECTIONS) as f64 / start.elapsed().as_secs_f64()
     });
-    Figures { p50: lat[lat.len() / 2], p99: lat[lat.len() * 99 / 100], rps, body }
+    Figures {
+        p50: lat[lat.len() / 2],
+        p99: lat[lat.len() * 99 / 100],
+        rps,
+        body,
+    }
 }
 
 fn us(d: Duration) -> f64 {
@@ -135,11 +157,23 @@ fn requests(issuer: &str, n: usize) -> String {
 
 fn pod_env(dir: &Path, issuer: &str, n: usize) -> Vec<(String, String)> {
     vec![
-        ("FLYTE_TOKENS_PATH_PREFIX".into(), dir.join("tokens").display().to_string()),
-        ("FLYTE_AUTH_AGENT_SOCKET".into(), dir.join("agent.sock").display().to_string()),
-        ("FLYTE_SECRETS_DEFAULT_DIR".into(), dir.join("secrets").display().to_string()),
+        (
+            "FLYTE_TOKENS_PATH_PREFIX".into(),
+            dir.join("tokens").display().to_string(),
+        ),
+        (
+            "FLYTE_AUTH_AGENT_SOCKET".into(),
+            dir.join("agent.sock").display().to_string(),
+        ),
+        (
+            "FLYTE_SECRETS_DEFAULT_DIR".into(),
+            dir.join("secrets").display().to_string(),
+        ),
         ("FLYTE_AUTH_AGENT_HEALTH_ADDR".into(), "127.0.0.1:0".into()),
-        ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS".into(), requests(issuer, n)),
+        (
+            "FLYTE_AUTH_AGENT_TOKEN_REQUESTS".into(),
+            requests(issuer, n),
+        ),
     ]
 }
 
@@ -168,20 +202,38 @@ fn main() {
     let shutdown = CancellationToken::new();
     let issuer = servers.block_on(async {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        dev::spawn_issuer(l, "bench", SecretString::new(secret), Duration::from_secs(3600), shutdown.clone()).unwrap()
+        dev::spawn_issuer(
+            l,
+            "bench",
+            SecretString::new(secret),
+            Duration::from_secs(3600),
+            shutdown.clone(),
+        )
+        .unwrap()
     });
 
     let floor_sock = dir.join("floor.sock");
-    servers.spawn(floor_server(servers.block_on(async { UnixListener::bind(&floor_sock) }).unwrap()));
+    servers.spawn(floor_server(
+        servers
+            .block_on(async { UnixListener::bind(&floor_sock) })
+            .unwrap(),
+    ));
 
     let agent_dir = dir.join("inproc");
-    let env: Arc<dyn Env> = Arc::new(pod_env(&agent_dir, &issuer, 1).into_iter().collect::<std::collections::HashMap<_, _>>());
+    let env: Arc<dyn Env> = Arc::new(
+        pod_env(&agent_dir, &issuer, 1)
+            .into_iter()
+            .collect::<std::collections::HashMap<_, _>>(),
+    );
     let config = Config::load(None, env.clone()).unwrap();
     let agent_sock = config.socket_path.clone();
     let agent = Agent::build(&config, env).unwrap();
     let cache = agent.cache().clone();
     let (socket, health) = servers.block_on(async {
-        (BoundSocket::bind(&config.socket_path, 0o600).unwrap(), TcpListener::bind("127.0.0.1:0").await.unwrap())
+        (
+            BoundSocket::bind(&config.socket_path, 0o600).unwrap(),
+            TcpListener::bind("127.0.0.1:0").await.unwrap(),
+        )
     });
     servers.spawn(agent.serve(socket, health, shutdown.clone()));
     servers.block_on(async { cache.get("t0").await.unwrap() });
@@ -189,9 +241,21 @@ fn main() {
     let floor = measure(&floor_sock, "/");
     let served = measure(&agent_sock, "/v1/tokens/t0");
     println!("token serving over the unix socket (HTTP/1.1 keep-alive, {LATENCY_REQUESTS} sequential requests; throughput over {THROUGHPUT_CONNECTIONS} connections, {THROUGHPUT_REQUESTS} requests):");
-    println!("  {:<28} {:>9} {:>9} {:>11} {:>7}", "", "p50 µs", "p99 µs", "req/s", "body B");
-    for (label, f) in [("floor (hyper, 40 B body)", &floor), ("agent (cached token)", &served)] {
-        println!("  {label:<28} {:>9.1} {:>9.1} {:>11.0} {:>7}", us(f.p50), us(f.p99), f.rps, f.body);
+    println!(
+        "  {:<28} {:>9} {:>9} {:>11} {:>7}",
+        "", "p50 µs", "p99 µs", "req/s", "body B"
+    );
+    for (label, f) in [
+        ("floor (hyper, 40 B body)", &floor),
+        ("agent (cached token)", &served),
+    ] {
+        println!(
+            "  {label:<28} {:>9.1} {:>9.1} {:>11.0} {:>7}",
+            us(f.p50),
+            us(f.p99),
+            f.rps,
+            f.body
+        );
     }
     println!(
         "  ratio agent/floor: p50 {:.2}x (target <= 1.5), p99 {:.2}x (target <= 2.0), throughput {:.2}x; agent {:.0} req/s (target >= 30000)",
@@ -206,8 +270,22 @@ fn main() {
     let idp_round_trip = servers.block_on(async {
         let client = reqwest::Client::new();
         let t = Instant::now();
-        let doc: serde_json::Value = client.get(format!("{issuer}/.well-known/openid-configuration")).send().await.unwrap().json().await.unwrap();
-        client.get(doc["jwks_uri"].as_str().unwrap()).send().await.unwrap().bytes().await.unwrap();
+        let doc: serde_json::Value = client
+            .get(format!("{issuer}/.well-known/openid-configuration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        client
+            .get(doc["jwks_uri"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
         let resp = client
             .post(doc["token_endpoint"].as_str().unwrap())
             .basic_auth("bench", Some(secret))
@@ -232,15 +310,22 @@ fn main() {
         .spawn()
         .unwrap();
     let last_file = proc_dir.join("tokens").join(format!("t{}", RSS_TOKENS - 1));
-    let all_written = || (0..RSS_TOKENS).all(|i| proc_dir.join("tokens").join(format!("t{i}")).exists());
+    let all_written =
+        || (0..RSS_TOKENS).all(|i| proc_dir.join("tokens").join(format!("t{i}")).exists());
     while !all_written() {
-        assert!(started.elapsed() < Duration::from_secs(30), "agent never became ready");
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "agent never became ready"
+        );
         std::thread::sleep(Duration::from_micros(100));
     }
     let to_ready = started.elapsed();
     assert!(last_file.exists());
     let proc_sock = proc_dir.join("agent.sock");
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut s = connect(&proc_sock).await;
         for i in 0..RSS_REQUESTS {
@@ -248,7 +333,10 @@ fn main() {
         }
     });
     let (rss, hwm) = rss_kib(child.id());
-    let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
     let _ = child.wait();
     let size = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
     println!("agent binary ({}):", bin.display());

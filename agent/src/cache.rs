@@ -72,7 +72,10 @@ impl RefreshPolicy {
     /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
     /// in [0, 1), and never shorter than the IdP's `Retry-After`.
     pub fn backoff(&self, attempt: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
-        let exp = self.min_backoff.saturating_mul(1 << attempt.min(20)).min(self.max_backoff);
+        let exp = self
+            .min_backoff
+            .saturating_mul(1 << attempt.min(20))
+            .min(self.max_backoff);
         let jittered = exp.mul_f64(0.5 + 0.5 * draw);
         retry_after.map_or(jittered, |r| r.max(jittered))
     }
@@ -203,16 +206,31 @@ impl TokenCache {
         let slots = requests
             .into_iter()
             .map(|request| {
-                let slot = Slot { metrics: metrics.for_name(&request.name), request, backoff: Mutex::default() };
+                let slot = Slot {
+                    metrics: metrics.for_name(&request.name),
+                    request,
+                    backoff: Mutex::default(),
+                };
                 (slot.request.name.clone(), slot)
             })
             .collect();
-        Self { entries, slots, order, idp, resolver, sink, metrics, policy }
+        Self {
+            entries,
+            slots,
+            order,
+            idp,
+            resolver,
+            sink,
+            metrics,
+            policy,
+        }
     }
 
     /// An empty entries map sized for `n` names.
     pub fn entries(n: usize) -> Entries {
-        moka::future::Cache::builder().max_capacity(n.max(1) as u64).build()
+        moka::future::Cache::builder()
+            .max_capacity(n.max(1) as u64)
+            .build()
     }
 
     /// The configured names, in configuration order.
@@ -222,7 +240,10 @@ impl TokenCache {
 
     /// A fresh token for `name`, from the cache or, on a miss, from the IdP.
     pub async fn get(&self, name: &str) -> Result<Arc<Token>, GetError> {
-        let slot = self.slots.get(name).ok_or_else(|| GetError::Unknown(name.to_string()))?;
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| GetError::Unknown(name.to_string()))?;
         if let Some(token) = self.entries.get(name).await {
             if token.is_fresh(SystemTime::now()) {
                 slot.metrics.hits.inc();
@@ -232,7 +253,10 @@ impl TokenCache {
         slot.metrics.misses.inc();
         self.fetch(slot, Want::Fresh)
             .await
-            .map_err(|reason| GetError::Unavailable { name: name.to_string(), reason })
+            .map_err(|reason| GetError::Unavailable {
+                name: name.to_string(),
+                reason,
+            })
     }
 
     /// Every name's state, in configuration order.
@@ -241,14 +265,22 @@ impl TokenCache {
         let mut out = Vec::with_capacity(self.order.len());
         for name in &self.order {
             let token = self.entries.get(name).await;
-            let last_error = self.slots.get(name).and_then(|s| lock(&s.backoff).last_error.as_ref().map(|e| e.to_string()));
+            let last_error = self
+                .slots
+                .get(name)
+                .and_then(|s| lock(&s.backoff).last_error.as_ref().map(|e| e.to_string()));
             let state = match (&token, &last_error) {
                 (Some(t), _) if t.is_fresh(now) => State::Valid,
                 (Some(_), _) => State::Expired,
                 (None, None) => State::Pending,
                 (None, Some(_)) => State::Failing,
             };
-            out.push(Status { name: name.clone(), state, expires_at: token.map(|t| t.expires_at), last_error });
+            out.push(Status {
+                name: name.clone(),
+                state,
+                expires_at: token.map(|t| t.expires_at),
+                last_error,
+            });
         }
         out
     }
@@ -274,15 +306,19 @@ impl TokenCache {
         let result = self
             .entries
             .entry_by_ref(slot.request.name.as_str())
-            .and_try_compute_with(|current| self.compute(slot, want, current.map(|e| e.into_value())))
+            .and_try_compute_with(|current| {
+                self.compute(slot, want, current.map(|e| e.into_value()))
+            })
             .await?;
         match result {
-            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => Ok(e.into_value()),
+            CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+                Ok(e.into_value())
+            }
             // The computation only returns Put, or Nop over an existing entry, so these cannot
             // happen; report them as a failure rather than trusting that.
-            CompResult::StillNone(_) | CompResult::Removed(_) => {
-                Err(MintError::File("internal: cache entry vanished during refresh".into()))
-            }
+            CompResult::StillNone(_) | CompResult::Removed(_) => Err(MintError::File(
+                "internal: cache entry vanished during refresh".into(),
+            )),
         }
     }
 
@@ -323,7 +359,9 @@ impl TokenCache {
                 }
                 Err(e) => {
                     let mut b = lock(&slot.backoff);
-                    let delay = self.policy.backoff(b.failures, rand::random(), e.retry_after());
+                    let delay = self
+                        .policy
+                        .backoff(b.failures, rand::random(), e.retry_after());
                     b.failures = b.failures.saturating_add(1);
                     b.not_before = Some(Instant::now() + delay);
                     b.last_error = Some(e.clone());
@@ -378,18 +416,26 @@ impl TokenCache {
     /// Keeps `name` fresh until `shutdown`: fetches now, then refreshes ahead of each expiry and
     /// retries failures after their back-off.
     pub async fn refresh(self: Arc<Self>, name: String, shutdown: CancellationToken) {
-        let Some(slot) = self.slots.get(&name) else { return };
+        let Some(slot) = self.slots.get(&name) else {
+            return;
+        };
         let mut seen = None;
         loop {
             let delay = match self.fetch(slot, Want::Replace { seen }).await {
                 Ok(token) => {
                     seen = Some(token.issued_at);
-                    let age = SystemTime::now().duration_since(token.issued_at).unwrap_or_default();
-                    self.policy.refresh_after(token.lifetime(), rand::random()).saturating_sub(age)
+                    let age = SystemTime::now()
+                        .duration_since(token.issued_at)
+                        .unwrap_or_default();
+                    self.policy
+                        .refresh_after(token.lifetime(), rand::random())
+                        .saturating_sub(age)
                 }
                 Err(_) => {
                     let until = lock(&slot.backoff).not_before;
-                    until.map_or(self.policy.min_backoff, |u| u.saturating_duration_since(Instant::now()))
+                    until.map_or(self.policy.min_backoff, |u| {
+                        u.saturating_duration_since(Instant::now())
+                    })
                 }
             };
             tokio::select! {
@@ -401,14 +447,20 @@ impl TokenCache {
 
     /// Fetches `name` until it succeeds or `deadline` passes (for `--once`).
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
-        let slot = self.slots.get(name).ok_or_else(|| GetError::Unknown(name.to_string()))?;
+        let slot = self
+            .slots
+            .get(name)
+            .ok_or_else(|| GetError::Unknown(name.to_string()))?;
         loop {
             match self.fetch(slot, Want::Replace { seen: None }).await {
                 Ok(token) => return Ok(token),
                 Err(reason) => {
                     let retry_at = lock(&slot.backoff).not_before.unwrap_or_else(Instant::now);
                     if retry_at >= deadline {
-                        return Err(GetError::Unavailable { name: name.to_string(), reason });
+                        return Err(GetError::Unavailable {
+                            name: name.to_string(),
+                            reason,
+                        });
                     }
                     tokio::time::sleep_until(retry_at).await;
                 }
@@ -442,7 +494,13 @@ mod tests {
         assert_eq!(secs(3, 1.0), 8.0);
         assert_eq!(secs(10, 1.0), 60.0);
         assert_eq!(secs(u32::MAX, 1.0), 60.0);
-        assert_eq!(p.backoff(0, 1.0, Some(Duration::from_secs(30))), Duration::from_secs(30));
-        assert_eq!(p.backoff(6, 1.0, Some(Duration::from_secs(2))), Duration::from_secs(60));
+        assert_eq!(
+            p.backoff(0, 1.0, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(
+            p.backoff(6, 1.0, Some(Duration::from_secs(2))),
+            Duration::from_secs(60)
+        );
     }
 }

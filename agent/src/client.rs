@@ -52,17 +52,31 @@ pub async fn token(socket: &Path, name: &str) -> Result<String, ClientError> {
     }
     let message = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
-        .and_then(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("message")
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned());
     Err(ClientError::Api { status, message })
 }
 
 /// One GET over the unix socket: status and body.
-pub async fn get(socket: &Path, path: &str, accept: &str) -> Result<(StatusCode, Bytes), ClientError> {
-    let http_err = |reason: String| ClientError::Http { socket: socket.to_path_buf(), reason };
+pub async fn get(
+    socket: &Path,
+    path: &str,
+    accept: &str,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    let http_err = |reason: String| ClientError::Http {
+        socket: socket.to_path_buf(),
+        reason,
+    };
     let stream = tokio::net::UnixStream::connect(socket)
         .await
-        .map_err(|source| ClientError::Connect { socket: socket.to_path_buf(), source })?;
+        .map_err(|source| ClientError::Connect {
+            socket: socket.to_path_buf(),
+            source,
+        })?;
     let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|e| http_err(e.to_string()))?;
@@ -72,7 +86,10 @@ pub async fn get(socket: &Path, path: &str, accept: &str) -> Result<(StatusCode,
         .header(header::ACCEPT, accept)
         .body(Empty::<Bytes>::new())
         .map_err(|e| http_err(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| http_err(e.to_string()))?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| http_err(e.to_string()))?;
     let status = response.status();
     let body = response
         .into_body()

@@ -280,7 +280,8 @@ impl Loader<'_> {
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s).map_err(|e| format!("{s:?} is not a duration like 10s or 1h30m ({e})"))
+    humantime::parse_duration(s)
+        .map_err(|e| format!("{s:?} is not a duration like 10s or 1h30m ({e})"))
 }
 
 fn parse_mode(s: &str) -> Result<u32, String> {
@@ -326,7 +327,11 @@ impl Config {
                 (parse_yaml(&text, &source)?, source)
             }
         };
-        let mut l = Loader { file_source, env: env.as_ref(), errors: Vec::new() };
+        let mut l = Loader {
+            file_source,
+            env: env.as_ref(),
+            errors: Vec::new(),
+        };
         let config = build(raw, &mut l, &env);
         if l.errors.is_empty() {
             Ok(config)
@@ -368,15 +373,19 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let tokens_dir = l
         .pick(Some(ENV_TOKENS_PATH_PREFIX), raw.tokens_path_prefix)
         .map_or_else(|| PathBuf::from("/var/run/flyte/tokens"), |(v, _)| v.into());
-    let socket_path = l
-        .pick(Some(ENV_SOCKET), raw.socket)
-        .map_or_else(|| PathBuf::from("/var/run/flyte-auth-agent/agent.sock"), |(v, _)| v.into());
+    let socket_path = l.pick(Some(ENV_SOCKET), raw.socket).map_or_else(
+        || PathBuf::from("/var/run/flyte-auth-agent/agent.sock"),
+        |(v, _)| v.into(),
+    );
     let health_addr = l.parsed(
         "health_addr",
         Some("FLYTE_AUTH_AGENT_HEALTH_ADDR"),
         raw.health_addr,
         SocketAddr::from(([0, 0, 0, 0], 9911)),
-        |s| s.parse().map_err(|_| format!("{s:?} is not an address like 0.0.0.0:9911")),
+        |s| {
+            s.parse()
+                .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:9911"))
+        },
     );
     let log_format = l.parsed(
         "log_format",
@@ -389,9 +398,20 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             _ => Err(format!("{s:?} is not text or json")),
         },
     );
-    let file_mode = l.parsed("file_mode", Some("FLYTE_AUTH_AGENT_FILE_MODE"), raw.file_mode, 0o644, parse_mode);
-    let socket_mode =
-        l.parsed("socket_mode", Some("FLYTE_AUTH_AGENT_SOCKET_MODE"), raw.socket_mode, 0o666, parse_mode);
+    let file_mode = l.parsed(
+        "file_mode",
+        Some("FLYTE_AUTH_AGENT_FILE_MODE"),
+        raw.file_mode,
+        0o644,
+        parse_mode,
+    );
+    let socket_mode = l.parsed(
+        "socket_mode",
+        Some("FLYTE_AUTH_AGENT_SOCKET_MODE"),
+        raw.socket_mode,
+        0o666,
+        parse_mode,
+    );
     let shutdown_grace = l.parsed(
         "shutdown_grace",
         Some("FLYTE_AUTH_AGENT_SHUTDOWN_GRACE"),
@@ -407,7 +427,9 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             Duration::from_secs(10),
             parse_duration,
         ),
-        ca_file: l.pick(Some("FLYTE_AUTH_AGENT_CA_FILE"), raw.idp.ca_file).map(|(v, _)| v.into()),
+        ca_file: l
+            .pick(Some("FLYTE_AUTH_AGENT_CA_FILE"), raw.idp.ca_file)
+            .map(|(v, _)| v.into()),
         allow_insecure_http: l.parsed(
             "idp.allow_insecure_http",
             Some("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"),
@@ -423,7 +445,11 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             } else {
                 l.file_source.clone()
             };
-            l.error(&source, "idp.ca_file", format!("cannot read {}: {e}", ca.display()));
+            l.error(
+                &source,
+                "idp.ca_file",
+                format!("cannot read {}: {e}", ca.display()),
+            );
         }
     }
     let refresh = build_refresh(raw.refresh, l);
@@ -446,12 +472,18 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
                     .enumerate()
                     .map(|(i, v)| (source.clone(), format!("[{i}]"), v)),
             ),
-            Err(e) => l.error(&source, "(value)", format!("not a JSON array of token requests: {e}")),
+            Err(e) => l.error(
+                &source,
+                "(value)",
+                format!("not a JSON array of token requests: {e}"),
+            ),
         }
     }
     let mut seen: HashMap<String, String> = HashMap::new();
     for (source, path, value) in items {
-        let Some(req) = parse_token_request(value, &source, &path, &idp, &resolver, l, &mut notices) else {
+        let Some(req) =
+            parse_token_request(value, &source, &path, &idp, &resolver, l, &mut notices)
+        else {
             continue;
         };
         let origin = format!("{source} {path}");
@@ -459,7 +491,10 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             l.error(
                 &source,
                 &format!("{path}.name"),
-                format!("duplicate token request name {:?} (first defined at {first})", req.name),
+                format!(
+                    "duplicate token request name {:?} (first defined at {first})",
+                    req.name
+                ),
             );
             continue;
         }
@@ -487,12 +522,20 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
     let d = RefreshPolicy::default();
     let fraction = |v: Option<f64>| v.map(|f| f.to_string());
     let policy = RefreshPolicy {
-        at_fraction: l.parsed("refresh.at_fraction", None, fraction(raw.at_fraction), d.at_fraction, |s| {
-            parse_fraction(s.parse().unwrap_or(f64::NAN))
-        }),
-        jitter: l.parsed("refresh.jitter", None, fraction(raw.jitter), d.jitter, |s| {
-            parse_fraction(s.parse().unwrap_or(f64::NAN))
-        }),
+        at_fraction: l.parsed(
+            "refresh.at_fraction",
+            None,
+            fraction(raw.at_fraction),
+            d.at_fraction,
+            |s| parse_fraction(s.parse().unwrap_or(f64::NAN)),
+        ),
+        jitter: l.parsed(
+            "refresh.jitter",
+            None,
+            fraction(raw.jitter),
+            d.jitter,
+            |s| parse_fraction(s.parse().unwrap_or(f64::NAN)),
+        ),
         default_lifetime: l.parsed(
             "refresh.default_lifetime",
             None,
@@ -500,16 +543,36 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             d.default_lifetime,
             parse_duration,
         ),
-        min_backoff: l.parsed("refresh.min_backoff", None, raw.min_backoff, d.min_backoff, parse_duration),
-        max_backoff: l.parsed("refresh.max_backoff", None, raw.max_backoff, d.max_backoff, parse_duration),
+        min_backoff: l.parsed(
+            "refresh.min_backoff",
+            None,
+            raw.min_backoff,
+            d.min_backoff,
+            parse_duration,
+        ),
+        max_backoff: l.parsed(
+            "refresh.max_backoff",
+            None,
+            raw.max_backoff,
+            d.max_backoff,
+            parse_duration,
+        ),
     };
     if policy.jitter > policy.at_fraction {
         let src = l.file_source.clone();
-        l.error(&src, "refresh.jitter", "must not exceed refresh.at_fraction");
+        l.error(
+            &src,
+            "refresh.jitter",
+            "must not exceed refresh.at_fraction",
+        );
     }
     if policy.min_backoff.is_zero() || policy.min_backoff > policy.max_backoff {
         let src = l.file_source.clone();
-        l.error(&src, "refresh.min_backoff", "must be above zero and at most refresh.max_backoff");
+        l.error(
+            &src,
+            "refresh.min_backoff",
+            "must be above zero and at most refresh.max_backoff",
+        );
     }
     policy
 }
@@ -523,13 +586,20 @@ pub fn check_name(name: &str) -> Result<(), String> {
         return Err(format!("{name:?} is not a file name"));
     }
     if name.starts_with('.') {
-        return Err(format!("{name:?} starts with '.'; token files must not be hidden files"));
+        return Err(format!(
+            "{name:?} starts with '.'; token files must not be hidden files"
+        ));
     }
     if name.len() > 255 {
-        return Err(format!("is {} bytes; a file name holds at most 255", name.len()));
+        return Err(format!(
+            "is {} bytes; a file name holds at most 255",
+            name.len()
+        ));
     }
     if name.contains('/') {
-        return Err(format!("{name:?} contains '/'; it must be a single path component"));
+        return Err(format!(
+            "{name:?} contains '/'; it must be a single path component"
+        ));
     }
     if name.contains('\0') {
         return Err("contains a NUL byte".into());
@@ -549,7 +619,9 @@ pub fn check_idp_url(url: &Url, allow_insecure_http: bool) -> Result<(), String>
         "http" => Err(format!(
             "{url} is plain http to a non-loopback host; use https, or set idp.allow_insecure_http"
         )),
-        other => Err(format!("{url} has scheme {other:?}; only https (or http to loopback) works")),
+        other => Err(format!(
+            "{url} has scheme {other:?}; only https (or http to loopback) works"
+        )),
     }
 }
 
@@ -562,7 +634,12 @@ fn is_loopback(url: &Url) -> bool {
     }
 }
 
-const EXTENSION_KEYS: [&str; 4] = ["scopes", "audience", "clientAuthMethod", "client_auth_method"];
+const EXTENSION_KEYS: [&str; 4] = [
+    "scopes",
+    "audience",
+    "clientAuthMethod",
+    "client_auth_method",
+];
 
 struct Extensions {
     scopes: Vec<String>,
@@ -576,9 +653,15 @@ fn take_extensions(
     path: &str,
     l: &mut Loader<'_>,
 ) -> Extensions {
-    let mut ext = Extensions { scopes: Vec::new(), audience: None, client_auth: ClientAuth::ClientSecretBasic };
+    let mut ext = Extensions {
+        scopes: Vec::new(),
+        audience: None,
+        client_auth: ClientAuth::ClientSecretBasic,
+    };
     for key in EXTENSION_KEYS {
-        let Some(value) = obj.remove(key) else { continue };
+        let Some(value) = obj.remove(key) else {
+            continue;
+        };
         let field = format!("{path}.{key}");
         match (key, value) {
             ("scopes", serde_json::Value::String(s)) => {
@@ -587,8 +670,14 @@ fn take_extensions(
             ("scopes", serde_json::Value::Array(items)) => {
                 for item in items {
                     match item {
-                        serde_json::Value::String(s) if !s.is_empty() && !s.contains(' ') => ext.scopes.push(s),
-                        other => l.error(source, &field, format!("{other} is not a single scope string")),
+                        serde_json::Value::String(s) if !s.is_empty() && !s.contains(' ') => {
+                            ext.scopes.push(s)
+                        }
+                        other => l.error(
+                            source,
+                            &field,
+                            format!("{other} is not a single scope string"),
+                        ),
                     }
                 }
             }
@@ -627,7 +716,9 @@ fn take_type(
     let Some(value) = obj.get("type") else { return };
     let known = match value {
         serde_json::Value::String(s) => s == "CLIENT_CREDENTIALS",
-        serde_json::Value::Number(n) => n.as_i64() == Some(o_auth2_token_request::Type::ClientCredentials as i64),
+        serde_json::Value::Number(n) => {
+            n.as_i64() == Some(o_auth2_token_request::Type::ClientCredentials as i64)
+        }
         _ => false,
     };
     if !known {
@@ -657,13 +748,14 @@ fn parse_token_request(
     let errors_before = l.errors.len();
     let ext = take_extensions(&mut obj, source, path, l);
     take_type(&mut obj, source, path, l);
-    let proto: OAuth2TokenRequest = match flyte_auth_proto::from_json(&serde_json::Value::Object(obj)) {
-        Ok(p) => p,
-        Err(e) => {
-            l.error(source, path, e.to_string());
-            return None;
-        }
-    };
+    let proto: OAuth2TokenRequest =
+        match flyte_auth_proto::from_json(&serde_json::Value::Object(obj)) {
+            Ok(p) => p,
+            Err(e) => {
+                l.error(source, path, e.to_string());
+                return None;
+            }
+        };
     let field = |f: &str| format!("{path}.{f}");
     if let Err(problem) = check_name(&proto.name) {
         l.error(source, &field("name"), problem);
@@ -688,9 +780,16 @@ fn parse_token_request(
             }
         }
     };
-    let endpoint = match (proto.token_endpoint.as_str(), proto.idp_discovery_endpoint.as_str()) {
+    let endpoint = match (
+        proto.token_endpoint.as_str(),
+        proto.idp_discovery_endpoint.as_str(),
+    ) {
         ("", "") => {
-            l.error(source, path, "neither tokenEndpoint nor idpDiscoveryEndpoint is set");
+            l.error(
+                source,
+                path,
+                "neither tokenEndpoint nor idpDiscoveryEndpoint is set",
+            );
             None
         }
         (token, discovery) if !token.is_empty() => {

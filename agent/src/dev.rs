@@ -48,14 +48,21 @@ pub struct IssuerError(String);
 impl Issuer {
     /// An issuer reachable at `addr`, for `client_id`/`client_secret`, minting tokens that live
     /// `ttl`.
-    pub fn new(addr: SocketAddr, client_id: &str, client_secret: SecretString, ttl: Duration) -> Result<Self, IssuerError> {
+    pub fn new(
+        addr: SocketAddr,
+        client_id: &str,
+        client_secret: SecretString,
+        ttl: Duration,
+    ) -> Result<Self, IssuerError> {
         let signing = loop {
             // Nearly every 32-byte string is a valid P-256 scalar; retry the rare one that is not.
             if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()) {
                 break k;
             }
         };
-        let der = signing.to_pkcs8_der().map_err(|e| IssuerError(e.to_string()))?;
+        let der = signing
+            .to_pkcs8_der()
+            .map_err(|e| IssuerError(e.to_string()))?;
         let point = signing.verifying_key().to_encoded_point(false);
         let (Some(x), Some(y)) = (point.x(), point.y()) else {
             return Err(IssuerError("public key has no affine coordinates".into()));
@@ -99,12 +106,25 @@ impl Issuer {
     fn authenticated(&self, req_auth: Option<&str>, form: &HashMap<String, String>) -> bool {
         let (id, secret) = match req_auth.and_then(|a| a.strip_prefix("Basic ")) {
             Some(b64) => {
-                let Some(pair) = STANDARD.decode(b64.trim()).ok().and_then(|b| String::from_utf8(b).ok()) else {
+                let Some(pair) = STANDARD
+                    .decode(b64.trim())
+                    .ok()
+                    .and_then(|b| String::from_utf8(b).ok())
+                else {
                     return false;
                 };
-                let Some((id, secret)) = pair.split_once(':') else { return false };
-                let decode = |s: &str| url::form_urlencoded::parse(format!("x={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
-                (decode(id).unwrap_or_default(), decode(secret).unwrap_or_default())
+                let Some((id, secret)) = pair.split_once(':') else {
+                    return false;
+                };
+                let decode = |s: &str| {
+                    url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                        .next()
+                        .map(|(_, v)| v.into_owned())
+                };
+                (
+                    decode(id).unwrap_or_default(),
+                    decode(secret).unwrap_or_default(),
+                )
             }
             None => (
                 form.get("client_id").cloned().unwrap_or_default(),
@@ -115,7 +135,10 @@ impl Issuer {
     }
 
     fn mint(&self, form: &HashMap<String, String>) -> Result<serde_json::Value, String> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let scope = form.get("scope").cloned().unwrap_or_else(|| "all".into());
         let claims = json!({
             "iss": self.issuer,
@@ -130,20 +153,40 @@ impl Issuer {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let token = jsonwebtoken::encode(&header, &claims, &self.key).map_err(|e| e.to_string())?;
-        Ok(json!({ "access_token": token, "token_type": "Bearer", "expires_in": self.ttl.as_secs(), "scope": scope }))
+        Ok(
+            json!({ "access_token": token, "token_type": "Bearer", "expires_in": self.ttl.as_secs(), "scope": scope }),
+        )
     }
 
     async fn token(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
-        let auth = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let auth = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         let Ok(body) = Limited::new(req.into_body(), 64 * 1024).collect().await else {
-            return oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "unreadable body");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_request",
+                "unreadable body",
+            );
         };
-        let form: HashMap<String, String> = url::form_urlencoded::parse(&body.to_bytes()).into_owned().collect();
+        let form: HashMap<String, String> = url::form_urlencoded::parse(&body.to_bytes())
+            .into_owned()
+            .collect();
         if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-            return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials");
+            return oauth_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "only client_credentials",
+            );
         }
         if !self.authenticated(auth.as_deref(), &form) {
-            return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication failed");
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication failed",
+            );
         }
         match self.mint(&form) {
             Ok(body) => json_response(StatusCode::OK, &body),
@@ -153,16 +196,27 @@ impl Issuer {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
-    json_response(status, &json!({ "error": error, "error_description": description }))
+    json_response(
+        status,
+        &json!({ "error": error, "error_description": description }),
+    )
 }
 
 impl Handler for Issuer {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
-            (&Method::GET, "/.well-known/openid-configuration") => json_response(StatusCode::OK, &self.discovery()),
-            (&Method::GET, "/jwks") => json_response(StatusCode::OK, &json!({ "keys": [self.jwk] })),
+            (&Method::GET, "/.well-known/openid-configuration") => {
+                json_response(StatusCode::OK, &self.discovery())
+            }
+            (&Method::GET, "/jwks") => {
+                json_response(StatusCode::OK, &json!({ "keys": [self.jwk] }))
+            }
             (&Method::POST, "/token") => self.token(req).await,
-            (_, path) => error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}")),
+            (_, path) => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {path}"),
+            ),
         }
     }
 }
@@ -175,10 +229,17 @@ pub fn spawn_issuer(
     ttl: Duration,
     shutdown: CancellationToken,
 ) -> Result<String, IssuerError> {
-    let addr = listener.local_addr().map_err(|e| IssuerError(e.to_string()))?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| IssuerError(e.to_string()))?;
     let issuer = Arc::new(Issuer::new(addr, client_id, client_secret, ttl)?);
     let url = issuer.url().to_string();
-    tokio::spawn(crate::server::serve(listener, issuer, shutdown, Duration::from_secs(1)));
+    tokio::spawn(crate::server::serve(
+        listener,
+        issuer,
+        shutdown,
+        Duration::from_secs(1),
+    ));
     Ok(url)
 }
 
@@ -207,7 +268,11 @@ pub enum DevError {
 const DEV_CLIENT: &str = "flyte-auth-agent-dev";
 
 /// Runs dev mode under `dir` until `shutdown`, printing how to try it.
-pub async fn run(dir: &Path, health_addr: SocketAddr, shutdown: CancellationToken) -> Result<(), DevError> {
+pub async fn run(
+    dir: &Path,
+    health_addr: SocketAddr,
+    shutdown: CancellationToken,
+) -> Result<(), DevError> {
     let io = |path: &Path| {
         let path = path.to_path_buf();
         move |source| DevError::Io { path, source }
@@ -219,8 +284,16 @@ pub async fn run(dir: &Path, health_addr: SocketAddr, shutdown: CancellationToke
     let secret = SecretString::new(format!("{:032x}", rand::random::<u128>()));
     std::fs::write(&secret_file, secret.expose()).map_err(io(&secret_file))?;
 
-    let issuer_listener = TcpListener::bind(("127.0.0.1", 0)).await.map_err(io(&dir))?;
-    let issuer = spawn_issuer(issuer_listener, DEV_CLIENT, secret, Duration::from_secs(120), shutdown.clone())?;
+    let issuer_listener = TcpListener::bind(("127.0.0.1", 0))
+        .await
+        .map_err(io(&dir))?;
+    let issuer = spawn_issuer(
+        issuer_listener,
+        DEV_CLIENT,
+        secret,
+        Duration::from_secs(120),
+        shutdown.clone(),
+    )?;
 
     let config_file = dir.join("agent.yaml");
     let quote = |p: &Path| serde_json::Value::String(p.display().to_string()).to_string();
@@ -248,7 +321,9 @@ pub async fn run(dir: &Path, health_addr: SocketAddr, shutdown: CancellationToke
     let config = Config::load(Some(&config_file), env.clone())?;
     let agent = Agent::build(&config, env)?;
     let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
-    let health = TcpListener::bind(config.health_addr).await.map_err(io(&dir))?;
+    let health = TcpListener::bind(config.health_addr)
+        .await
+        .map_err(io(&dir))?;
 
     println!(
         "flyte-auth-agent dev: embedded OIDC issuer at {issuer}\n\

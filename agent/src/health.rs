@@ -41,11 +41,17 @@ impl Handler for Health {
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.encode())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
-                    header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+                    header::HeaderValue::from_static(
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    ),
                 );
                 r
             }
-            other => error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {other}")),
+            other => error_response(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                &format!("no route for {other}"),
+            ),
         }
     }
 }

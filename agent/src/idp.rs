@@ -17,7 +17,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenType};
-use oauth2::{AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RequestTokenError, Scope, TokenResponse, TokenUrl};
+use oauth2::{
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
+    RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
 use openidconnect::core::CoreProviderMetadata;
 use openidconnect::{DiscoveryError, IssuerUrl};
 use tokio::sync::OnceCell;
@@ -178,7 +181,10 @@ impl AssertionKey {
 
     /// Signs an RFC 7523 client assertion for `client_id`, addressed to `audience`.
     fn sign(&self, client_id: &str, audience: &str) -> Result<String, IdpError> {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_secs();
         let claims = AssertionClaims {
             iss: client_id,
             sub: client_id,
@@ -232,9 +238,13 @@ impl Idp {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flyte-auth-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &settings.ca_file {
-            let ca_err = |reason: String| BuildError::CaBundle { path: path.display().to_string(), reason };
+            let ca_err = |reason: String| BuildError::CaBundle {
+                path: path.display().to_string(),
+                reason,
+            };
             let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
+            let certs =
+                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
             if certs.is_empty() {
                 return Err(ca_err("no PEM certificates in it".into()));
             }
@@ -242,7 +252,9 @@ impl Idp {
                 builder = builder.add_root_certificate(cert);
             }
         }
-        let http = builder.build().map_err(|e| BuildError::Client(e.to_string()))?;
+        let http = builder
+            .build()
+            .map_err(|e| BuildError::Client(e.to_string()))?;
         Ok(Self {
             http,
             timeout: settings.timeout,
@@ -253,7 +265,11 @@ impl Idp {
     }
 
     /// Mints a token for `request`, authenticating with `secret` (client secret or PEM key).
-    pub async fn token(&self, request: &TokenRequest, secret: &SecretString) -> Result<Token, IdpError> {
+    pub async fn token(
+        &self,
+        request: &TokenRequest,
+        secret: &SecretString,
+    ) -> Result<Token, IdpError> {
         let token_url = self.token_endpoint(&request.endpoint).await?;
         let url_str = token_url.to_string();
         let client = BasicClient::new(ClientId::new(request.client_id.clone()))
@@ -278,7 +294,10 @@ impl Idp {
         if request.client_auth == ClientAuth::PrivateKeyJwt {
             let assertion = AssertionKey::from_pem(secret)?.sign(&request.client_id, &url_str)?;
             exchange = exchange
-                .add_extra_param("client_assertion_type", "urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+                .add_extra_param(
+                    "client_assertion_type",
+                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+                )
                 .add_extra_param("client_assertion", assertion);
         }
 
@@ -290,7 +309,10 @@ impl Idp {
 
         let access_token = response.access_token().secret();
         if access_token.is_empty() {
-            return Err(IdpError::Malformed { url: url_str, detail: "access_token is empty".into() });
+            return Err(IdpError::Malformed {
+                url: url_str,
+                detail: "access_token is empty".into(),
+            });
         }
         let lifetime = response
             .expires_in()
@@ -327,16 +349,29 @@ impl Idp {
                 error: e.error().to_string(),
                 description: e.error_description().cloned(),
             },
-            _ if !status.is_success() => IdpError::Status { url, status: status.as_u16(), retry_after },
-            RequestTokenError::Parse(e, _body) => IdpError::Malformed { url, detail: describe_json_error(&e) },
+            _ if !status.is_success() => IdpError::Status {
+                url,
+                status: status.as_u16(),
+                retry_after,
+            },
+            RequestTokenError::Parse(e, _body) => IdpError::Malformed {
+                url,
+                detail: describe_json_error(&e),
+            },
             RequestTokenError::Other(detail) => IdpError::Malformed { url, detail },
         }
     }
 
     fn transport_error(&self, t: Transport, url: String) -> IdpError {
         match t {
-            Transport::Timeout => IdpError::Timeout { url, timeout: self.timeout },
-            Transport::TooLarge => IdpError::Malformed { url, detail: t.to_string() },
+            Transport::Timeout => IdpError::Timeout {
+                url,
+                timeout: self.timeout,
+            },
+            Transport::TooLarge => IdpError::Malformed {
+                url,
+                detail: t.to_string(),
+            },
             Transport::Failed(reason) => IdpError::Unreachable { url, reason },
         }
     }
@@ -358,26 +393,38 @@ impl Idp {
 
     async fn discover(&self, url: &Url) -> Result<Arc<Metadata>, IdpError> {
         let text = url.as_str();
-        let issuer = text.strip_suffix(DISCOVERY_SUFFIX).unwrap_or(text.trim_end_matches('/'));
+        let issuer = text
+            .strip_suffix(DISCOVERY_SUFFIX)
+            .unwrap_or(text.trim_end_matches('/'));
         let discovery_url = format!("{issuer}{DISCOVERY_SUFFIX}");
-        let failed = |detail: String| IdpError::Discovery { url: discovery_url.clone(), detail };
+        let failed = |detail: String| IdpError::Discovery {
+            url: discovery_url.clone(),
+            detail,
+        };
         let issuer = IssuerUrl::new(issuer.to_string()).map_err(|e| failed(e.to_string()))?;
         let call = Recorder::new(self);
-        let meta = CoreProviderMetadata::discover_async(issuer, &call).await.map_err(|e| {
-            let retry_after = call.seen().and_then(|(_, r)| r);
-            match e {
-                DiscoveryError::Request(t) => self.transport_error(t.0, discovery_url.clone()),
-                DiscoveryError::Response(status, _body, _) => {
-                    IdpError::Status { url: discovery_url.clone(), status: status.as_u16(), retry_after }
+        let meta = CoreProviderMetadata::discover_async(issuer, &call)
+            .await
+            .map_err(|e| {
+                let retry_after = call.seen().and_then(|(_, r)| r);
+                match e {
+                    DiscoveryError::Request(t) => self.transport_error(t.0, discovery_url.clone()),
+                    DiscoveryError::Response(status, _body, _) => IdpError::Status {
+                        url: discovery_url.clone(),
+                        status: status.as_u16(),
+                        retry_after,
+                    },
+                    DiscoveryError::Parse(e) => IdpError::Malformed {
+                        url: discovery_url.clone(),
+                        detail: describe_json_error(&e),
+                    },
+                    DiscoveryError::Validation(detail) | DiscoveryError::Other(detail) => {
+                        failed(detail)
+                    }
+                    DiscoveryError::UrlParse(e) => failed(e.to_string()),
+                    other => failed(other.to_string()),
                 }
-                DiscoveryError::Parse(e) => {
-                    IdpError::Malformed { url: discovery_url.clone(), detail: describe_json_error(&e) }
-                }
-                DiscoveryError::Validation(detail) | DiscoveryError::Other(detail) => failed(detail),
-                DiscoveryError::UrlParse(e) => failed(e.to_string()),
-                other => failed(other.to_string()),
-            }
-        })?;
+            })?;
         let token_endpoint = meta
             .token_endpoint()
             .ok_or_else(|| failed("the document names no token_endpoint".into()))?
@@ -388,11 +435,17 @@ impl Idp {
     }
 
     async fn send(&self, request: HttpRequest) -> Result<HttpResponse, Transport> {
-        let request = reqwest::Request::try_from(request).map_err(|e| Transport::Failed(e.to_string()))?;
+        let request =
+            reqwest::Request::try_from(request).map_err(|e| Transport::Failed(e.to_string()))?;
         let mut response = self.http.execute(request).await.map_err(reqwest_error)?;
         let mut out = http::Response::builder().status(response.status());
         if let Some(headers) = out.headers_mut() {
-            headers.extend(response.headers().iter().map(|(k, v)| (k.clone(), v.clone())));
+            headers.extend(
+                response
+                    .headers()
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.clone())),
+            );
         }
         let mut body = Vec::new();
         while let Some(chunk) = response.chunk().await.map_err(reqwest_error)? {
@@ -414,7 +467,10 @@ struct Recorder<'a> {
 
 impl<'a> Recorder<'a> {
     fn new(idp: &'a Idp) -> Self {
-        Self { idp, seen: Mutex::new(None) }
+        Self {
+            idp,
+            seen: Mutex::new(None),
+        }
     }
 
     fn seen(&self) -> Option<(StatusCode, Option<Duration>)> {
@@ -436,7 +492,8 @@ impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) = Some((response.status(), retry_after));
+            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
+                Some((response.status(), retry_after));
             Ok(response)
         })
     }
@@ -507,12 +564,17 @@ mod tests {
         assert_eq!(parse_retry_after(&past), Some(Duration::ZERO));
         let future = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(120));
         let d = parse_retry_after(&future).unwrap();
-        assert!(d > Duration::from_secs(100) && d <= Duration::from_secs(120), "{d:?}");
+        assert!(
+            d > Duration::from_secs(100) && d <= Duration::from_secs(120),
+            "{d:?}"
+        );
     }
 
     #[test]
     fn assertion_key_rejects_garbage() {
-        let err = AssertionKey::from_pem(&SecretString::new("not a key")).err().unwrap();
+        let err = AssertionKey::from_pem(&SecretString::new("not a key"))
+            .err()
+            .unwrap();
         assert_eq!(
             err.to_string(),
             "client assertion: the client secret is not a PEM RSA or P-256 private key"

@@ -81,7 +81,10 @@ impl BoundSocket {
     /// Binds `path` with `mode`. A socket file left by a crashed agent is replaced; one that a
     /// live process still accepts on is not. Must run inside a tokio runtime.
     pub fn bind(path: &Path, mode: u32) -> Result<Self, AgentError> {
-        let err = |source| AgentError::Socket { path: path.to_path_buf(), source };
+        let err = |source| AgentError::Socket {
+            path: path.to_path_buf(),
+            source,
+        };
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir).map_err(err)?;
         }
@@ -102,7 +105,10 @@ impl BoundSocket {
             Err(_) => {}
         }
         let listener = UnixListener::bind(path).map_err(err)?;
-        let bound = Self { listener: Some(listener), path: path.to_path_buf() };
+        let bound = Self {
+            listener: Some(listener),
+            path: path.to_path_buf(),
+        };
         std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
         Ok(bound)
     }
@@ -137,7 +143,11 @@ impl Agent {
             metrics.clone(),
             config.refresh,
         ));
-        Ok(Self { cache, metrics, grace: config.shutdown_grace })
+        Ok(Self {
+            cache,
+            metrics,
+            grace: config.shutdown_grace,
+        })
     }
 
     /// The token cache (for embedding and tests).
@@ -147,7 +157,12 @@ impl Agent {
 
     /// Serves the token API on `socket` and health on `health`, refreshing every token, until
     /// `shutdown`; then drains in-flight requests and removes the socket file.
-    pub async fn serve(self, mut socket: BoundSocket, health: TcpListener, shutdown: CancellationToken) {
+    pub async fn serve(
+        self,
+        mut socket: BoundSocket,
+        health: TcpListener,
+        shutdown: CancellationToken,
+    ) {
         let tasks = TaskTracker::new();
         for name in self.cache.names() {
             tasks.spawn(self.cache.clone().refresh(name.clone(), shutdown.clone()));
@@ -156,8 +171,16 @@ impl Agent {
             let api = Arc::new(server::TokenApi::new(self.cache.clone()));
             tasks.spawn(server::serve(listener, api, shutdown.clone(), self.grace));
         }
-        let health_api = Arc::new(health::Health::new(self.cache.clone(), self.metrics.clone()));
-        tasks.spawn(server::serve(health, health_api, shutdown.clone(), self.grace));
+        let health_api = Arc::new(health::Health::new(
+            self.cache.clone(),
+            self.metrics.clone(),
+        ));
+        tasks.spawn(server::serve(
+            health,
+            health_api,
+            shutdown.clone(),
+            self.grace,
+        ));
         tasks.close();
         tasks.wait().await;
         drop(socket);
@@ -167,7 +190,11 @@ impl Agent {
     /// Gets every token once and writes its file, retrying each until `timeout` has passed.
     pub async fn once(self, timeout: Duration) -> Result<(), OnceError> {
         let deadline = tokio::time::Instant::now() + timeout;
-        let fetches = self.cache.names().iter().map(|name| self.cache.fetch_until(name, deadline));
+        let fetches = self
+            .cache
+            .names()
+            .iter()
+            .map(|name| self.cache.fetch_until(name, deadline));
         let failures: Vec<_> = futures_util::future::join_all(fetches)
             .await
             .into_iter()
@@ -184,7 +211,10 @@ impl Agent {
 /// Resolves when the process receives SIGTERM or SIGINT.
 pub async fn termination_signal() {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
         // Without signal handlers the process still dies on the default action.
         return std::future::pending().await;
     };

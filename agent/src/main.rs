@@ -16,7 +16,11 @@ use tokio_util::sync::CancellationToken;
 const EXIT_CONFIG: u8 = 64;
 
 #[derive(Parser)]
-#[command(name = "flyte-auth-agent", version, about = "Per-pod auth agent for Flyte tasks")]
+#[command(
+    name = "flyte-auth-agent",
+    version,
+    about = "Per-pod auth agent for Flyte tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,7 +45,11 @@ enum Command {
         /// The token request name.
         name: String,
         /// The agent's socket.
-        #[arg(long, env = "FLYTE_AUTH_AGENT_SOCKET", default_value = "/var/run/flyte-auth-agent/agent.sock")]
+        #[arg(
+            long,
+            env = "FLYTE_AUTH_AGENT_SOCKET",
+            default_value = "/var/run/flyte-auth-agent/agent.sock"
+        )]
         socket: PathBuf,
     },
     /// Validate a configuration (reads secrets, makes no network call).
@@ -64,7 +72,11 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, once, once_timeout } => {
+        Command::Serve {
+            config,
+            once,
+            once_timeout,
+        } => {
             let env: Arc<dyn Env> = Arc::new(ProcessEnv);
             let Some(config) = load(config.as_deref(), env.clone()) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -73,19 +85,27 @@ fn main() -> ExitCode {
             for notice in &config.notices {
                 tracing::info!("{notice}");
             }
-            report(runtime().and_then(|rt| rt.block_on(serve(config, env, once.then_some(once_timeout)))))
+            report(
+                runtime()
+                    .and_then(|rt| rt.block_on(serve(config, env, once.then_some(once_timeout)))),
+            )
         }
         Command::Check { config } => match load(config.as_deref(), Arc::new(ProcessEnv)) {
             Some(c) => {
                 let names: Vec<_> = c.token_requests.iter().map(|r| r.name.as_str()).collect();
-                println!("configuration is valid: {} token request(s): {}", names.len(), names.join(", "));
+                println!(
+                    "configuration is valid: {} token request(s): {}",
+                    names.len(),
+                    names.join(", ")
+                );
                 ExitCode::SUCCESS
             }
             None => ExitCode::from(EXIT_CONFIG),
         },
         Command::Token { name, socket } => {
             let result = runtime().and_then(|rt| {
-                rt.block_on(flyte_auth_agent::client::token(&socket, &name)).map_err(anyhow::Error::from)
+                rt.block_on(flyte_auth_agent::client::token(&socket, &name))
+                    .map_err(anyhow::Error::from)
             });
             match result {
                 Ok(token) => {
@@ -131,16 +151,28 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
 
 async fn serve(config: Config, env: Arc<dyn Env>, once: Option<Duration>) -> anyhow::Result<()> {
     let agent = Agent::build(&config, env)?;
-    let names: Vec<_> = config.token_requests.iter().map(|r| r.name.as_str()).collect();
+    let names: Vec<_> = config
+        .token_requests
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     if let Some(timeout) = once {
-        agent.once(timeout).await.context("init-only mode: some tokens could not be fetched")?;
+        agent
+            .once(timeout)
+            .await
+            .context("init-only mode: some tokens could not be fetched")?;
         tracing::info!(tokens = ?names, dir = %config.tokens_dir.display(), "all tokens written");
         return Ok(());
     }
     let socket = BoundSocket::bind(&config.socket_path, config.socket_mode)?;
     let health = tokio::net::TcpListener::bind(config.health_addr)
         .await
-        .with_context(|| format!("cannot listen on {} for health and metrics", config.health_addr))?;
+        .with_context(|| {
+            format!(
+                "cannot listen on {} for health and metrics",
+                config.health_addr
+            )
+        })?;
     tracing::info!(
         socket = %config.socket_path.display(),
         health = %health.local_addr().unwrap_or(config.health_addr),
@@ -168,7 +200,11 @@ fn init_tracing(format: LogFormat) {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
     match format {
         LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init(),
     }
 }
 

@@ -40,7 +40,9 @@ pub struct NameMetrics {
 
 fn latency_histogram() -> Histogram {
     // 5 ms to ~20 s: loopback IdPs answer in milliseconds, remote ones in hundreds.
-    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12))
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.005, 2.0, 12,
+    ))
 }
 
 impl Metrics {
@@ -48,15 +50,39 @@ impl Metrics {
     pub fn new(entries: Entries) -> Self {
         let mut registry = Registry::with_prefix("flyte_auth_agent");
         let token_requests = Family::<OutcomeLabels, Counter>::default();
-        let idp_latency = Family::<NameLabel, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let idp_latency = Family::<NameLabel, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram,
+        );
         let cache_hits = Family::<NameLabel, Counter>::default();
         let cache_misses = Family::<NameLabel, Counter>::default();
-        registry.register("token_requests", "Token requests sent to IdPs, by token request name and outcome", token_requests.clone());
-        registry.register("idp_request_duration_seconds", "Time to obtain a token from the IdP", idp_latency.clone());
-        registry.register("cache_hits", "Token reads answered from the cache", cache_hits.clone());
-        registry.register("cache_misses", "Token reads that had to wait for the IdP", cache_misses.clone());
+        registry.register(
+            "token_requests",
+            "Token requests sent to IdPs, by token request name and outcome",
+            token_requests.clone(),
+        );
+        registry.register(
+            "idp_request_duration_seconds",
+            "Time to obtain a token from the IdP",
+            idp_latency.clone(),
+        );
+        registry.register(
+            "cache_hits",
+            "Token reads answered from the cache",
+            cache_hits.clone(),
+        );
+        registry.register(
+            "cache_misses",
+            "Token reads that had to wait for the IdP",
+            cache_misses.clone(),
+        );
         registry.register_collector(Box::new(ExpiryCollector(entries)));
-        Self { registry, token_requests, idp_latency, cache_hits, cache_misses }
+        Self {
+            registry,
+            token_requests,
+            idp_latency,
+            cache_hits,
+            cache_misses,
+        }
     }
 
     /// The handles for one token request name.
@@ -102,7 +128,11 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
             None,
             MetricType::Gauge,
         )?;
-        let mut rows: Vec<_> = self.0.iter().map(|(name, token)| (name, token.seconds_to_expiry(now))).collect();
+        let mut rows: Vec<_> = self
+            .0
+            .iter()
+            .map(|(name, token)| (name, token.seconds_to_expiry(now)))
+            .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, seconds) in rows {
             let labels = [("name", name.as_str())];

@@ -6,7 +6,8 @@
 //!   (the file prefix goes on the last part present).
 //!
 //! `mount_requirement` picks where to look: `ENV_VAR` only the env var, `FILE` only the file,
-//! `ANY` the env var first, then the file (flytekit's order). The value is read anew on every
+//! `ANY` the env var first, then the file (flytekit's order). A secret that names its own `env_var`
+//! is looked for there before the derived env var name. The value is read anew on every
 //! call, so a rotated Kubernetes Secret takes effect without a restart, and surrounding
 //! whitespace (the trailing newline `kubectl create secret --from-file` keeps) is trimmed, as
 //! flytekit's `.strip()` does.
@@ -126,17 +127,20 @@ impl SecretResolver {
             .map_err(|_| SecretError::UnknownMountType(secret.mount_requirement))?;
         let mut tried = Vec::with_capacity(2);
         if matches!(mount, MountType::Any | MountType::EnvVar) {
-            let name = self.env_var_name(secret);
-            if let Some(value) = self.env.var(&name) {
-                return non_empty(&value, || format!("env var {name}"));
+            let custom = Some(secret.env_var.clone()).filter(|v| !v.is_empty());
+            for name in custom.into_iter().chain([self.env_var_name(secret)]) {
+                if let Some(value) = self.env.var(&name) {
+                    return non_empty(&value, || format!("env var {name}"));
+                }
+                tried.push(format!("env var {name}"));
             }
-            tried.push(format!("env var {name}"));
         }
         if matches!(mount, MountType::Any | MountType::File) {
             let path = self.file_path(secret);
             match std::fs::read(&path) {
                 Ok(bytes) => {
-                    let text = String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8(path.clone()))?;
+                    let text =
+                        String::from_utf8(bytes).map_err(|_| SecretError::NotUtf8(path.clone()))?;
                     return non_empty(&text, || format!("file {}", path.display()));
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -193,7 +197,10 @@ mod tests {
         let r = resolver(std::path::Path::new("/s"), &[], "pre-");
         let s = secret("My-App", "V2", "Client_Secret", MountType::Any);
         assert_eq!(r.env_var_name(&s), "_FSEC_MY-APP_V2_CLIENT_SECRET");
-        assert_eq!(r.file_path(&s), PathBuf::from("/s/my-app/v2/pre-client_secret"));
+        assert_eq!(
+            r.file_path(&s),
+            PathBuf::from("/s/my-app/v2/pre-client_secret")
+        );
         let no_version = secret("G", "", "K", MountType::Any);
         assert_eq!(r.env_var_name(&no_version), "_FSEC_G_K");
         assert_eq!(r.file_path(&no_version), PathBuf::from("/s/g/pre-k"));
@@ -221,23 +228,32 @@ mod tests {
         std::fs::create_dir_all(dir.path().join("app")).unwrap();
         std::fs::write(dir.path().join("app/key"), "file").unwrap();
         let r = resolver(dir.path(), &[("_FSEC_APP_KEY", "env")], "");
-        let env_only = r.read(&secret("app", "", "key", MountType::EnvVar)).unwrap();
+        let env_only = r
+            .read(&secret("app", "", "key", MountType::EnvVar))
+            .unwrap();
         assert_eq!(env_only.expose(), "env");
         let file_only = r.read(&secret("app", "", "key", MountType::File)).unwrap();
         assert_eq!(file_only.expose(), "file");
         let missing = resolver(dir.path(), &[], "")
             .read(&secret("app", "", "key", MountType::EnvVar))
             .unwrap_err();
-        assert_eq!(missing.to_string(), "secret not found: looked for env var _FSEC_APP_KEY");
+        assert_eq!(
+            missing.to_string(),
+            "secret not found: looked for env var _FSEC_APP_KEY"
+        );
     }
 
     #[test]
     fn errors_name_the_place_never_the_value() {
         let dir = tempfile::tempdir().unwrap();
         let r = resolver(dir.path(), &[("_FSEC_BLANK_K", "  \n")], "");
-        let err = r.read(&secret("blank", "", "k", MountType::Any)).unwrap_err();
+        let err = r
+            .read(&secret("blank", "", "k", MountType::Any))
+            .unwrap_err();
         assert_eq!(err.to_string(), "secret at env var _FSEC_BLANK_K is empty");
-        let err = r.read(&secret("nope", "", "k", MountType::Any)).unwrap_err();
+        let err = r
+            .read(&secret("nope", "", "k", MountType::Any))
+            .unwrap_err();
         assert_eq!(
             err.to_string(),
             format!(
@@ -245,10 +261,16 @@ mod tests {
                 dir.path().join("nope/k").display()
             )
         );
-        assert!(matches!(r.read(&secret("", "", "k", MountType::Any)), Err(SecretError::NoGroup)));
+        assert!(matches!(
+            r.read(&secret("", "", "k", MountType::Any)),
+            Err(SecretError::NoGroup)
+        ));
         let mut odd = secret("g", "", "k", MountType::Any);
         odd.mount_requirement = 9;
-        assert!(matches!(r.read(&odd), Err(SecretError::UnknownMountType(9))));
+        assert!(matches!(
+            r.read(&odd),
+            Err(SecretError::UnknownMountType(9))
+        ));
         std::fs::create_dir_all(dir.path().join("bin")).unwrap();
         std::fs::write(dir.path().join("bin/k"), [0xff, 0xfe]).unwrap();
         assert!(matches!(
@@ -260,6 +282,25 @@ mod tests {
             r.read(&secret("dir", "", "k", MountType::File)),
             Err(SecretError::Unreadable { .. })
         ));
+    }
+
+    #[test]
+    fn a_custom_env_var_is_tried_first() {
+        let r = resolver(
+            std::path::Path::new("/none"),
+            &[("MY_SECRET", "custom"), ("_FSEC_APP_KEY", "derived")],
+            "",
+        );
+        let mut s = secret("app", "", "key", MountType::EnvVar);
+        s.env_var = "MY_SECRET".into();
+        assert_eq!(r.read(&s).unwrap().expose(), "custom");
+        s.env_var = "UNSET".into();
+        assert_eq!(r.read(&s).unwrap().expose(), "derived");
+        let r = resolver(std::path::Path::new("/none"), &[], "");
+        assert_eq!(
+            r.read(&s).unwrap_err().to_string(),
+            "secret not found: looked for env var UNSET and env var _FSEC_APP_KEY"
+        );
     }
 
     #[test]

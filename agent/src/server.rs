@@ -58,7 +58,12 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Serves HTTP/1.1 on `listener` with `handler` until `shutdown`, then waits up to `grace` for
 /// open connections to finish their requests.
-pub async fn serve<A: Accept, H: Handler>(listener: A, handler: Arc<H>, shutdown: CancellationToken, grace: Duration) {
+pub async fn serve<A: Accept, H: Handler>(
+    listener: A,
+    handler: Arc<H>,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
     let graceful = GracefulShutdown::new();
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
     loop {
@@ -79,7 +84,9 @@ pub async fn serve<A: Accept, H: Handler>(listener: A, handler: Arc<H>, shutdown
             let handler = handler.clone();
             async move { Ok::<_, Infallible>(handler.handle(req).await) }
         });
-        let conn = builder.serve_connection(TokioIo::new(io), service).into_owned();
+        let conn = builder
+            .serve_connection(TokioIo::new(io), service)
+            .into_owned();
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -88,7 +95,10 @@ pub async fn serve<A: Accept, H: Handler>(listener: A, handler: Arc<H>, shutdown
         });
     }
     drop(listener);
-    if tokio::time::timeout(grace, graceful.shutdown()).await.is_err() {
+    if tokio::time::timeout(grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
         tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period; closing them");
     }
 }
@@ -97,9 +107,10 @@ pub async fn serve<A: Accept, H: Handler>(listener: A, handler: Arc<H>, shutdown
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -122,9 +133,13 @@ impl TokenApi {
     async fn token(&self, name: &str, plain: bool) -> Response<Full<Bytes>> {
         let mut response = match self.cache.get(name).await {
             Ok(token) if plain => {
-                let mut r = Response::new(Full::new(Bytes::copy_from_slice(token.access_token.expose().as_bytes())));
-                r.headers_mut()
-                    .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; charset=utf-8"));
+                let mut r = Response::new(Full::new(Bytes::copy_from_slice(
+                    token.access_token.expose().as_bytes(),
+                )));
+                r.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    header::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
                 r
             }
             Ok(token) => json_response(
@@ -138,15 +153,22 @@ impl TokenApi {
             ),
             Err(e @ GetError::Unknown(_)) => {
                 let known = self.cache.names().join(", ");
-                error_response(StatusCode::NOT_FOUND, "unknown_token", &format!("{e}; configured: {known}"))
+                error_response(
+                    StatusCode::NOT_FOUND,
+                    "unknown_token",
+                    &format!("{e}; configured: {known}"),
+                )
             }
-            Err(e @ GetError::Unavailable { .. }) => {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "token_unavailable", &e.to_string())
-            }
+            Err(e @ GetError::Unavailable { .. }) => error_response(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "token_unavailable",
+                &e.to_string(),
+            ),
         };
-        response
-            .headers_mut()
-            .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        response.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
         response
     }
 
@@ -175,13 +197,22 @@ fn wants_plain_text(req: &Request<Incoming>) -> bool {
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .any(|media| media.split(';').next().is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain")))
+        .any(|media| {
+            media
+                .split(';')
+                .next()
+                .is_some_and(|m| m.trim().eq_ignore_ascii_case("text/plain"))
+        })
 }
 
 impl Handler for TokenApi {
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
-            return error_response(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only GET is served");
+            return error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "only GET is served",
+            );
         }
         let path = req.uri().path();
         if path == "/v1/tokens" || path == "/v1/tokens/" {
@@ -194,8 +225,16 @@ impl Handler for TokenApi {
             };
         }
         if path == "/v1/admin/token" {
-            return error_response(StatusCode::NOT_FOUND, "admin_not_configured", "this agent has no FlyteAdmin credential configured");
+            return error_response(
+                StatusCode::NOT_FOUND,
+                "admin_not_configured",
+                "this agent has no FlyteAdmin credential configured",
+            );
         }
-        error_response(StatusCode::NOT_FOUND, "not_found", &format!("no route for {path}"))
+        error_response(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            &format!("no route for {path}"),
+        )
     }
 }

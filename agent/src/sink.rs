@@ -48,8 +48,15 @@ impl Sink {
     /// Opens (creating if needed) the tokens directory and removes temp files a crashed agent
     /// left behind.
     pub fn open(dir: &Path, mode: u32) -> Result<Self, SinkError> {
-        fs::create_dir_all(dir).map_err(|source| SinkError::CreateDir { path: dir.to_path_buf(), source })?;
-        let sink = Self { dir: dir.to_path_buf(), mode, counter: AtomicU64::new(0) };
+        fs::create_dir_all(dir).map_err(|source| SinkError::CreateDir {
+            path: dir.to_path_buf(),
+            source,
+        })?;
+        let sink = Self {
+            dir: dir.to_path_buf(),
+            mode,
+            counter: AtomicU64::new(0),
+        };
         sink.remove_stale_temp_files();
         Ok(sink)
     }
@@ -60,14 +67,20 @@ impl Sink {
     }
 
     fn remove_stale_temp_files(&self) {
-        let Ok(entries) = fs::read_dir(&self.dir) else { return };
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             if name.starts_with(TEMP_PREFIX) && name.ends_with(TEMP_SUFFIX) {
                 match fs::remove_file(entry.path()) {
-                    Ok(()) => tracing::info!(file = %entry.path().display(), "removed stale temp file"),
-                    Err(e) => tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove stale temp file"),
+                    Ok(()) => {
+                        tracing::info!(file = %entry.path().display(), "removed stale temp file")
+                    }
+                    Err(e) => {
+                        tracing::warn!(file = %entry.path().display(), error = %e, "cannot remove stale temp file")
+                    }
                 }
             }
         }
@@ -80,7 +93,10 @@ impl Sink {
             return Err(SinkError::Empty(path));
         }
         let n = self.counter.fetch_add(1, Ordering::Relaxed);
-        let temp = self.dir.join(format!("{TEMP_PREFIX}{name}.{}.{n}{TEMP_SUFFIX}", std::process::id()));
+        let temp = self.dir.join(format!(
+            "{TEMP_PREFIX}{name}.{}.{n}{TEMP_SUFFIX}",
+            std::process::id()
+        ));
         let result = self.write_via(&temp, &path, token.as_bytes());
         if result.is_err() {
             let _ = fs::remove_file(&temp);
@@ -89,7 +105,11 @@ impl Sink {
     }
 
     fn write_via(&self, temp: &Path, path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-        let mut file = OpenOptions::new().write(true).create_new(true).mode(self.mode).open(temp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(self.mode)
+            .open(temp)?;
         // The umask may have narrowed the mode given at creation; the configured mode is the
         // contract with the task container, so set it exactly.
         file.set_permissions(Permissions::from_mode(self.mode))?;
@@ -114,9 +134,20 @@ mod tests {
         sink.write("api", "second").unwrap();
         let path = dir.path().join("tokens/api");
         assert_eq!(fs::read(&path).unwrap(), b"second");
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o640);
-        let names: Vec<_> = fs::read_dir(dir.path().join("tokens")).unwrap().flatten().map(|e| e.file_name()).collect();
-        assert_eq!(names, vec![std::ffi::OsString::from("api")], "no temp files left");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o640
+        );
+        let names: Vec<_> = fs::read_dir(dir.path().join("tokens"))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert_eq!(
+            names,
+            vec![std::ffi::OsString::from("api")],
+            "no temp files left"
+        );
     }
 
     #[test]
@@ -138,7 +169,11 @@ mod tests {
         fs::write(dir.path().join("blocked/x"), "").unwrap();
         let err = sink.write("blocked", "new").unwrap_err();
         assert!(err.to_string().contains("cannot write token file"), "{err}");
-        let leftovers = fs::read_dir(dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX)).count();
+        let leftovers = fs::read_dir(dir.path())
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(TEMP_PREFIX))
+            .count();
         assert_eq!(leftovers, 0);
         assert_eq!(fs::read(dir.path().join("api")).unwrap(), b"valid");
     }

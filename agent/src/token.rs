@@ -84,7 +84,10 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     struct Claims {
         exp: Option<serde_json::Number>,
     }
-    let exp = serde_json::from_slice::<Claims>(&bytes).ok()?.exp?.as_u64()?;
+    let exp = serde_json::from_slice::<Claims>(&bytes)
+        .ok()?
+        .exp?
+        .as_u64()?;
     Some(UNIX_EPOCH + Duration::from_secs(exp))
 }
 
@@ -152,9 +155,15 @@ mod tests {
         assert!(t.is_fresh(UNIX_EPOCH + Duration::from_secs(94)));
         assert!(!t.is_fresh(UNIX_EPOCH + Duration::from_secs(95)));
         assert_eq!(t.lifetime(), Duration::from_secs(100));
-        assert_eq!(t.seconds_to_expiry(UNIX_EPOCH + Duration::from_secs(110)), -10.0);
+        assert_eq!(
+            t.seconds_to_expiry(UNIX_EPOCH + Duration::from_secs(110)),
+            -10.0
+        );
         // A short-lived token keeps a proportionally short skew, so it is usable at all.
-        let short = Token { expires_at: UNIX_EPOCH + Duration::from_secs(4), ..t };
+        let short = Token {
+            expires_at: UNIX_EPOCH + Duration::from_secs(4),
+            ..t
+        };
         assert!(short.is_fresh(UNIX_EPOCH + Duration::from_millis(2900)));
         assert!(!short.is_fresh(UNIX_EPOCH + Duration::from_secs(3)));
     }

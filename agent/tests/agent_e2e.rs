@@ -9,7 +9,10 @@ use common::*;
 use serde_json::{json, Value};
 
 fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
 }
 
 fn sget(socket: &std::path::Path, path: &str, accept: &str) -> (u16, String) {
@@ -17,7 +20,11 @@ fn sget(socket: &std::path::Path, path: &str, accept: &str) -> (u16, String) {
 }
 
 fn token_json(agent: &AgentProcess, name: &str) -> Value {
-    let (status, body) = sget(agent.socket(), &format!("/v1/tokens/{name}"), "application/json");
+    let (status, body) = sget(
+        agent.socket(),
+        &format!("/v1/tokens/{name}"),
+        "application/json",
+    );
     assert_eq!(status, 200, "{body}");
     serde_json::from_str(&body).unwrap()
 }
@@ -53,20 +60,39 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
     pod.secret("basic", "client_secret", "basic-secret-1");
     pod.secret("post", "client_secret", "post-secret-2");
     pod.secret("jwt", "client_secret", &pem);
-    let mut post = request("post", "post-client", "post", ("tokenEndpoint", &idp.token_endpoint()));
+    let mut post = request(
+        "post",
+        "post-client",
+        "post",
+        ("tokenEndpoint", &idp.token_endpoint()),
+    );
     post["clientAuthMethod"] = json!("client_secret_post");
     post["scopes"] = json!(["all"]);
-    let mut jwt = request("jwt", "jwt-client", "jwt", ("idpDiscoveryEndpoint", &idp.discovery_url()));
+    let mut jwt = request(
+        "jwt",
+        "jwt-client",
+        "jwt",
+        ("idpDiscoveryEndpoint", &idp.discovery_url()),
+    );
     jwt["clientAuthMethod"] = json!("private_key_jwt");
     let requests = json!([
-        request("basic", "basic-client", "basic", ("idpDiscoveryEndpoint", &idp.issuer)),
+        request(
+            "basic",
+            "basic-client",
+            "basic",
+            ("idpDiscoveryEndpoint", &idp.issuer)
+        ),
         post,
         jwt,
     ]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
 
-    for (name, client) in [("basic", "basic-client"), ("post", "post-client"), ("jwt", "jwt-client")] {
+    for (name, client) in [
+        ("basic", "basic-client"),
+        ("post", "post-client"),
+        ("jwt", "jwt-client"),
+    ] {
         let body = token_json(&agent, name);
         let token = body["access_token"].as_str().unwrap();
         pod.sensitive.add(token);
@@ -76,14 +102,27 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
         assert_eq!(claims["client_id"], client, "{claims}");
         let expires_at = humantime::parse_rfc3339(body["expires_at"].as_str().unwrap()).unwrap();
         let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims["exp"].as_u64().unwrap());
-        let skew = exp.duration_since(expires_at).unwrap_or_else(|e| e.duration());
-        assert!(skew < Duration::from_secs(3), "expires_at {expires_at:?} vs exp {exp:?}");
-        assert_eq!(pod.token_file(name).as_deref(), Some(token), "file holds exactly the served token");
+        let skew = exp
+            .duration_since(expires_at)
+            .unwrap_or_else(|e| e.duration());
+        assert!(
+            skew < Duration::from_secs(3),
+            "expires_at {expires_at:?} vs exp {exp:?}"
+        );
+        assert_eq!(
+            pod.token_file(name).as_deref(),
+            Some(token),
+            "file holds exactly the served token"
+        );
         let (status, plain) = sget(agent.socket(), &format!("/v1/tokens/{name}"), "text/plain");
         assert_eq!((status, plain.as_str()), (200, token));
     }
     let methods: Vec<String> = serde_json::from_value(idp.stats()["auth_methods"].clone()).unwrap();
-    for m in ["client_secret_basic", "client_secret_post", "private_key_jwt"] {
+    for m in [
+        "client_secret_basic",
+        "client_secret_post",
+        "private_key_jwt",
+    ] {
         assert!(methods.iter().any(|x| x == m), "IdP saw {methods:?}");
     }
     assert_eq!(methods.len(), 3, "one IdP request per token: {methods:?}");
@@ -99,26 +138,44 @@ fn socket_api_contract() {
     let idp = Idp::with_clients(&[("c", "secret-api-1", "client_secret_basic")]);
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-api-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let mut env = pod.env(&requests);
     env.push(("FLYTE_AUTH_AGENT_SOCKET_MODE".into(), "0660".into()));
     let agent = AgentProcess::start(&pod, &["serve"], &env);
     agent.wait_ready(Duration::from_secs(15));
-    let token = token_json(&agent, "api")["access_token"].as_str().unwrap().to_string();
+    let token = token_json(&agent, "api")["access_token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     pod.sensitive.add(&token);
 
-    let mode = std::fs::metadata(pod.socket()).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(pod.socket())
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o660);
 
     let (status, body) = sget(agent.socket(), "/v1/tokens/nope", "*/*");
     assert_eq!(status, 404);
     let err: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(err["error"], "unknown_token");
-    assert!(err["message"].as_str().unwrap().contains("configured: api"), "{body}");
+    assert!(
+        err["message"].as_str().unwrap().contains("configured: api"),
+        "{body}"
+    );
 
     let (status, body) = sget(agent.socket(), "/v1/tokens", "*/*");
     assert_eq!(status, 200);
-    assert!(!body.contains(&token), "the listing never carries token values");
+    assert!(
+        !body.contains(&token),
+        "the listing never carries token values"
+    );
     let list: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(list["tokens"][0]["name"], "api");
     assert_eq!(list["tokens"][0]["status"], "valid");
@@ -131,10 +188,22 @@ fn socket_api_contract() {
     // The health port serves health and metrics, never a token.
     let (status, metrics) = agent.health_get("/metrics");
     assert_eq!(status, 200);
-    assert!(metrics.contains("flyte_auth_agent_token_requests_total{name=\"api\",outcome=\"ok\"} 1"), "{metrics}");
-    assert!(metrics.contains("flyte_auth_agent_cache_hits_total{name=\"api\"}"), "{metrics}");
-    assert!(metrics.contains("flyte_auth_agent_idp_request_duration_seconds_count{name=\"api\"} 1"), "{metrics}");
-    assert!(metrics.contains("flyte_auth_agent_token_seconds_to_expiry{name=\"api\"}"), "{metrics}");
+    assert!(
+        metrics.contains("flyte_auth_agent_token_requests_total{name=\"api\",outcome=\"ok\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flyte_auth_agent_cache_hits_total{name=\"api\"}"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flyte_auth_agent_idp_request_duration_seconds_count{name=\"api\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("flyte_auth_agent_token_seconds_to_expiry{name=\"api\"}"),
+        "{metrics}"
+    );
     pod.sensitive.assert_absent("/metrics", &metrics);
     assert_eq!(agent.health_get("/v1/tokens/api").0, 404);
     assert_eq!(agent.health_get("/healthz").0, 200);
@@ -154,7 +223,10 @@ fn socket_api_contract() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("404") && stderr.contains("no token request is named \"nope\""), "{stderr}");
+    assert!(
+        stderr.contains("404") && stderr.contains("no token request is named \"nope\""),
+        "{stderr}"
+    );
 
     let (code, _) = agent.stop();
     assert_eq!(code, 0);
@@ -168,7 +240,12 @@ fn concurrent_socket_reads_share_one_idp_call() {
     idp.fault(json!({"mode": "slow", "delay_ms": 700}));
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-conc-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     let socket = agent.socket().to_path_buf();
     let bodies = rt().block_on(async {
@@ -177,17 +254,27 @@ fn concurrent_socket_reads_share_one_idp_call() {
     });
     let first = &bodies[0].1;
     pod.sensitive.add(first.clone());
-    assert!(bodies.iter().all(|(s, b)| *s == 200 && b == first), "every reader got the same token");
+    assert!(
+        bodies.iter().all(|(s, b)| *s == 200 && b == first),
+        "every reader got the same token"
+    );
     assert_eq!(idp.token_requests(), 1);
     agent.stop();
 }
 
 #[test]
 fn refresh_replaces_the_file_before_expiry_and_readers_never_see_a_gap() {
-    let idp = Idp::start(json!({"accessTokenTTL": 4, "clients": [{"client_id": "c", "client_secret": "secret-refresh-1"}]}));
+    let idp = Idp::start(
+        json!({"accessTokenTTL": 4, "clients": [{"client_id": "c", "client_secret": "secret-refresh-1"}]}),
+    );
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-refresh-1");
-    let requests = json!([request("api", "c", "g", ("tokenEndpoint", &idp.token_endpoint()))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("tokenEndpoint", &idp.token_endpoint())
+    )]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
 
@@ -196,18 +283,26 @@ fn refresh_replaces_the_file_before_expiry_and_readers_never_see_a_gap() {
     let mut reads = 0u64;
     // Bounded: at most 10 s of reads; stops once three refreshes have been seen.
     while seen.len() < 4 && start.elapsed() < Duration::from_secs(10) {
-        let content = std::fs::read_to_string(pod.tokens_dir().join("api")).expect("the file always exists");
+        let content =
+            std::fs::read_to_string(pod.tokens_dir().join("api")).expect("the file always exists");
         assert!(!content.is_empty(), "empty token file");
         if seen.insert(content.clone()) {
             pod.sensitive.add(content.clone());
             let claims = idp.verify(&content, "flyteadmin");
             let exp = std::time::UNIX_EPOCH + Duration::from_secs(claims["exp"].as_u64().unwrap());
-            assert!(exp > std::time::SystemTime::now(), "file held an expired token");
+            assert!(
+                exp > std::time::SystemTime::now(),
+                "file held an expired token"
+            );
         }
         reads += 1;
         std::thread::sleep(Duration::from_millis(2));
     }
-    assert!(seen.len() >= 4, "expected 3 refreshes of a 4 s token in 10 s, saw {} tokens", seen.len());
+    assert!(
+        seen.len() >= 4,
+        "expected 3 refreshes of a 4 s token in 10 s, saw {} tokens",
+        seen.len()
+    );
     assert!(reads > 100);
     // Each token was checked when first seen; JWT verification also proves none was partial.
     let current = pod.token_file("api").unwrap();
@@ -229,16 +324,27 @@ fn failing_agent(idp: &Idp, fault: Value, extra_env: &[(&str, &str)]) -> (Pod, A
     idp.fault(fault);
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-fault-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let mut env = pod.env(&requests);
-    env.extend(extra_env.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env.extend(
+        extra_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
     let agent = AgentProcess::start(&pod, &["serve"], &env);
     (pod, agent)
 }
 
 /// Waits for `n` failures in the log and returns the API's 503 message.
 fn expect_failing(agent: &AgentProcess, pod: &Pod, n: usize, limit: Duration) -> String {
-    wait_for("failures in the log", limit, || (retry_delays(&agent.output()).len() >= n).then_some(()));
+    wait_for("failures in the log", limit, || {
+        (retry_delays(&agent.output()).len() >= n).then_some(())
+    });
     let (status, body) = sget(agent.socket(), "/v1/tokens/api", "application/json");
     assert_eq!(status, 503, "{body}");
     let err: Value = serde_json::from_str(&body).unwrap();
@@ -252,12 +358,19 @@ fn expect_failing(agent: &AgentProcess, pod: &Pod, n: usize, limit: Duration) ->
 #[test]
 fn idp_500_backs_off_exponentially_with_a_clear_error() {
     let idp = Idp::with_clients(&[("c", "secret-fault-1", "client_secret_basic")]);
-    let (pod, agent) = failing_agent(&idp, json!({"mode": "status", "status": 500, "body": "{\"error\":\"server_error\"}"}), &[]);
+    let (pod, agent) = failing_agent(
+        &idp,
+        json!({"mode": "status", "status": 500, "body": "{\"error\":\"server_error\"}"}),
+        &[],
+    );
     let msg = expect_failing(&agent, &pod, 3, Duration::from_secs(15));
     assert!(msg.contains("/token") && msg.contains("500"), "{msg}");
     let delays = retry_delays(&agent.output());
     // Jitter draws from the upper half of each step: 0.5–1 s, 1–2 s, 2–4 s.
-    assert!(delays[1] >= 1.0 && delays[2] >= 2.0 && delays[2] > delays[0], "{delays:?}");
+    assert!(
+        delays[1] >= 1.0 && delays[2] >= 2.0 && delays[2] > delays[0],
+        "{delays:?}"
+    );
     agent.stop();
 }
 
@@ -266,7 +379,9 @@ fn idp_429_retry_after_is_honoured() {
     let idp = Idp::with_clients(&[("c", "secret-fault-1", "client_secret_basic")]);
     let fault = json!({"mode": "status", "status": 429, "body": "", "headers": {"Retry-After": "3"}, "count": 1});
     let (pod, agent) = failing_agent(&idp, fault, &[]);
-    wait_for("first failure", Duration::from_secs(10), || (!retry_delays(&agent.output()).is_empty()).then_some(()));
+    wait_for("first failure", Duration::from_secs(10), || {
+        (!retry_delays(&agent.output()).is_empty()).then_some(())
+    });
     let delays = retry_delays(&agent.output());
     assert!(delays[0] >= 3.0, "Retry-After 3 s honoured: {delays:?}");
     assert!(agent.output().contains("429"), "{}", agent.output());
@@ -285,7 +400,11 @@ fn idp_429_retry_after_is_honoured() {
 #[test]
 fn slow_idp_times_out() {
     let idp = Idp::with_clients(&[("c", "secret-fault-1", "client_secret_basic")]);
-    let (pod, agent) = failing_agent(&idp, json!({"mode": "slow", "delay_ms": 5000}), &[("FLYTE_AUTH_AGENT_IDP_TIMEOUT", "500ms")]);
+    let (pod, agent) = failing_agent(
+        &idp,
+        json!({"mode": "slow", "delay_ms": 5000}),
+        &[("FLYTE_AUTH_AGENT_IDP_TIMEOUT", "500ms")],
+    );
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
     assert!(msg.contains("did not answer within 500ms"), "{msg}");
     agent.stop();
@@ -296,7 +415,10 @@ fn malformed_token_response_is_named() {
     let idp = Idp::with_clients(&[("c", "secret-fault-1", "client_secret_basic")]);
     let (pod, agent) = failing_agent(&idp, json!({"mode": "malformed"}), &[]);
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
-    assert!(msg.contains("malformed response") && msg.contains("JSON"), "{msg}");
+    assert!(
+        msg.contains("malformed response") && msg.contains("JSON"),
+        "{msg}"
+    );
     agent.stop();
 }
 
@@ -306,8 +428,15 @@ fn wrong_issuer_fails_discovery() {
     idp.control("discovery", json!({"issuer": "http://127.0.0.1:1/wrong"}));
     let (pod, agent) = failing_agent(&idp, json!({"mode": "none"}), &[]);
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
-    assert!(msg.contains("OIDC discovery") && msg.contains("127.0.0.1:1/wrong"), "{msg}");
-    assert_eq!(idp.token_requests(), 0, "no token request to an unverified issuer");
+    assert!(
+        msg.contains("OIDC discovery") && msg.contains("127.0.0.1:1/wrong"),
+        "{msg}"
+    );
+    assert_eq!(
+        idp.token_requests(),
+        0,
+        "no token request to an unverified issuer"
+    );
     agent.stop();
 }
 
@@ -317,10 +446,18 @@ fn bad_secret_is_rejected_then_a_rotated_secret_works_without_restart() {
     let pod = Pod::new();
     pod.secret("g", "client_secret", "wrong-secret-9");
     pod.sensitive.add("secret-rotated-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
-    assert!(msg.contains("HTTP 401") && msg.contains("invalid_client"), "{msg}");
+    assert!(
+        msg.contains("HTTP 401") && msg.contains("invalid_client"),
+        "{msg}"
+    );
     // Kubernetes rotates the mounted Secret; the next attempt reads it anew.
     pod.secret("g", "client_secret", "secret-rotated-1");
     agent.wait_ready(Duration::from_secs(15));
@@ -330,17 +467,26 @@ fn bad_secret_is_rejected_then_a_rotated_secret_works_without_restart() {
 
 #[test]
 fn a_failing_idp_never_replaces_a_valid_token() {
-    let idp = Idp::start(json!({"accessTokenTTL": 8, "clients": [{"client_id": "c", "client_secret": "secret-keep-1"}]}));
+    let idp = Idp::start(
+        json!({"accessTokenTTL": 8, "clients": [{"client_id": "c", "client_secret": "secret-keep-1"}]}),
+    );
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-keep-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
     let token = pod.token_file("api").unwrap();
     pod.sensitive.add(&token);
     idp.fault(json!({"mode": "status", "status": 503, "body": ""}));
     // The refresh at ~5–6 s fails; the valid token stays in the file and the API.
-    wait_for("a failed refresh", Duration::from_secs(15), || (!retry_delays(&agent.output()).is_empty()).then_some(()));
+    wait_for("a failed refresh", Duration::from_secs(15), || {
+        (!retry_delays(&agent.output()).is_empty()).then_some(())
+    });
     assert_eq!(pod.token_file("api").as_deref(), Some(token.as_str()));
     assert_eq!(token_json(&agent, "api")["access_token"], token.as_str());
     // Once it expires the API says so, and the file still holds the last token, never nothing.
@@ -358,7 +504,9 @@ fn a_failing_idp_never_replaces_a_valid_token() {
 
 #[test]
 fn idp_down_keeps_the_token_and_reports_unreachable() {
-    let mut idp = Some(Idp::start(json!({"accessTokenTTL": 8, "clients": [{"client_id": "c", "client_secret": "secret-down-1"}]})));
+    let mut idp = Some(Idp::start(
+        json!({"accessTokenTTL": 8, "clients": [{"client_id": "c", "client_secret": "secret-down-1"}]}),
+    ));
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-down-1");
     let token_endpoint = idp.as_ref().unwrap().token_endpoint();
@@ -368,7 +516,9 @@ fn idp_down_keeps_the_token_and_reports_unreachable() {
     let token = pod.token_file("api").unwrap();
     pod.sensitive.add(&token);
     drop(idp.take());
-    wait_for("an unreachable IdP", Duration::from_secs(15), || agent.output().contains("cannot reach").then_some(()));
+    wait_for("an unreachable IdP", Duration::from_secs(15), || {
+        agent.output().contains("cannot reach").then_some(())
+    });
     assert_eq!(pod.token_file("api").as_deref(), Some(token.as_str()));
     let (_, list) = sget(agent.socket(), "/v1/tokens", "*/*");
     assert!(list.contains("cannot reach"), "{list}");
@@ -380,7 +530,10 @@ fn once_mode_writes_files_and_exits_with_status() {
     let idp = Idp::with_clients(&[("c", "secret-once-1", "client_secret_basic")]);
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-once-1");
-    let requests = json!([request("a", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer)), request("b", "c", "g", ("tokenEndpoint", &idp.token_endpoint()))]);
+    let requests = json!([
+        request("a", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer)),
+        request("b", "c", "g", ("tokenEndpoint", &idp.token_endpoint()))
+    ]);
     let agent = AgentProcess::start(&pod, &["serve", "--once"], &pod.env(&requests));
     let (code, _) = agent.wait_exit(Duration::from_secs(20));
     assert_eq!(code, 0);
@@ -394,10 +547,19 @@ fn once_mode_writes_files_and_exits_with_status() {
     idp.fault(json!({"mode": "status", "status": 500, "body": ""}));
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-once-1");
-    let agent = AgentProcess::start(&pod, &["serve", "--once", "--once-timeout", "2s"], &pod.env(&requests));
+    let agent = AgentProcess::start(
+        &pod,
+        &["serve", "--once", "--once-timeout", "2s"],
+        &pod.env(&requests),
+    );
     let (code, out) = agent.wait_exit(Duration::from_secs(20));
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("some tokens could not be fetched") && out.contains("no valid token for \"a\"") && out.contains("HTTP 500"), "{out}");
+    assert!(
+        out.contains("some tokens could not be fetched")
+            && out.contains("no valid token for \"a\"")
+            && out.contains("HTTP 500"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -405,7 +567,12 @@ fn sigterm_drains_removes_the_socket_and_exits_zero() {
     let idp = Idp::with_clients(&[("c", "secret-term-1", "client_secret_basic")]);
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-term-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     // A stale socket file from a crashed agent is in the way.
     std::fs::create_dir_all(pod.socket().parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(pod.socket()).unwrap());
@@ -440,25 +607,51 @@ fn invalid_configuration_exits_64_naming_each_field() {
         {"name": "ok", "client": {"clientId": "c", "clientSecret": {"group": "absent", "key": "client_secret"}}, "idpDiscoveryEndpoint": "https://idp.example"},
     ]);
     pod.secret("g", "client_secret", "secret-cfg-1");
-    let out = std::process::Command::new(agent_bin()).arg("serve").env_clear().envs(pod.env(&requests)).output().unwrap();
+    let out = std::process::Command::new(agent_bin())
+        .arg("serve")
+        .env_clear()
+        .envs(pod.env(&requests))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(stderr.contains("[0].name: \"../x\" contains '/'"), "{stderr}");
-    assert!(stderr.contains("[1].client.clientSecret: secret not found"), "{stderr}");
+    assert!(
+        stderr.contains("[0].name: \"../x\" contains '/'"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("[1].client.clientSecret: secret not found"),
+        "{stderr}"
+    );
     pod.sensitive.assert_absent("stderr", &stderr);
 
     let yaml = pod.dir.path().join("agent.yaml");
     std::fs::write(&yaml, "token_requests: [{name: a, tokenEndpoint: 'https://i/t', client: {clientId: c, clientSecret: {group: g, key: client_secret}}}]\nfile_mode: \"888\"\n").unwrap();
     let check = |env: Vec<(String, String)>| {
-        std::process::Command::new(agent_bin()).args(["check", "--config"]).arg(&yaml).env_clear().envs(env).output().unwrap()
+        std::process::Command::new(agent_bin())
+            .args(["check", "--config"])
+            .arg(&yaml)
+            .env_clear()
+            .envs(env)
+            .output()
+            .unwrap()
     };
-    let env = vec![("FLYTE_SECRETS_DEFAULT_DIR".to_string(), pod.secrets_dir().display().to_string())];
+    let env = vec![(
+        "FLYTE_SECRETS_DEFAULT_DIR".to_string(),
+        pod.secrets_dir().display().to_string(),
+    )];
     let out = check(env.clone());
     assert_eq!(out.status.code(), Some(64));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("file_mode: \"888\" is not an octal file mode"));
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("file_mode: \"888\" is not an octal file mode"));
     std::fs::write(&yaml, "token_requests: [{name: a, tokenEndpoint: 'https://i/t', client: {clientId: c, clientSecret: {group: g, key: client_secret}}}]\n").unwrap();
     let out = check(env);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 token request(s): a"));
 }
 
@@ -479,27 +672,66 @@ fn dev_mode_serves_a_verifiable_token() {
         out.push_str(&lines.next().expect("dev output").unwrap());
         out.push('\n');
     }
-    let issuer = out.split("issuer at ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    let socket = out.split("--unix-socket ").nth(1).unwrap().split_whitespace().next().unwrap().to_string();
-    let health = out.split("curl http://").nth(1).unwrap().split('/').next().unwrap().to_string();
+    let issuer = out
+        .split("issuer at ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let socket = out
+        .split("--unix-socket ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    let health = out
+        .split("curl http://")
+        .nth(1)
+        .unwrap()
+        .split('/')
+        .next()
+        .unwrap()
+        .to_string();
     wait_for("dev agent ready", Duration::from_secs(15), || {
         let r = reqwest::blocking::get(format!("http://{health}/readyz")).ok()?;
         (r.status() == 200).then_some(())
     });
-    let (status, body) = sget(std::path::Path::new(&socket), "/v1/tokens/demo", "application/json");
+    let (status, body) = sget(
+        std::path::Path::new(&socket),
+        "/v1/tokens/demo",
+        "application/json",
+    );
     assert_eq!(status, 200, "{body}");
     let token: Value = serde_json::from_str(&body).unwrap();
     let token = token["access_token"].as_str().unwrap();
-    assert_eq!(std::fs::read_to_string(dir.path().join("tokens/demo")).unwrap(), token);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("tokens/demo")).unwrap(),
+        token
+    );
     // Verify against the embedded issuer's JWKS.
-    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::blocking::get(format!("{issuer}/jwks")).unwrap().json().unwrap();
+    let jwks: jsonwebtoken::jwk::JwkSet = reqwest::blocking::get(format!("{issuer}/jwks"))
+        .unwrap()
+        .json()
+        .unwrap();
     let key = jsonwebtoken::DecodingKey::from_jwk(&jwks.keys[0]).unwrap();
     let mut v = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::ES256);
     v.set_audience(&["demo-api"]);
     v.set_issuer(&[issuer.as_str()]);
-    let claims = jsonwebtoken::decode::<Value>(token, &key, &v).unwrap().claims;
+    let claims = jsonwebtoken::decode::<Value>(token, &key, &v)
+        .unwrap()
+        .claims;
     assert_eq!(claims["scope"], "read");
-    std::process::Command::new("kill").arg("-INT").arg(child.id().to_string()).status().unwrap();
-    let status = wait_for("dev exit", Duration::from_secs(10), || child.try_wait().unwrap());
+    std::process::Command::new("kill")
+        .arg("-INT")
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    let status = wait_for("dev exit", Duration::from_secs(10), || {
+        child.try_wait().unwrap()
+    });
     assert!(status.success());
 }

@@ -17,19 +17,33 @@ fn a_thousand_cold_readers_cause_one_idp_request() {
     idp.fault(json!({"mode": "slow", "delay_ms": 500}));
     let pod = Pod::new();
     pod.secret("g", "client_secret", "secret-sf-1");
-    let requests = json!([request("api", "c", "g", ("idpDiscoveryEndpoint", &idp.issuer))]);
+    let requests = json!([request(
+        "api",
+        "c",
+        "g",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
     let env: HashMap<String, String> = pod.env(&requests).into_iter().collect();
     let env: Arc<dyn Env> = Arc::new(env);
     let config = Config::load(None, env.clone()).unwrap();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let tokens = rt.block_on(async {
         let agent = Agent::build(&config, env).unwrap();
         let cache = agent.cache().clone();
         let readers: Vec<_> = (0..1000)
             .map(|_| {
                 let cache = cache.clone();
-                tokio::spawn(async move { cache.get("api").await.map(|t| t.access_token.expose().to_string()) })
+                tokio::spawn(async move {
+                    cache
+                        .get("api")
+                        .await
+                        .map(|t| t.access_token.expose().to_string())
+                })
             })
             .collect();
         let mut tokens = Vec::with_capacity(readers.len());

@@ -17,7 +17,10 @@ impl Fixture {
     }
 
     fn env(&self, extra: &[(&str, &str)]) -> Arc<dyn Env> {
-        let mut env: HashMap<String, String> = extra.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let mut env: HashMap<String, String> = extra
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         env.entry(ENV_SECRETS_DIR.into())
             .or_insert_with(|| self.dir.path().join("secrets").display().to_string());
         Arc::new(env)
@@ -48,7 +51,10 @@ fn messages(errors: ConfigErrors) -> Vec<String> {
 fn defaults_fit_a_pod() {
     let c = Config::load(None, Arc::new(HashMap::<String, String>::new())).unwrap();
     assert_eq!(c.tokens_dir, Path::new("/var/run/flyte/tokens"));
-    assert_eq!(c.socket_path, Path::new("/var/run/flyte-auth-agent/agent.sock"));
+    assert_eq!(
+        c.socket_path,
+        Path::new("/var/run/flyte-auth-agent/agent.sock")
+    );
     assert_eq!(c.health_addr.to_string(), "0.0.0.0:9911");
     assert_eq!((c.file_mode, c.socket_mode), (0o644, 0o666));
     assert_eq!(c.secrets.default_dir, Path::new("/etc/flyte/secrets"));
@@ -64,13 +70,21 @@ fn token_requests_from_env_json_camel_and_snake_case() {
         request("camel")
     );
     let c = f.load_json(&json).unwrap();
-    let [camel, snake] = &c.token_requests[..] else { panic!("two requests") };
+    let [camel, snake] = &c.token_requests[..] else {
+        panic!("two requests")
+    };
     assert_eq!(camel.name, "camel");
     assert_eq!(camel.client_id, "app");
-    assert_eq!(camel.endpoint, Endpoint::Token(Url::parse("https://idp.example/token").unwrap()));
+    assert_eq!(
+        camel.endpoint,
+        Endpoint::Token(Url::parse("https://idp.example/token").unwrap())
+    );
     assert_eq!(camel.client_auth, ClientAuth::ClientSecretBasic);
     assert_eq!(snake.client_id, "c2");
-    assert_eq!(snake.endpoint, Endpoint::Discovery(Url::parse("http://127.0.0.1:1/").unwrap()));
+    assert_eq!(
+        snake.endpoint,
+        Endpoint::Discovery(Url::parse("http://127.0.0.1:1/").unwrap())
+    );
     assert_eq!(snake.scopes, ["a", "b"]);
     assert_eq!(snake.audience.as_deref(), Some("flyteadmin"));
     assert_eq!(snake.client_auth, ClientAuth::ClientSecretPost);
@@ -102,7 +116,10 @@ token_requests:
     assert_eq!(c.refresh.at_fraction, 0.5);
     assert_eq!(c.refresh.min_backoff, Duration::from_secs(2));
     assert_eq!(c.token_requests[0].scopes, ["all", "offline"]);
-    assert_eq!(c.token_requests[0].origin, format!("config file {} token_requests[0]", path.display()));
+    assert_eq!(
+        c.token_requests[0].origin,
+        format!("config file {} token_requests[0]", path.display())
+    );
 }
 
 #[test]
@@ -144,7 +161,10 @@ fn every_bad_request_is_reported_at_once_naming_the_field() {
     ];
     assert_eq!(errors.len(), expected_starts.len(), "{errors:#?}");
     for (got, want) in errors.iter().zip(&expected_starts) {
-        assert!(got.starts_with(want.as_str()), "got {got:?}\nwant prefix {want:?}");
+        assert!(
+            got.starts_with(want.as_str()),
+            "got {got:?}\nwant prefix {want:?}"
+        );
     }
     assert!(!errors.join("\n").contains("s3cr3t-value"));
 }
@@ -152,14 +172,26 @@ fn every_bad_request_is_reported_at_once_naming_the_field() {
 #[test]
 fn structural_json_errors_name_the_path() {
     let f = Fixture::new();
-    let errors = messages(f.load_json(r#"[{"name":"x","client":{"clientId":"a","bogus":1}}]"#).unwrap_err());
+    let errors = messages(
+        f.load_json(r#"[{"name":"x","client":{"clientId":"a","bogus":1}}]"#)
+            .unwrap_err(),
+    );
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: "), "{errors:?}");
+    assert!(
+        errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: "),
+        "{errors:?}"
+    );
     assert!(errors[0].contains("bogus"), "{errors:?}");
     let errors = messages(f.load_json("{not json").unwrap_err());
-    assert!(errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: (value): not a JSON array"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: (value): not a JSON array"),
+        "{errors:?}"
+    );
     let errors = messages(f.load_json(r#"["str"]"#).unwrap_err());
-    assert_eq!(errors, ["env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: is not an object"]);
+    assert_eq!(
+        errors,
+        ["env FLYTE_AUTH_AGENT_TOKEN_REQUESTS: [0]: is not an object"]
+    );
 }
 
 #[test]
@@ -167,9 +199,16 @@ fn both_endpoints_prefers_token_endpoint_with_a_notice() {
     let f = Fixture::new();
     let json = r#"[{"name":"both","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t","idpDiscoveryEndpoint":"https://other/"}]"#;
     let c = f.load_json(json).unwrap();
-    assert_eq!(c.token_requests[0].endpoint, Endpoint::Token(Url::parse("https://idp/t").unwrap()));
+    assert_eq!(
+        c.token_requests[0].endpoint,
+        Endpoint::Token(Url::parse("https://idp/t").unwrap())
+    );
     assert_eq!(c.notices.len(), 1);
-    assert!(c.notices[0].contains("using tokenEndpoint"), "{:?}", c.notices);
+    assert!(
+        c.notices[0].contains("using tokenEndpoint"),
+        "{:?}",
+        c.notices
+    );
 }
 
 #[test]
@@ -177,10 +216,21 @@ fn insecure_http_needs_the_flag() {
     let f = Fixture::new();
     let json = r#"[{"name":"p","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"http://idp.internal/t"}]"#;
     assert!(f.load_json(json).is_err());
-    let env = f.env(&[(ENV_TOKEN_REQUESTS, json), ("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP", "true")]);
+    let env = f.env(&[
+        (ENV_TOKEN_REQUESTS, json),
+        ("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP", "true"),
+    ]);
     assert!(Config::load(None, env).is_ok());
-    for ok in ["http://127.0.0.1:8080/t", "http://localhost/t", "http://[::1]/t", "https://x/t"] {
-        assert!(check_idp_url(&Url::parse(ok).unwrap(), false).is_ok(), "{ok}");
+    for ok in [
+        "http://127.0.0.1:8080/t",
+        "http://localhost/t",
+        "http://[::1]/t",
+        "https://x/t",
+    ] {
+        assert!(
+            check_idp_url(&Url::parse(ok).unwrap(), false).is_ok(),
+            "{ok}"
+        );
     }
     assert!(check_idp_url(&Url::parse("ftp://x/t").unwrap(), true).is_err());
 }
@@ -189,7 +239,9 @@ fn insecure_http_needs_the_flag() {
 fn bad_top_level_values_each_reported() {
     let f = Fixture::new();
     let path = f.yaml("file_mode: \"999\"\nsocket_mode: \"0o660\"\nhealth_addr: nowhere\nlog_format: xml\nidp: {timeout: soon}\nrefresh: {at_fraction: 1.5}\n");
-    let errors = messages(Config::load(Some(&path), f.env(&[("FLYTE_AUTH_AGENT_FILE_MODE", "abc")])).unwrap_err());
+    let errors = messages(
+        Config::load(Some(&path), f.env(&[("FLYTE_AUTH_AGENT_FILE_MODE", "abc")])).unwrap_err(),
+    );
     let src = format!("config file {}", path.display());
     assert_eq!(
         errors,
@@ -207,8 +259,12 @@ fn bad_top_level_values_each_reported() {
 fn unknown_yaml_keys_and_syntax_errors_are_named() {
     let f = Fixture::new();
     let errors = messages(Config::load(Some(&f.yaml("tokens_dir: /x\n")), f.env(&[])).unwrap_err());
-    assert!(errors[0].contains("unknown field `tokens_dir`"), "{errors:?}");
-    let errors = messages(Config::load(Some(&f.yaml("socket: [unclosed\n")), f.env(&[])).unwrap_err());
+    assert!(
+        errors[0].contains("unknown field `tokens_dir`"),
+        "{errors:?}"
+    );
+    let errors =
+        messages(Config::load(Some(&f.yaml("socket: [unclosed\n")), f.env(&[])).unwrap_err());
     assert!(errors[0].contains(": line "), "{errors:?}");
     let missing = f.dir.path().join("nope.yaml");
     let errors = messages(Config::load(Some(&missing), f.env(&[])).unwrap_err());
@@ -226,7 +282,10 @@ fn private_key_jwt_secret_must_be_a_key() {
     );
     let json = r#"[{"name":"pk","client":{"clientId":"a","clientSecret":{"group":"app","key":"secret"}},"tokenEndpoint":"https://idp/t","clientAuthMethod":"mtls"}]"#;
     let errors = messages(f.load_json(json).unwrap_err());
-    assert!(errors[0].contains("[0].clientAuthMethod: \"mtls\" is not"), "{errors:?}");
+    assert!(
+        errors[0].contains("[0].clientAuthMethod: \"mtls\" is not"),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -17,7 +17,10 @@ use serde_json::{json, Value};
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Polls `f` every 20 ms until it returns `Some`, failing the test after `limit`.
@@ -27,7 +30,10 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
         if let Some(v) = f() {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -43,7 +49,10 @@ pub async fn wait_for_async<T, F: std::future::Future<Output = Option<T>>>(
         if let Some(v) = f().await {
             return v;
         }
-        assert!(start.elapsed() < limit, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -73,10 +82,17 @@ impl Idp {
             .spawn()
             .expect("start node tests/idp/server.mjs");
         let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).expect("read IdP address");
-        let info: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP said {line:?}: {e}"));
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("read IdP address");
+        let info: Value =
+            serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP said {line:?}: {e}"));
         let issuer = info["issuer"].as_str().expect("issuer").to_string();
-        Self { child, issuer, http: reqwest::blocking::Client::new() }
+        Self {
+            child,
+            issuer,
+            http: reqwest::blocking::Client::new(),
+        }
     }
 
     /// Starts the IdP with one client per `(client_id, secret, auth method)`.
@@ -93,12 +109,23 @@ impl Idp {
     }
 
     pub fn token_endpoint(&self) -> String {
-        let doc: Value = self.http.get(self.discovery_url()).send().unwrap().json().unwrap();
+        let doc: Value = self
+            .http
+            .get(self.discovery_url())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
         doc["token_endpoint"].as_str().unwrap().to_string()
     }
 
     pub fn stats(&self) -> Value {
-        self.http.get(format!("{}/__test/stats", self.issuer)).send().unwrap().json().unwrap()
+        self.http
+            .get(format!("{}/__test/stats", self.issuer))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
     }
 
     pub fn token_requests(&self) -> u64 {
@@ -106,8 +133,17 @@ impl Idp {
     }
 
     pub fn control(&self, what: &str, body: Value) {
-        let r = self.http.post(format!("{}/__test/{what}", self.issuer)).json(&body).send().unwrap();
-        assert!(r.status().is_success(), "IdP control {what}: {}", r.status());
+        let r = self
+            .http
+            .post(format!("{}/__test/{what}", self.issuer))
+            .json(&body)
+            .send()
+            .unwrap();
+        assert!(
+            r.status().is_success(),
+            "IdP control {what}: {}",
+            r.status()
+        );
     }
 
     pub fn fault(&self, body: Value) {
@@ -120,8 +156,19 @@ impl Idp {
 
     /// The IdP's JWKS, for verifying tokens.
     pub fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
-        let doc: Value = self.http.get(self.discovery_url()).send().unwrap().json().unwrap();
-        self.http.get(doc["jwks_uri"].as_str().unwrap()).send().unwrap().json().unwrap()
+        let doc: Value = self
+            .http
+            .get(self.discovery_url())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        self.http
+            .get(doc["jwks_uri"].as_str().unwrap())
+            .send()
+            .unwrap()
+            .json()
+            .unwrap()
     }
 
     /// Verifies `token` against the IdP's JWKS and returns its claims.
@@ -136,7 +183,9 @@ impl Idp {
         let mut validation = jsonwebtoken::Validation::new(header.alg);
         validation.set_audience(&[audience]);
         validation.set_issuer(&[&self.issuer]);
-        jsonwebtoken::decode::<Value>(token, &key, &validation).expect("token verifies against the IdP's JWKS").claims
+        jsonwebtoken::decode::<Value>(token, &key, &validation)
+            .expect("token verifies against the IdP's JWKS")
+            .claims
     }
 }
 
@@ -161,7 +210,10 @@ impl Sensitive {
 
     pub fn assert_absent(&self, what: &str, text: &str) {
         for s in self.0.lock().unwrap().iter() {
-            assert!(!text.contains(s.as_str()), "{what} contains a secret or token value");
+            assert!(
+                !text.contains(s.as_str()),
+                "{what} contains a secret or token value"
+            );
         }
     }
 }
@@ -174,7 +226,10 @@ pub struct Pod {
 
 impl Pod {
     pub fn new() -> Self {
-        Self { dir: tempfile::tempdir().unwrap(), sensitive: Sensitive::default() }
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+            sensitive: Sensitive::default(),
+        }
     }
 
     pub fn secrets_dir(&self) -> PathBuf {
@@ -204,11 +259,23 @@ impl Pod {
     /// The env a pod gives the agent, plus `requests` as FLYTE_AUTH_AGENT_TOKEN_REQUESTS.
     pub fn env(&self, requests: &Value) -> Vec<(String, String)> {
         vec![
-            ("FLYTE_TOKENS_PATH_PREFIX".into(), self.tokens_dir().display().to_string()),
-            ("FLYTE_AUTH_AGENT_SOCKET".into(), self.socket().display().to_string()),
-            ("FLYTE_SECRETS_DEFAULT_DIR".into(), self.secrets_dir().display().to_string()),
+            (
+                "FLYTE_TOKENS_PATH_PREFIX".into(),
+                self.tokens_dir().display().to_string(),
+            ),
+            (
+                "FLYTE_AUTH_AGENT_SOCKET".into(),
+                self.socket().display().to_string(),
+            ),
+            (
+                "FLYTE_SECRETS_DEFAULT_DIR".into(),
+                self.secrets_dir().display().to_string(),
+            ),
             ("FLYTE_AUTH_AGENT_HEALTH_ADDR".into(), "127.0.0.1:0".into()),
-            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS".into(), requests.to_string()),
+            (
+                "FLYTE_AUTH_AGENT_TOKEN_REQUESTS".into(),
+                requests.to_string(),
+            ),
             ("FLYTE_AUTH_AGENT_IDP_TIMEOUT".into(), "2s".into()),
         ]
     }
@@ -252,7 +319,10 @@ impl AgentProcess {
             .spawn()
             .expect("start agent");
         let output = Arc::new(Mutex::new(String::new()));
-        for stream in [Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>, Box::new(child.stderr.take().unwrap())] {
+        for stream in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
             let output = output.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -262,19 +332,29 @@ impl AgentProcess {
                 }
             });
         }
-        let mut agent = Self { child: Some(child), output, health: String::new(), sensitive: pod.sensitive.clone(), socket: pod.socket() };
+        let mut agent = Self {
+            child: Some(child),
+            output,
+            health: String::new(),
+            sensitive: pod.sensitive.clone(),
+            socket: pod.socket(),
+        };
         if args.contains(&"--once") {
             return agent;
         }
-        agent.health = wait_for("agent to log its addresses", Duration::from_secs(10), || {
-            let out = agent.output();
-            if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("agent exited early with {status}:\n{out}");
-            }
-            let line = out.lines().find(|l| l.contains("serving"))?;
-            let start = line.find("health=")? + "health=".len();
-            Some(line[start..].split_whitespace().next()?.to_string())
-        });
+        agent.health = wait_for(
+            "agent to log its addresses",
+            Duration::from_secs(10),
+            || {
+                let out = agent.output();
+                if let Some(status) = agent.child.as_mut().unwrap().try_wait().unwrap() {
+                    panic!("agent exited early with {status}:\n{out}");
+                }
+                let line = out.lines().find(|l| l.contains("serving"))?;
+                let start = line.find("health=")? + "health=".len();
+                Some(line[start..].split_whitespace().next()?.to_string())
+            },
+        );
         agent
     }
 
@@ -293,7 +373,9 @@ impl AgentProcess {
     }
 
     pub fn wait_ready(&self, limit: Duration) {
-        wait_for("agent /readyz", limit, || (self.health_get("/readyz").0 == 200).then_some(()));
+        wait_for("agent /readyz", limit, || {
+            (self.health_get("/readyz").0 == 200).then_some(())
+        });
     }
 
     /// Waits for the process to exit; returns its exit code and output, after checking the
@@ -311,7 +393,11 @@ impl AgentProcess {
     /// SIGTERM, then wait for exit.
     pub fn stop(self) -> (i32, String) {
         let pid = self.child.as_ref().unwrap().id();
-        let ok = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().unwrap();
+        let ok = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
         assert!(ok.success());
         self.wait_exit(Duration::from_secs(10))
     }
@@ -328,6 +414,8 @@ impl Drop for AgentProcess {
 
 /// GET over the agent's unix socket with a blocking hyper-free client: status and body.
 pub async fn socket_get(socket: &Path, path: &str, accept: &str) -> (u16, String) {
-    let (status, body) = flyte_auth_agent::client::get(socket, path, accept).await.expect("socket GET");
+    let (status, body) = flyte_auth_agent::client::get(socket, path, accept)
+        .await
+        .expect("socket GET");
     (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
 }

@@ -1,0 +1,19 @@
+//! Compiles the flyteidl `.proto` files with `protox` (pure Rust: no `protoc` on the machine) and
+//! generates prost types from the result; the descriptor set is kept for JSON and text format.
+
+use std::path::PathBuf;
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = ["flyteidl/core/security.proto"];
+    println!("cargo:rerun-if-changed=protos");
+    let fds = protox::compile(protos, ["protos"])?;
+    let out = PathBuf::from(std::env::var("OUT_DIR")?);
+    std::fs::write(
+        out.join("flyteidl.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
+    prost_build::Config::new()
+        .enable_type_names()
+        .compile_fds(fds)?;
+    Ok(())
+}

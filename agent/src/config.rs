@@ -585,17 +585,6 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if name == "." || name == ".." {
         return Err(format!("{name:?} is not a file name"));
     }
-    if name.starts_with('.') {
-        return Err(format!(
-            "{name:?} starts with '.'; token files must not be hidden files"
-        ));
-    }
-    if name.len() > 255 {
-        return Err(format!(
-            "is {} bytes; a file name holds at most 255",
-            name.len()
-        ));
-    }
     if name.contains('/') {
         return Err(format!(
             "{name:?} contains '/'; it must be a single path component"
@@ -606,6 +595,17 @@ pub fn check_name(name: &str) -> Result<(), String> {
     }
     if name.chars().any(char::is_control) {
         return Err(format!("{name:?} contains a control character"));
+    }
+    if name.len() > 255 {
+        return Err(format!(
+            "is {} bytes; a file name holds at most 255",
+            name.len()
+        ));
+    }
+    if name.starts_with('.') {
+        return Err(format!(
+            "{name:?} starts with '.'; token files must not be hidden files"
+        ));
     }
     Ok(())
 }

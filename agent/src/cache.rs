@@ -15,11 +15,10 @@
 //! draw, so a fleet of pods that started together spreads its refreshes out.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
+use futures_util::future::BoxFuture;
 use moka::ops::compute::{CompResult, Op};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -331,7 +330,7 @@ impl TokenCache {
         slot: &'a Slot,
         want: Want,
         current: Option<Arc<Token>>,
-    ) -> Pin<Box<dyn Future<Output = Result<Op<Arc<Token>>, MintError>> + Send + 'a>> {
+    ) -> BoxFuture<'a, Result<Op<Arc<Token>>, MintError>> {
         Box::pin(async move {
             let now = SystemTime::now();
             let usable = current.as_ref().is_some_and(|t| {

@@ -10,7 +10,7 @@
 //! `client_secret_post` or `private_key_jwt`; with `private_key_jwt` the client secret holds a PEM
 //! private key, RSA or P-256).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -829,11 +829,6 @@ fn parse_token_request(
         audience: ext.audience,
         origin: format!("{source} {path}"),
     })
-}
-
-/// Token request names, for messages.
-pub fn names(requests: &[TokenRequest]) -> HashSet<&str> {
-    requests.iter().map(|r| r.name.as_str()).collect()
 }
 
 #[cfg(test)]

@@ -9,11 +9,10 @@
 //! body can echo what it was sent.
 
 use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use futures_util::future::BoxFuture;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenType};
@@ -482,7 +481,7 @@ impl<'a> Recorder<'a> {
 // lifetime, which a borrowing closure cannot show, and the resulting future must be `Send`.
 impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
     type Error = TransportError;
-    type Future = Pin<Box<dyn Future<Output = Result<HttpResponse, TransportError>> + Send + 'c>>;
+    type Future = BoxFuture<'c, Result<HttpResponse, TransportError>>;
 
     fn call(&'c self, request: HttpRequest) -> Self::Future {
         Box::pin(async move {

@@ -419,3 +419,17 @@ pub async fn socket_get(socket: &Path, path: &str, accept: &str) -> (u16, String
         .expect("socket GET");
     (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
 }
+
+/// The test venv's Python (with flytekit and flyteidl), or `FLYTE_AUTH_TEST_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Some(p) = std::env::var_os("FLYTE_AUTH_TEST_PYTHON") {
+        return p.into();
+    }
+    let venv = workspace().join("tests/.venv/bin/python");
+    assert!(
+        venv.exists(),
+        "no Python venv at {}: run `tests/run` (it installs tests/requirements.txt)",
+        venv.display()
+    );
+    venv
+}

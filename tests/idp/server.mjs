@@ -1,38 +1,48 @@
 // The real OpenID provider (npm `oidc-provider`, OpenID Certified) that the agent's tests run
 // against, on loopback, with a small test-control surface in front of it. See README.md.
 //
-// Facts this file relies on (oidc-provider 9.13):
+// Facts this file relies on (oidc-provider 9.13.3, read from its lib/):
 // - Access tokens are opaque unless a resource server is chosen, so `features.resourceIndicators`
-//   is on and every client-credentials token is for one resource server and is an RS256 JWT.
-// - A resource indicator must be an absolute URI; an OAuth2 `audience` such as "flyteadmin" is not.
-//   The control layer turns a request's `audience=X` into `resource=urn:audience:X`, and
-//   getResourceServerInfo turns that back into the JWT's `aud: X`.
-// - A private_key_jwt assertion's `aud` may be the issuer, the token endpoint URL, or the URL of
-//   the endpoint called (lib/shared/jwt_client_auth.js).
-// - The provider treats client_secret_basic and client_secret_post as interchangeable, so which
-//   one the agent used is read from the request itself and reported in /__test/stats.
-import { generateKeyPairSync } from 'node:crypto';
+//   is on and every client-credentials token is for exactly one resource server, which makes it an
+//   RS256 JWT verifiable from `jwks_uri`.
+// - A resource indicator must be an absolute URI, and the token endpoint knows no `audience`
+//   parameter (`extraParams` only reaches the authorization-type endpoints). So the control layer
+//   rewrites the form: `audience=X` without `resource` becomes `resource=X` when X is already an
+//   absolute URI, else `resource=urn:audience:X`; getResourceServerInfo maps `urn:audience:X` back
+//   to the JWT's `aud: X`. With neither parameter the default is `urn:audience:<config.audience>`.
+// - Requested scopes outside the resource server's `scope` are dropped silently, not refused.
+// - A private_key_jwt assertion is accepted when its `aud` (a string, or an array containing one)
+//   equals exactly the issuer `http://127.0.0.1:PORT` (no trailing slash) or the token endpoint
+//   `http://127.0.0.1:PORT/token` (lib/helpers/oidc_context.js clientJwtAuthExpectedAudience).
+//   It must also carry `iss` = `sub` = client_id, `exp` and a `jti` never used before.
+// - client_secret_basic and client_secret_post clients may each use either method with the
+//   provider, so which one the agent used is read from the request and reported in /__test/stats.
+//   Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); the provider decodes them.
+import { generateKeyPairSync, randomUUID } from 'node:crypto';
 import http from 'node:http';
 import { setTimeout as delay } from 'node:timers/promises';
 
-import Provider from 'oidc-provider';
-
-// stdout carries only the one address line the harness reads, so notices go to stderr. The
-// warnings listed are deliberate choices of a test peer (Node 20, in-memory storage, the control
-// layer's pre-parsed body); anything else oidc-provider warns about still shows.
+// stdout carries only the one address line the harness reads, so oidc-provider's notices
+// (console.info) go to stderr. The warnings listed are deliberate choices of a test peer (Node 20,
+// in-memory storage, the control layer's pre-read body); anything else it warns about still shows.
+// oidc-provider is imported only after this, because it warns while it loads.
 const EXPECTED_WARNINGS = ['Unsupported runtime', 'in-memory adapter', 'already parsed request body'];
 const warn = console.warn;
 console.warn = (...args) => {
   if (!EXPECTED_WARNINGS.some((w) => String(args[0]).includes(w))) warn(...args);
 };
-console.info = (...args) => console.error(...args);
+console.info = console.error;
+const { default: Provider } = await import('oidc-provider');
 
 const config = JSON.parse(process.env.IDP_CONFIG || '{}');
 const AUDIENCE_URN = 'urn:audience:';
+const MAX_DELAY_MS = 30_000;
 const defaultAudience = config.audience || 'flyteadmin';
-let accessTokenTTL = config.accessTokenTTL || 3600;
+const resourceScope = config.scope || 'all offline';
+let accessTokenTTL = config.accessTokenTTL ?? 3600;
 
-const clients = (config.clients || [{ client_id: 'agent', client_secret: 'agent-secret' }]).map((c) => ({
+const defaultClient = { client_id: 'agent', client_secret: 'agent-secret', token_endpoint_auth_method: 'client_secret_basic' };
+const clients = (config.clients || [defaultClient]).map((c) => ({
   token_endpoint_auth_method: 'client_secret_basic',
   ...c,
   grant_types: ['client_credentials'],
@@ -40,15 +50,15 @@ const clients = (config.clients || [{ client_id: 'agent', client_secret: 'agent-
   response_types: [],
 }));
 
-const stats = { token_requests: 0, by_client: {}, auth_methods: [], last_form: null, discovery_requests: 0 };
-let fault = null; // { mode, count, status, body, headers, delay_ms }
-let issuerOverride = null;
-
-function resetStats() {
-  Object.assign(stats, { token_requests: 0, by_client: {}, auth_methods: [], last_form: null, discovery_requests: 0 });
+let stats;
+let fault; // null, or the body of the last POST /__test/fault: { mode, count?, status?, body?, headers?, delay_ms? }
+let issuerOverride; // null, or the `issuer` discovery answers with
+function reset() {
+  stats = { token_requests: 0, by_client: {}, auth_methods: [], last_form: null, discovery_requests: 0 };
   fault = null;
   issuerOverride = null;
 }
+reset();
 
 async function readBody(req) {
   const chunks = [];
@@ -61,123 +71,156 @@ async function readBody(req) {
   return Buffer.concat(chunks).toString('utf8');
 }
 
-function sendJson(res, status, body, headers = {}) {
-  res.writeHead(status, { 'content-type': 'application/json', ...headers });
+// `headers` may override content-type in any letter case.
+function send(res, status, body, headers = {}) {
+  const lower = Object.fromEntries(Object.entries(headers).map(([k, v]) => [k.toLowerCase(), v]));
+  res.writeHead(status, { 'content-type': 'application/json', ...lower });
   res.end(typeof body === 'string' ? body : JSON.stringify(body));
 }
 
-function basicClientId(header) {
-  if (!header || !header.startsWith('Basic ')) return null;
-  const decoded = Buffer.from(header.slice(6), 'base64').toString('utf8');
-  return decodeURIComponent(decoded.split(':')[0]);
-}
-
-function clientAssertionIssuer(assertion) {
+// The client a token request names, for by_client; '?' when it names none we can read.
+function requestClientId(req, form) {
   try {
-    return JSON.parse(Buffer.from(assertion.split('.')[1], 'base64url').toString('utf8')).iss;
+    const auth = req.headers.authorization;
+    if (auth?.startsWith('Basic ')) {
+      const user = Buffer.from(auth.slice(6), 'base64').toString('utf8').split(':')[0];
+      return decodeURIComponent(user.replace(/\+/g, ' '));
+    }
+    if (form.has('client_assertion')) {
+      return JSON.parse(Buffer.from(form.get('client_assertion').split('.')[1], 'base64url')).sub;
+    }
+    return form.get('client_id') || '?';
   } catch {
-    return undefined;
+    return '?';
   }
 }
 
-// Records the token request, then decides whether a fault answers it instead of the provider.
-// Returns true when the response has been sent.
+function authMethod(req, form) {
+  if (req.headers.authorization?.startsWith('Basic ')) return 'client_secret_basic';
+  if (form.has('client_secret')) return 'client_secret_post';
+  if (form.has('client_assertion')) return 'private_key_jwt';
+  return 'none';
+}
+
+// The fault for this token request, if any, counting it against `count`.
+function takeFault() {
+  const active = fault;
+  if (active && active.count !== undefined && --active.count <= 0) fault = null;
+  return active;
+}
+
+// Records a POST /token, answers it when a fault says so, and otherwise leaves the (rewritten)
+// form in req.body for the provider, which reads a pre-read body from there. Returns true when
+// the response has been sent (or the client went away).
 async function tokenRequest(req, res) {
-  const form = Object.fromEntries(new URLSearchParams(await readBody(req)));
-  let method = 'none';
-  let clientId = form.client_id;
-  if (req.headers.authorization?.startsWith('Basic ')) {
-    method = 'client_secret_basic';
-    clientId = basicClientId(req.headers.authorization);
-  } else if (form.client_assertion) {
-    method = 'private_key_jwt';
-    clientId ||= clientAssertionIssuer(form.client_assertion);
-  } else if (form.client_secret) {
-    method = 'client_secret_post';
-  }
+  const form = new URLSearchParams(await readBody(req));
+  const clientId = requestClientId(req, form);
   stats.token_requests += 1;
-  stats.by_client[clientId || '?'] = (stats.by_client[clientId || '?'] || 0) + 1;
-  stats.auth_methods.push(method);
-  const redacted = { ...form };
-  for (const k of ['client_secret', 'client_assertion']) if (k in redacted) redacted[k] = '<redacted>';
-  stats.last_form = redacted;
+  stats.by_client[clientId] = (stats.by_client[clientId] || 0) + 1;
+  stats.auth_methods.push(authMethod(req, form));
+  const shown = Object.fromEntries(form);
+  for (const k of ['client_secret', 'client_assertion']) if (k in shown) shown[k] = '<redacted>';
+  stats.last_form = shown;
 
-  if (fault && fault.mode !== 'none') {
-    const active = fault;
-    if (active.count !== undefined) {
-      active.count -= 1;
-      if (active.count <= 0) fault = null;
-    }
-    if (active.mode === 'status') {
-      sendJson(res, active.status || 500, active.body ?? '', active.headers || {});
+  const active = takeFault();
+  if (active?.mode === 'status') {
+    send(res, active.status ?? 500, active.body ?? '', active.headers);
+    return true;
+  }
+  if (active?.mode === 'malformed') {
+    send(res, 200, '{"access_token": ');
+    return true;
+  }
+  if (active?.mode === 'slow') {
+    // res (not req) 'close' is the client going away: req's fires as soon as its body is read.
+    const gone = new AbortController();
+    const onClose = () => gone.abort();
+    res.on('close', onClose);
+    try {
+      await delay(Math.min(active.delay_ms ?? 1000, MAX_DELAY_MS), undefined, { signal: gone.signal });
+    } catch {
       return true;
-    }
-    if (active.mode === 'malformed') {
-      sendJson(res, 200, '{"access_token": ');
-      return true;
-    }
-    if (active.mode === 'slow') {
-      const abort = new AbortController();
-      res.on('close', () => abort.abort());
-      try {
-        await delay(Math.min(active.delay_ms || 1000, 30_000), undefined, { signal: abort.signal });
-      } catch {
-        return true; // the client went away
-      }
+    } finally {
+      res.off('close', onClose);
     }
   }
 
-  // Hand the parsed form to the provider (it accepts a pre-parsed body once the stream is read).
-  if (form.audience && !form.resource) {
-    form.resource = /^[a-z][a-z0-9+.-]*:/i.test(form.audience) ? form.audience : AUDIENCE_URN + form.audience;
+  const audience = form.get('audience');
+  form.delete('audience');
+  if (audience && !form.has('resource')) {
+    form.set('resource', URL.canParse(audience) ? audience : AUDIENCE_URN + audience);
   }
-  delete form.audience;
-  req.body = form;
+  // A string (not an object) keeps repeated parameters for the provider to judge.
+  req.body = form.toString();
   return false;
 }
 
-async function control(req, res, url) {
-  const body = req.method === 'POST' ? JSON.parse((await readBody(req)) || '{}') : {};
-  switch (url.pathname) {
-    case '/__test/stats':
-      return sendJson(res, 200, stats);
-    case '/__test/reset':
-      resetStats();
-      return sendJson(res, 200, { ok: true });
-    case '/__test/fault':
-      fault = body.mode === 'none' ? null : body;
-      return sendJson(res, 200, { ok: true });
-    case '/__test/discovery':
+const FAULT_MODES = new Set(['status', 'malformed', 'slow', 'none']);
+
+async function control(req, res, path) {
+  let body = {};
+  try {
+    if (req.method === 'POST') body = JSON.parse((await readBody(req)) || '{}');
+  } catch (err) {
+    return send(res, 400, { error: `control body: ${err.message}` });
+  }
+  switch (`${req.method} ${path}`) {
+    case 'GET /__test/stats':
+      return send(res, 200, stats);
+    case 'POST /__test/reset':
+      reset();
+      return send(res, 200, { ok: true });
+    case 'POST /__test/fault':
+      if (!FAULT_MODES.has(body.mode)) return send(res, 400, { error: `mode must be one of ${[...FAULT_MODES]}` });
+      fault = body.mode === 'none' || body.count <= 0 ? null : body;
+      return send(res, 200, { ok: true });
+    case 'POST /__test/discovery':
       issuerOverride = body.issuer ?? null;
-      return sendJson(res, 200, { ok: true });
-    case '/__test/ttl':
+      return send(res, 200, { ok: true });
+    case 'POST /__test/ttl':
+      if (!(Number.isInteger(body.accessTokenTTL) && body.accessTokenTTL > 0)) {
+        return send(res, 400, { error: 'accessTokenTTL must be a positive integer (seconds)' });
+      }
       accessTokenTTL = body.accessTokenTTL;
-      return sendJson(res, 200, { ok: true });
+      return send(res, 200, { ok: true });
     default:
-      return sendJson(res, 404, { error: 'no such control' });
+      return send(res, 404, { error: `no control ${req.method} ${path}` });
   }
 }
 
-const server = http.createServer();
-server.listen(config.port || 0, '127.0.0.1', () => {
-  const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+// Lets the provider build the real discovery document, then swaps its issuer on the way out.
+function overrideIssuer(res, issuer) {
+  const end = res.end.bind(res);
+  res.end = (chunk, ...rest) => {
+    if (!chunk) return end(chunk, ...rest);
+    const text = JSON.stringify({ ...JSON.parse(chunk.toString()), issuer });
+    res.setHeader('content-length', Buffer.byteLength(text));
+    return end(text, ...rest);
+  };
+}
+
+// The provider is built once the port, and so the issuer, is known.
+function startProvider(issuer) {
   const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const provider = new Provider(issuer, {
     clients,
     jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: 'test-rsa' }] },
     clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
-    scopes: ['openid', 'offline_access'],
-    cookies: { keys: ['test-only-cookie-key'] },
+    // Random per run: nothing here outlives the process, and no test uses a browser session.
+    cookies: { keys: [randomUUID()] },
+    // The lifetime is the resource server's (getResourceServerInfo below); saying so here also
+    // keeps the provider from noticing at every token that this default was left unchanged.
+    ttl: { ClientCredentials: (_ctx, token) => token.resourceServer.accessTokenTTL },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
       resourceIndicators: {
         enabled: true,
-        defaultResource: async () => AUDIENCE_URN + defaultAudience,
+        defaultResource: () => AUDIENCE_URN + defaultAudience,
         useGrantedResource: () => true,
-        getResourceServerInfo: async (_ctx, resource) => ({
-          scope: config.scope || 'all offline read write',
+        // Any resource is allowed; read per request so /__test/ttl applies to later tokens.
+        getResourceServerInfo: (_ctx, resource) => ({
+          scope: resourceScope,
           audience: resource.startsWith(AUDIENCE_URN) ? resource.slice(AUDIENCE_URN.length) : resource,
           accessTokenTTL,
           accessTokenFormat: 'jwt',
@@ -187,31 +230,28 @@ server.listen(config.port || 0, '127.0.0.1', () => {
     },
   });
   provider.on('server_error', (_ctx, err) => console.error('oidc-provider server_error:', err));
-  const callback = provider.callback();
+  return provider.callback();
+}
+
+const server = http.createServer();
+server.listen(config.port || 0, '127.0.0.1', () => {
+  const { port } = server.address();
+  const issuer = `http://127.0.0.1:${port}`;
+  const oidc = startProvider(issuer);
 
   server.on('request', async (req, res) => {
     try {
-      const url = new URL(req.url, issuer);
-      if (url.pathname.startsWith('/__test/')) return await control(req, res, url);
-      if (req.method === 'GET' && url.pathname === '/.well-known/openid-configuration') {
+      const { pathname } = new URL(req.url, issuer);
+      if (pathname.startsWith('/__test/')) return await control(req, res, pathname);
+      if (req.method === 'GET' && pathname === '/.well-known/openid-configuration') {
         stats.discovery_requests += 1;
-        if (issuerOverride) {
-          // Let the provider build the real document, then swap its issuer.
-          const realEnd = res.end.bind(res);
-          res.end = (chunk, ...rest) => {
-            const doc = JSON.parse(chunk.toString());
-            doc.issuer = issuerOverride;
-            const text = JSON.stringify(doc);
-            res.setHeader('content-length', Buffer.byteLength(text));
-            return realEnd(text, ...rest);
-          };
-        }
+        if (issuerOverride) overrideIssuer(res, issuerOverride);
       }
-      if (req.method === 'POST' && url.pathname === '/token' && (await tokenRequest(req, res))) return undefined;
-      return callback(req, res);
+      if (req.method === 'POST' && pathname === '/token' && (await tokenRequest(req, res))) return undefined;
+      return oidc(req, res);
     } catch (err) {
       console.error('test IdP error:', err);
-      if (!res.headersSent) sendJson(res, 500, { error: 'server_error' });
+      if (!res.headersSent) send(res, 500, { error: 'server_error', error_description: String(err.message) });
       return undefined;
     }
   });
@@ -220,7 +260,10 @@ server.listen(config.port || 0, '127.0.0.1', () => {
 });
 
 // Die with the test that started us: on a signal, or when our stdin (the parent's pipe) closes.
-const stop = () => server.close(() => process.exit(0)) && setTimeout(() => process.exit(0), 500).unref();
+function stop() {
+  server.close(() => process.exit(0));
+  server.closeAllConnections();
+}
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);
 process.stdin.on('end', stop);

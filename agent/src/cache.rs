@@ -351,43 +351,41 @@ impl TokenCache {
                     }
                 }
             }
-            match self.mint(slot).await {
-                Ok(token) => {
-                    *lock(&slot.backoff) = Backoff::default();
-                    Ok(Op::Put(Arc::new(token)))
-                }
-                Err(e) => {
-                    let mut b = lock(&slot.backoff);
-                    let delay = self
-                        .policy
-                        .backoff(b.failures, rand::random(), e.retry_after());
-                    b.failures = b.failures.saturating_add(1);
-                    b.not_before = Some(Instant::now() + delay);
-                    b.last_error = Some(e.clone());
-                    let name = slot.request.name.as_str();
-                    tracing::warn!(name, error = %e, retry_in = %humantime::format_duration(delay), "token request failed");
-                    Err(e)
-                }
-            }
+            self.mint(slot).await.map(|token| Op::Put(Arc::new(token)))
         })
     }
 
-    /// One IdP round trip plus the file write, as one traced operation.
+    /// One IdP round trip plus the file write, as one traced operation that also records the
+    /// outcome: metrics, and the name's back-off state.
     async fn mint(&self, slot: &Slot) -> Result<Token, MintError> {
         let request = &slot.request;
-        let span = tracing::info_span!("token_request", name = %request.name);
+        // The field is `token_name`, not `name`: in JSON logs a span's own name sits under the key
+        // `name`, and a field of that name would collide with it.
+        let span = tracing::info_span!("token_request", token_name = %request.name);
         async {
             let started = std::time::Instant::now();
             let result = self.mint_inner(request).await;
             slot.metrics.idp_latency.observe(started.elapsed().as_secs_f64());
             self.metrics.token_request(&request.name, result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
-            if let Ok(token) = &result {
-                tracing::info!(
-                    token_type = %token.token_type,
-                    expires_in = %humantime::format_duration(Duration::from_secs(token.lifetime().as_secs())),
-                    "token minted"
-                );
+            let mut backoff = lock(&slot.backoff);
+            match &result {
+                Ok(token) => {
+                    *backoff = Backoff::default();
+                    tracing::info!(
+                        token_type = %token.token_type,
+                        expires_in = %humantime::format_duration(Duration::from_secs(token.lifetime().as_secs())),
+                        "token minted"
+                    );
+                }
+                Err(e) => {
+                    let delay = self.policy.backoff(backoff.failures, rand::random(), e.retry_after());
+                    backoff.failures = backoff.failures.saturating_add(1);
+                    backoff.not_before = Some(Instant::now() + delay);
+                    backoff.last_error = Some(e.clone());
+                    tracing::warn!(error = %e, retry_in = %format!("{:.3}s", delay.as_secs_f64()), "token request failed");
+                }
             }
+            drop(backoff);
             result
         }
         .instrument(span)
@@ -420,7 +418,13 @@ impl TokenCache {
         };
         let mut seen = None;
         loop {
-            let delay = match self.fetch(slot, Want::Replace { seen }).await {
+            // Shutdown must not wait for a slow IdP; an abandoned computation leaves the entry as
+            // it was, and a file write already under way still completes atomically.
+            let fetched = tokio::select! {
+                r = self.fetch(slot, Want::Replace { seen }) => r,
+                _ = shutdown.cancelled() => return,
+            };
+            let delay = match fetched {
                 Ok(token) => {
                     seen = Some(token.issued_at);
                     let age = SystemTime::now()

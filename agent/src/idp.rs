@@ -313,12 +313,12 @@ impl Idp {
                 detail: "access_token is empty".into(),
             });
         }
-        let lifetime = response
-            .expires_in()
-            .filter(|d| !d.is_zero())
-            .map(|d| issued_at + d)
-            .or_else(|| jwt_expiry(access_token))
-            .unwrap_or(issued_at + self.default_lifetime);
+        let expires_at = expiry(
+            issued_at,
+            response.expires_in(),
+            access_token,
+            self.default_lifetime,
+        );
         let token_type = match response.token_type() {
             BasicTokenType::Bearer => "Bearer".to_string(),
             BasicTokenType::Mac => "MAC".to_string(),
@@ -328,7 +328,7 @@ impl Idp {
             access_token: SecretString::new(access_token.as_str()),
             token_type,
             issued_at,
-            expires_at: lifetime,
+            expires_at,
         })
     }
 
@@ -536,6 +536,21 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
     }
 }
 
+/// When a token expires: `expires_in` if the IdP sent a positive one, else the JWT's `exp`, else
+/// `default_lifetime` after issue.
+pub fn expiry(
+    issued_at: SystemTime,
+    expires_in: Option<Duration>,
+    token: &str,
+    default_lifetime: Duration,
+) -> SystemTime {
+    expires_in
+        .filter(|d| !d.is_zero())
+        .map(|d| issued_at + d)
+        .or_else(|| jwt_expiry(token))
+        .unwrap_or(issued_at + default_lifetime)
+}
+
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
 pub fn parse_retry_after(value: &str) -> Option<Duration> {
     let value = value.trim();
@@ -567,6 +582,23 @@ mod tests {
             d > Duration::from_secs(100) && d <= Duration::from_secs(120),
             "{d:?}"
         );
+    }
+
+    #[test]
+    fn expiry_prefers_expires_in_then_jwt_exp_then_the_default() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let jwt = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":2000}"#));
+        let at = UNIX_EPOCH + Duration::from_secs(1000);
+        let default = Duration::from_secs(300);
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
+        assert_eq!(
+            secs(expiry(at, Some(Duration::from_secs(60)), &jwt, default)),
+            1060
+        );
+        assert_eq!(secs(expiry(at, None, &jwt, default)), 2000);
+        assert_eq!(secs(expiry(at, Some(Duration::ZERO), &jwt, default)), 2000);
+        assert_eq!(secs(expiry(at, None, "opaque", default)), 1300);
     }
 
     #[test]

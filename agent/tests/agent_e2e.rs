@@ -19,6 +19,13 @@ fn sget(socket: &std::path::Path, path: &str, accept: &str) -> (u16, String) {
     rt().block_on(socket_get(socket, path, accept))
 }
 
+/// A pod with client secret `secret` for client `c` (group `g`) and one token request, "api".
+fn api_pod(secret: &str, endpoint: (&str, &str)) -> (Pod, Value) {
+    let pod = Pod::new();
+    pod.secret("g", "client_secret", secret);
+    (pod, json!([request("api", "c", "g", endpoint)]))
+}
+
 fn token_json(agent: &AgentProcess, name: &str) -> Value {
     let (status, body) = sget(
         agent.socket(),
@@ -136,14 +143,7 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
 #[test]
 fn socket_api_contract() {
     let idp = Idp::with_clients(&[("c", "secret-api-1", "client_secret_basic")]);
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-api-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
+    let (pod, requests) = api_pod("secret-api-1", ("idpDiscoveryEndpoint", &idp.issuer));
     let mut env = pod.env(&requests);
     env.push(("FLYTE_AUTH_AGENT_SOCKET_MODE".into(), "0660".into()));
     let agent = AgentProcess::start(&pod, &["serve"], &env);
@@ -238,14 +238,7 @@ fn concurrent_socket_reads_share_one_idp_call() {
     let idp = Idp::with_clients(&[("c", "secret-conc-1", "client_secret_basic")]);
     // Slow token responses keep the name cold while every reader arrives.
     idp.fault(json!({"mode": "slow", "delay_ms": 700}));
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-conc-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
+    let (pod, requests) = api_pod("secret-conc-1", ("idpDiscoveryEndpoint", &idp.issuer));
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     let socket = agent.socket().to_path_buf();
     let bodies = rt().block_on(async {
@@ -267,14 +260,7 @@ fn refresh_replaces_the_file_before_expiry_and_readers_never_see_a_gap() {
     let idp = Idp::start(
         json!({"accessTokenTTL": 4, "clients": [{"client_id": "c", "client_secret": "secret-refresh-1"}]}),
     );
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-refresh-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("tokenEndpoint", &idp.token_endpoint())
-    )]);
+    let (pod, requests) = api_pod("secret-refresh-1", ("tokenEndpoint", &idp.token_endpoint()));
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
 
@@ -315,21 +301,14 @@ fn retry_delays(log: &str) -> Vec<f64> {
         .filter(|l| l.contains("token request failed"))
         .filter_map(|l| {
             let v = l.split("retry_in=").nth(1)?.split_whitespace().next()?;
-            humantime::parse_duration(v).ok().map(|d| d.as_secs_f64())
+            v.trim_matches('"').strip_suffix('s')?.parse().ok()
         })
         .collect()
 }
 
 fn failing_agent(idp: &Idp, fault: Value, extra_env: &[(&str, &str)]) -> (Pod, AgentProcess) {
     idp.fault(fault);
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-fault-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
+    let (pod, requests) = api_pod("secret-fault-1", ("idpDiscoveryEndpoint", &idp.issuer));
     let mut env = pod.env(&requests);
     env.extend(
         extra_env
@@ -470,14 +449,7 @@ fn a_failing_idp_never_replaces_a_valid_token() {
     let idp = Idp::start(
         json!({"accessTokenTTL": 8, "clients": [{"client_id": "c", "client_secret": "secret-keep-1"}]}),
     );
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-keep-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
+    let (pod, requests) = api_pod("secret-keep-1", ("idpDiscoveryEndpoint", &idp.issuer));
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
     let token = pod.token_file("api").unwrap();
@@ -565,14 +537,7 @@ fn once_mode_writes_files_and_exits_with_status() {
 #[test]
 fn sigterm_drains_removes_the_socket_and_exits_zero() {
     let idp = Idp::with_clients(&[("c", "secret-term-1", "client_secret_basic")]);
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "secret-term-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
+    let (pod, requests) = api_pod("secret-term-1", ("idpDiscoveryEndpoint", &idp.issuer));
     // A stale socket file from a crashed agent is in the way.
     std::fs::create_dir_all(pod.socket().parent().unwrap()).unwrap();
     drop(std::os::unix::net::UnixListener::bind(pod.socket()).unwrap());
@@ -734,4 +699,89 @@ fn dev_mode_serves_a_verifiable_token() {
         child.try_wait().unwrap()
     });
     assert!(status.success());
+}
+
+/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
+fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let paths = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    std::fs::write(&paths.0, ca.pem()).unwrap();
+    std::fs::write(&paths.1, cert.pem()).unwrap();
+    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
+    paths
+}
+
+#[test]
+fn https_idp_needs_its_ca_and_works_with_it() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path());
+    let idp = Idp::start(json!({
+        "tls": {"cert": cert, "key": key},
+        "test_ca": ca,
+        "clients": [{"client_id": "c", "client_secret": "secret-tls-1"}],
+    }));
+    assert!(idp.issuer.starts_with("https://"));
+    let (pod, requests) = api_pod("secret-tls-1", ("idpDiscoveryEndpoint", &idp.issuer));
+
+    // Without the CA the webpki roots do not trust it, and the error says why.
+    let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
+    wait_for("a TLS failure", Duration::from_secs(10), || {
+        (!retry_delays(&agent.output()).is_empty()).then_some(())
+    });
+    let (status, body) = sget(agent.socket(), "/v1/tokens/api", "*/*");
+    assert_eq!(status, 503);
+    assert!(
+        body.contains("cannot reach") && body.to_lowercase().contains("certificate"),
+        "{body}"
+    );
+    agent.stop();
+
+    let mut env = pod.env(&requests);
+    env.push(("FLYTE_AUTH_AGENT_CA_FILE".into(), ca.display().to_string()));
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    agent.wait_ready(Duration::from_secs(15));
+    let token = pod.token_file("api").unwrap();
+    pod.sensitive.add(&token);
+    idp.verify(&token, "flyteadmin");
+    agent.stop();
+}
+
+#[test]
+fn json_logs_carry_the_token_request_span() {
+    let idp = Idp::with_clients(&[("c", "secret-json-1", "client_secret_basic")]);
+    let (pod, requests) = api_pod("secret-json-1", ("idpDiscoveryEndpoint", &idp.issuer));
+    let mut env = pod.env(&requests);
+    env.push(("FLYTE_AUTH_AGENT_LOG_FORMAT".into(), "json".into()));
+    let (code, out) =
+        AgentProcess::start(&pod, &["serve", "--once"], &env).wait_exit(Duration::from_secs(20));
+    assert_eq!(code, 0, "{out}");
+    pod.sensitive.add(pod.token_file("api").unwrap());
+    pod.sensitive.assert_absent("agent output", &out);
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l}: {e}")))
+        .collect();
+    let minted = lines
+        .iter()
+        .find(|l| l["message"] == "token minted")
+        .expect("a 'token minted' line");
+    assert_eq!(minted["level"], "INFO");
+    assert_eq!(minted["span"]["name"], "token_request", "{minted}");
+    assert_eq!(minted["span"]["token_name"], "api", "{minted}");
 }

@@ -19,7 +19,9 @@
 //   provider, so which one the agent used is read from the request and reported in /__test/stats.
 //   Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); the provider decodes them.
 import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
+import https from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
 
 // stdout carries only the one address line the harness reads, so oidc-provider's notices
@@ -233,10 +235,13 @@ function startProvider(issuer) {
   return provider.callback();
 }
 
-const server = http.createServer();
+// With `tls: {cert, key}` (PEM file paths) the provider serves HTTPS, for the agent's CA tests.
+const server = config.tls
+  ? https.createServer({ cert: readFileSync(config.tls.cert), key: readFileSync(config.tls.key) })
+  : http.createServer();
 server.listen(config.port || 0, '127.0.0.1', () => {
   const { port } = server.address();
-  const issuer = `http://127.0.0.1:${port}`;
+  const issuer = `${config.tls ? 'https' : 'http'}://127.0.0.1:${port}`;
   const oidc = startProvider(issuer);
 
   server.on('request', async (req, res) => {

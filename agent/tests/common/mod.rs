@@ -88,10 +88,17 @@ impl Idp {
         let info: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP said {line:?}: {e}"));
         let issuer = info["issuer"].as_str().expect("issuer").to_string();
+        // The harness trusts the test CA the IdP serves with (config `test_ca`), if any.
+        let mut http = reqwest::blocking::Client::builder();
+        if let Some(ca) = config["test_ca"].as_str() {
+            let pem = std::fs::read(ca).unwrap();
+            http = http.add_root_certificate(reqwest::Certificate::from_pem(&pem).unwrap());
+        }
+        let http = http.build().unwrap();
         Self {
             child,
             issuer,
-            http: reqwest::blocking::Client::new(),
+            http,
         }
     }
 
@@ -108,15 +115,21 @@ impl Idp {
         format!("{}/.well-known/openid-configuration", self.issuer)
     }
 
-    pub fn token_endpoint(&self) -> String {
-        let doc: Value = self
-            .http
+    /// The discovery document.
+    pub fn discovery(&self) -> Value {
+        self.http
             .get(self.discovery_url())
             .send()
             .unwrap()
             .json()
-            .unwrap();
-        doc["token_endpoint"].as_str().unwrap().to_string()
+            .unwrap()
+    }
+
+    pub fn token_endpoint(&self) -> String {
+        self.discovery()["token_endpoint"]
+            .as_str()
+            .unwrap()
+            .to_string()
     }
 
     pub fn stats(&self) -> Value {
@@ -156,19 +169,8 @@ impl Idp {
 
     /// The IdP's JWKS, for verifying tokens.
     pub fn jwks(&self) -> jsonwebtoken::jwk::JwkSet {
-        let doc: Value = self
-            .http
-            .get(self.discovery_url())
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        self.http
-            .get(doc["jwks_uri"].as_str().unwrap())
-            .send()
-            .unwrap()
-            .json()
-            .unwrap()
+        let uri = self.discovery()["jwks_uri"].as_str().unwrap().to_string();
+        self.http.get(uri).send().unwrap().json().unwrap()
     }
 
     /// Verifies `token` against the IdP's JWKS and returns its claims.
@@ -408,6 +410,10 @@ impl Drop for AgentProcess {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+            // A test that did not stop the agent itself still gets its output checked.
+            if !std::thread::panicking() {
+                self.sensitive.assert_absent("agent output", &self.output());
+            }
         }
     }
 }

@@ -1,5 +1,5 @@
 //! Compiles the flyteidl `.proto` files with `protox` (pure Rust: no `protoc` on the machine) and
-//! generates prost types from the result; the descriptor set is kept for JSON and text format.
+//! generates prost types from the result; the descriptor set is kept for the JSON form.
 
 use std::path::PathBuf;
 

@@ -1,47 +1,65 @@
-"""Ground truth from the real PyPI flyteidl/protobuf for the Rust proto crate's tests.
+"""Ground truth from the real PyPI flyteidl/protobuf for the Rust proto crate's tests
+(proto/tests/flyteidl_python.rs), run with the tests/.venv Python.
 
 Modes:
   encode       print {case: {"message", "hex", "json", "json_snake"}} for fixed cases
   decode       read JSON lines {"message", "hex"} on stdin; print each as snake_case JSON
-  descriptors  print every field of the security messages (name, number, type, json_name, label)
+  parse        read JSON lines {"message", "json"} on stdin; print {"ok": snake_case JSON} or
+               {"error": text} per line, as json_format.Parse (unknown fields rejected) sees it
+  descriptors  print the whole flyteidl/core/security.proto file as its descriptors have it:
+               package, syntax, and every message (nested ones too), field and enum value
 """
 
 import json
 import sys
 
 from flyteidl.core import security_pb2 as sec
-from google.protobuf import json_format
-
-MESSAGES = ["Secret", "OAuth2Client", "Identity", "OAuth2TokenRequest", "SecurityContext"]
+from google.protobuf import descriptor_pb2, json_format
 
 
 def cases():
     secret = sec.Secret(group="warehouse-oauth", group_version="v2", key="client_secret",
                         mount_requirement=sec.Secret.MountType.FILE, env_var="WAREHOUSE_SECRET")
+    client = sec.OAuth2Client(client_id="warehouse-reader", client_secret=secret)
     request = sec.OAuth2TokenRequest(
         name="warehouse",
         type=sec.OAuth2TokenRequest.Type.CLIENT_CREDENTIALS,
-        client=sec.OAuth2Client(client_id="warehouse-reader", client_secret=secret),
+        client=client,
         idp_discovery_endpoint="https://idp.example.com/.well-known/openid-configuration",
         token_endpoint="https://idp.example.com/oauth2/token",
     )
     yield "token_request", request
     yield "token_request_minimal", sec.OAuth2TokenRequest(name="n")
+    yield "token_request_empty_client", sec.OAuth2TokenRequest(name="n", client=sec.OAuth2Client())
     for mount in ("ANY", "ENV_VAR", "FILE"):
-        yield f"secret_{mount.lower()}", sec.Secret(group="g", key="k", mount_requirement=getattr(sec.Secret.MountType, mount))
+        yield f"secret_{mount.lower()}", sec.Secret(
+            group="g", key="k", mount_requirement=getattr(sec.Secret.MountType, mount))
+    yield "secret_custom_env_var", sec.Secret(group="g", key="k", env_var="MY_VAR")
+    yield "secret_empty", sec.Secret()
+    yield "oauth2_client", client
+    yield "identity", sec.Identity(iam_role="arn:aws:iam::1:role/r", k8s_service_account="sa",
+                                   oauth2_client=sec.OAuth2Client(client_id="c"),
+                                   execution_identity="alice")
     yield "security_context", sec.SecurityContext(
         run_as=sec.Identity(iam_role="arn:aws:iam::1:role/r", k8s_service_account="sa",
                             oauth2_client=sec.OAuth2Client(client_id="c"), execution_identity="alice"),
         secrets=[sec.Secret(group="a"), sec.Secret(group="b", key="k")],
         tokens=[request, sec.OAuth2TokenRequest(name="second", token_endpoint="https://t")],
     )
-    yield "unicode", sec.OAuth2TokenRequest(name="tök€n-ü", client=sec.OAuth2Client(client_id="客户"))
+    yield "security_context_empty_entries", sec.SecurityContext(
+        run_as=sec.Identity(), secrets=[sec.Secret()], tokens=[sec.OAuth2TokenRequest()])
+    # proto3 enums are open: numbers no value names survive bytes and JSON.
+    yield "unknown_enum_numbers", sec.OAuth2TokenRequest(
+        name="n", type=7, client=sec.OAuth2Client(client_secret=sec.Secret(mount_requirement=9)))
+    yield "unicode", sec.OAuth2TokenRequest(
+        name="tök€n-ü 🔑", client=sec.OAuth2Client(client_id="客户", client_secret=sec.Secret(key="ключ")))
     yield "empty_context", sec.SecurityContext()
 
 
 def encode():
     out = {}
     for name, msg in cases():
+        assert name not in out, f"case {name} twice"
         out[name] = {
             "message": msg.DESCRIPTOR.full_name,
             "hex": msg.SerializeToString(deterministic=True).hex(),
@@ -51,25 +69,77 @@ def encode():
     print(json.dumps(out))
 
 
+def message_class(full_name):
+    package, _, name = full_name.rpartition(".")
+    if package != sec.DESCRIPTOR.package:
+        raise SystemExit(f"not a {sec.DESCRIPTOR.package} message: {full_name}")
+    return getattr(sec, name)
+
+
 def decode():
     for line in sys.stdin:
         if not line.strip():
             continue
         item = json.loads(line)
-        cls = getattr(sec, item["message"].rsplit(".", 1)[1])
-        msg = cls.FromString(bytes.fromhex(item["hex"]))
+        msg = message_class(item["message"]).FromString(bytes.fromhex(item["hex"]))
         print(json.dumps(json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True))))
 
 
+def parse():
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        try:
+            msg = json_format.ParseDict(item["json"], message_class(item["message"])())
+        except json_format.ParseError as e:
+            print(json.dumps({"error": str(e)}))
+            continue
+        print(json.dumps({"ok": json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True))}))
+
+
+def describe_enum(e):
+    return {"name": e.full_name, "values": [{"name": v.name, "number": v.number} for v in e.values]}
+
+
+def describe_message(d, messages, enums):
+    fields = []
+    for f in d.fields:
+        target = f.message_type or f.enum_type
+        fields.append({
+            "name": f.name,
+            "number": f.number,
+            "type": f.type,  # FieldDescriptorProto.Type: 9 string, 11 message, 14 enum
+            "type_name": target.full_name if target else None,
+            "json_name": f.json_name,
+            "repeated": f.is_repeated,
+            "presence": f.has_presence,
+            "oneof": f.containing_oneof.name if f.containing_oneof else None,
+        })
+    messages.append({"name": d.full_name, "fields": fields})
+    enums.extend(describe_enum(e) for e in d.enum_types)
+    for nested in d.nested_types:
+        describe_message(nested, messages, enums)
+
+
 def descriptors():
-    out = []
-    for name in MESSAGES:
-        d = getattr(sec, name).DESCRIPTOR
-        for f in d.fields:
-            out.append({"message": d.full_name, "name": f.name, "number": f.number, "type": f.type,
-                        "json_name": f.json_name, "repeated": f.is_repeated})
-    print(json.dumps(out))
+    messages, enums = [], []
+    for d in sec.DESCRIPTOR.message_types_by_name.values():
+        describe_message(d, messages, enums)
+    enums.extend(describe_enum(e) for e in sec.DESCRIPTOR.enum_types_by_name.values())
+    file = descriptor_pb2.FileDescriptorProto()
+    sec.DESCRIPTOR.CopyToProto(file)
+    print(json.dumps({
+        "file": sec.DESCRIPTOR.name,
+        "package": sec.DESCRIPTOR.package,
+        "syntax": file.syntax,
+        "messages": sorted(messages, key=lambda m: m["name"]),
+        "enums": sorted(enums, key=lambda e: e["name"]),
+    }))
 
 
 if __name__ == "__main__":
-    {"encode": encode, "decode": decode, "descriptors": descriptors}[sys.argv[1]]()
+    modes = {"encode": encode, "decode": decode, "parse": parse, "descriptors": descriptors}
+    if len(sys.argv) != 2 or sys.argv[1] not in modes:
+        raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(modes)}")
+    modes[sys.argv[1]]()

@@ -155,7 +155,7 @@ fn requests(issuer: &str, n: usize) -> String {
     serde_json::Value::Array(items).to_string()
 }
 
-fn pod_env(dir: &Path, issuer: &str, n: usize) -> Vec<(String, String)> {
+fn pod_env(dir: &Path, secrets: &Path, issuer: &str, n: usize) -> Vec<(String, String)> {
     vec![
         (
             "FLYTE_TOKENS_PATH_PREFIX".into(),
@@ -167,7 +167,7 @@ fn pod_env(dir: &Path, issuer: &str, n: usize) -> Vec<(String, String)> {
         ),
         (
             "FLYTE_SECRETS_DEFAULT_DIR".into(),
-            dir.join("secrets").display().to_string(),
+            secrets.display().to_string(),
         ),
         ("FLYTE_AUTH_AGENT_HEALTH_ADDR".into(), "127.0.0.1:0".into()),
         (
@@ -221,7 +221,7 @@ fn main() {
 
     let agent_dir = dir.join("inproc");
     let env: Arc<dyn Env> = Arc::new(
-        pod_env(&agent_dir, &issuer, 1)
+        pod_env(&agent_dir, &dir.join("secrets"), &issuer, 1)
             .into_iter()
             .collect::<std::collections::HashMap<_, _>>(),
     );
@@ -303,7 +303,12 @@ fn main() {
     let mut child = Command::new(&bin)
         .arg("serve")
         .env_clear()
-        .envs(pod_env(&proc_dir, &issuer, RSS_TOKENS))
+        .envs(pod_env(
+            &proc_dir,
+            &dir.join("secrets"),
+            &issuer,
+            RSS_TOKENS,
+        ))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::null())

@@ -188,21 +188,18 @@ fn socket_api_contract() {
     // The health port serves health and metrics, never a token.
     let (status, metrics) = agent.health_get("/metrics");
     assert_eq!(status, 200);
-    assert!(
-        metrics.contains("flyte_auth_agent_token_requests_total{name=\"api\",outcome=\"ok\"} 1"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "flyte_auth_agent_token_requests_total{name=\"api\",outcome=\"ok\"} 1",
     );
-    assert!(
-        metrics.contains("flyte_auth_agent_cache_hits_total{name=\"api\"}"),
-        "{metrics}"
+    assert_contains(&metrics, "flyte_auth_agent_cache_hits_total{name=\"api\"}");
+    assert_contains(
+        &metrics,
+        "flyte_auth_agent_idp_request_duration_seconds_count{name=\"api\"} 1",
     );
-    assert!(
-        metrics.contains("flyte_auth_agent_idp_request_duration_seconds_count{name=\"api\"} 1"),
-        "{metrics}"
-    );
-    assert!(
-        metrics.contains("flyte_auth_agent_token_seconds_to_expiry{name=\"api\"}"),
-        "{metrics}"
+    assert_contains(
+        &metrics,
+        "flyte_auth_agent_token_seconds_to_expiry{name=\"api\"}",
     );
     pod.sensitive.assert_absent("/metrics", &metrics);
     assert_eq!(agent.health_get("/v1/tokens/api").0, 404);
@@ -367,7 +364,7 @@ fn idp_429_retry_after_is_honoured() {
     // Readers during the back-off get the error without another IdP call.
     let (status, body) = sget(agent.socket(), "/v1/tokens/api", "application/json");
     assert_eq!(status, 503);
-    assert!(body.contains("Retry-After 3s"), "{body}");
+    assert_contains(&body, "Retry-After 3s");
     assert_eq!(idp.token_requests(), 1);
     // After the wait the fault is gone and the token arrives.
     agent.wait_ready(Duration::from_secs(10));
@@ -385,7 +382,7 @@ fn slow_idp_times_out() {
         &[("FLYTE_AUTH_AGENT_IDP_TIMEOUT", "500ms")],
     );
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
-    assert!(msg.contains("did not answer within 500ms"), "{msg}");
+    assert_contains(&msg, "did not answer within 500ms");
     agent.stop();
 }
 
@@ -422,15 +419,8 @@ fn wrong_issuer_fails_discovery() {
 #[test]
 fn bad_secret_is_rejected_then_a_rotated_secret_works_without_restart() {
     let idp = Idp::with_clients(&[("c", "secret-rotated-1", "client_secret_basic")]);
-    let pod = Pod::new();
-    pod.secret("g", "client_secret", "wrong-secret-9");
+    let (pod, requests) = api_pod("wrong-secret-9", ("idpDiscoveryEndpoint", &idp.issuer));
     pod.sensitive.add("secret-rotated-1");
-    let requests = json!([request(
-        "api",
-        "c",
-        "g",
-        ("idpDiscoveryEndpoint", &idp.issuer)
-    )]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     let msg = expect_failing(&agent, &pod, 1, Duration::from_secs(10));
     assert!(
@@ -467,7 +457,7 @@ fn a_failing_idp_never_replaces_a_valid_token() {
     });
     assert_eq!(pod.token_file("api").as_deref(), Some(token.as_str()));
     let (_, list) = sget(agent.socket(), "/v1/tokens", "*/*");
-    assert!(list.contains("\"expired\""), "{list}");
+    assert_contains(&list, "\"expired\"");
     idp.fault(json!({"mode": "none"}));
     agent.wait_ready(Duration::from_secs(70));
     pod.sensitive.add(pod.token_file("api").unwrap());
@@ -493,7 +483,7 @@ fn idp_down_keeps_the_token_and_reports_unreachable() {
     });
     assert_eq!(pod.token_file("api").as_deref(), Some(token.as_str()));
     let (_, list) = sget(agent.socket(), "/v1/tokens", "*/*");
-    assert!(list.contains("cannot reach"), "{list}");
+    assert_contains(&list, "cannot reach");
     agent.stop();
 }
 
@@ -560,7 +550,7 @@ fn sigterm_drains_removes_the_socket_and_exits_zero() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("in use by a running process"));
     let (code, out) = agent.stop();
     assert_eq!(code, 0, "{out}");
-    assert!(out.contains("SIGTERM received"), "{out}");
+    assert_contains(&out, "SIGTERM received");
     assert!(!pod.socket().exists());
 }
 
@@ -580,14 +570,8 @@ fn invalid_configuration_exits_64_naming_each_field() {
         .unwrap();
     assert_eq!(out.status.code(), Some(64));
     let stderr = String::from_utf8(out.stderr).unwrap();
-    assert!(
-        stderr.contains("[0].name: \"../x\" contains '/'"),
-        "{stderr}"
-    );
-    assert!(
-        stderr.contains("[1].client.clientSecret: secret not found"),
-        "{stderr}"
-    );
+    assert_contains(&stderr, "[0].name: \"../x\" contains '/'");
+    assert_contains(&stderr, "[1].client.clientSecret: secret not found");
     pod.sensitive.assert_absent("stderr", &stderr);
 
     let yaml = pod.dir.path().join("agent.yaml");

@@ -340,8 +340,16 @@ impl Idp {
         retry_after: Option<Duration>,
     ) -> IdpError {
         let url = url.to_string();
+        // Overload and server errors are about when to come back, whatever the body says (some
+        // IdPs send an OAuth2 error JSON with a 429), so they keep their Retry-After.
+        let overloaded = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
         match err {
             RequestTokenError::Request(t) => self.transport_error(t.0, url),
+            _ if overloaded => IdpError::Status {
+                url,
+                status: status.as_u16(),
+                retry_after,
+            },
             RequestTokenError::ServerResponse(e) => IdpError::Rejected {
                 url,
                 status: status.as_u16(),
@@ -599,6 +607,54 @@ mod tests {
         assert_eq!(secs(expiry(at, None, &jwt, default)), 2000);
         assert_eq!(secs(expiry(at, Some(Duration::ZERO), &jwt, default)), 2000);
         assert_eq!(secs(expiry(at, None, "opaque", default)), 1300);
+    }
+
+    fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> IdpError {
+        let idp = Idp::new(
+            &IdpSettings {
+                timeout: Duration::from_secs(1),
+                ca_file: None,
+                allow_insecure_http: false,
+            },
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        let err = match serde_path_to_error::deserialize::<_, BasicErrorResponse>(
+            &mut serde_json::Deserializer::from_str(body),
+        ) {
+            Ok(e) => RequestTokenError::ServerResponse(e),
+            Err(e) => RequestTokenError::Parse(e, body.as_bytes().to_vec()),
+        };
+        idp.token_error(
+            err,
+            "https://idp/token",
+            StatusCode::from_u16(status).unwrap(),
+            retry_after,
+        )
+    }
+
+    #[test]
+    fn token_errors_keep_retry_after_and_oauth_codes() {
+        let wait = Some(Duration::from_secs(4));
+        let e = classify(429, r#"{"error":"slow_down"}"#, wait);
+        assert_eq!(e.retry_after(), wait, "{e}");
+        assert_eq!(
+            e.to_string(),
+            "https://idp/token answered HTTP 429 (Retry-After 4s)"
+        );
+        let e = classify(503, "<html>busy</html>", None);
+        assert!(matches!(e, IdpError::Status { status: 503, .. }), "{e}");
+        let e = classify(
+            401,
+            r#"{"error":"invalid_client","error_description":"no such client"}"#,
+            None,
+        );
+        assert_eq!(
+            e.to_string(),
+            "https://idp/token refused the token request (HTTP 401): invalid_client: no such client"
+        );
+        let e = classify(400, "not json", None);
+        assert_eq!(e.to_string(), "https://idp/token answered HTTP 400");
     }
 
     #[test]

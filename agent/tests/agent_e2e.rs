@@ -52,21 +52,40 @@ fn p256_key() -> (String, Value) {
     (pem, jwk)
 }
 
+/// An RSA key pair made by node (fast, where RSA generation in a debug Rust build is not):
+/// PKCS#8 PEM and public JWK.
+fn rsa_key() -> (String, Value) {
+    let script = "const {generateKeyPairSync}=require('node:crypto');\
+        const {privateKey,publicKey}=generateKeyPairSync('rsa',{modulusLength:2048});\
+        console.log(JSON.stringify({pem:privateKey.export({type:'pkcs8',format:'pem'}),\
+        jwk:{...publicKey.export({format:'jwk'}),use:'sig',alg:'RS256'}}))";
+    let out = std::process::Command::new("node")
+        .args(["-e", script])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    (v["pem"].as_str().unwrap().to_string(), v["jwk"].clone())
+}
+
 #[test]
 fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
     let (pem, jwk) = p256_key();
+    let (rsa_pem, rsa_jwk) = rsa_key();
     let idp = Idp::start(json!({
         "audience": "flyteadmin",
         "clients": [
             {"client_id": "basic-client", "client_secret": "basic-secret-1", "token_endpoint_auth_method": "client_secret_basic"},
             {"client_id": "post-client", "client_secret": "post-secret-2", "token_endpoint_auth_method": "client_secret_post"},
             {"client_id": "jwt-client", "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [jwk]}},
+            {"client_id": "rsa-client", "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [rsa_jwk]}},
         ]
     }));
     let pod = Pod::new();
     pod.secret("basic", "client_secret", "basic-secret-1");
     pod.secret("post", "client_secret", "post-secret-2");
     pod.secret("jwt", "client_secret", &pem);
+    pod.secret("rsa", "client_secret", &rsa_pem);
     let mut post = request(
         "post",
         "post-client",
@@ -82,6 +101,13 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
         ("idpDiscoveryEndpoint", &idp.discovery_url()),
     );
     jwt["clientAuthMethod"] = json!("private_key_jwt");
+    let mut rsa = request(
+        "rsa",
+        "rsa-client",
+        "rsa",
+        ("tokenEndpoint", &idp.token_endpoint()),
+    );
+    rsa["clientAuthMethod"] = json!("private_key_jwt");
     let requests = json!([
         request(
             "basic",
@@ -91,6 +117,7 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
         ),
         post,
         jwt,
+        rsa,
     ]);
     let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&requests));
     agent.wait_ready(Duration::from_secs(15));
@@ -99,6 +126,7 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
         ("basic", "basic-client"),
         ("post", "post-client"),
         ("jwt", "jwt-client"),
+        ("rsa", "rsa-client"),
     ] {
         let body = token_json(&agent, name);
         let token = body["access_token"].as_str().unwrap();
@@ -132,7 +160,7 @@ fn mints_with_basic_post_and_private_key_jwt_and_files_match_the_api() {
     ] {
         assert!(methods.iter().any(|x| x == m), "IdP saw {methods:?}");
     }
-    assert_eq!(methods.len(), 3, "one IdP request per token: {methods:?}");
+    assert_eq!(methods.len(), 4, "one IdP request per token: {methods:?}");
     let scope = idp.stats()["last_form"]["scope"].clone();
     assert!(scope.is_null() || scope == "all", "{scope}");
 

@@ -489,6 +489,25 @@ mod tests {
     }
 
     #[test]
+    fn refresh_comes_well_before_a_token_stops_being_fresh() {
+        use crate::token::SecretString;
+        use std::time::UNIX_EPOCH;
+        let p = RefreshPolicy::default();
+        for secs in [2, 4, 8, 30, 300, 3600, 86_400] {
+            let lifetime = Duration::from_secs(secs);
+            let token = Token {
+                access_token: SecretString::new("t"),
+                token_type: "Bearer".into(),
+                issued_at: UNIX_EPOCH,
+                expires_at: UNIX_EPOCH + lifetime,
+            };
+            // The latest refresh point, plus a tenth of the lifetime for retries.
+            let latest = UNIX_EPOCH + p.refresh_after(lifetime, 0.0) + lifetime / 10;
+            assert!(token.is_fresh(latest), "{secs}s token");
+        }
+    }
+
+    #[test]
     fn backoff_grows_caps_and_honours_retry_after() {
         let p = RefreshPolicy::default();
         let secs = |attempt, draw| p.backoff(attempt, draw, None).as_secs_f64();

@@ -50,9 +50,11 @@ pub const EXPIRY_SKEW: Duration = Duration::from_secs(5);
 
 impl Token {
     /// Whether the token can still be handed out at `now`: more than [`EXPIRY_SKEW`] (or a
-    /// quarter of a shorter lifetime) before its expiry.
+    /// tenth of a shorter lifetime) before its expiry. The tenth keeps short-lived tokens usable
+    /// well past the refresh point (at most 75% of the lifetime), so a failed refresh has time to
+    /// retry before readers see an expired token.
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        now + EXPIRY_SKEW.min(self.lifetime() / 4) < self.expires_at
+        now + EXPIRY_SKEW.min(self.lifetime() / 10) < self.expires_at
     }
 
     /// The whole validity period the IdP granted.
@@ -164,7 +166,7 @@ mod tests {
             expires_at: UNIX_EPOCH + Duration::from_secs(4),
             ..t
         };
-        assert!(short.is_fresh(UNIX_EPOCH + Duration::from_millis(2900)));
-        assert!(!short.is_fresh(UNIX_EPOCH + Duration::from_secs(3)));
+        assert!(short.is_fresh(UNIX_EPOCH + Duration::from_millis(3500)));
+        assert!(!short.is_fresh(UNIX_EPOCH + Duration::from_millis(3600)));
     }
 }

@@ -286,18 +286,17 @@ impl TokenCache {
 
     /// Whether every name has a fresh token; else the names that do not.
     pub async fn ready(&self) -> Result<(), Vec<String>> {
-        let now = SystemTime::now();
-        let mut missing = Vec::new();
-        for name in &self.order {
-            match self.entries.get(name).await {
-                Some(t) if t.is_fresh(now) => {}
-                _ => missing.push(name.clone()),
-            }
-        }
-        if missing.is_empty() {
+        let waiting: Vec<String> = self
+            .status()
+            .await
+            .into_iter()
+            .filter(|s| s.state != State::Valid)
+            .map(|s| s.name)
+            .collect();
+        if waiting.is_empty() {
             Ok(())
         } else {
-            Err(missing)
+            Err(waiting)
         }
     }
 
@@ -322,7 +321,7 @@ impl TokenCache {
     }
 
     /// The body of one serialized computation for a name: keep `current` if it will do, else
-    /// mint (unless backing off) and record the outcome.
+    /// mint, unless a reader arrives during the name's back-off.
     // Boxed with an explicit lifetime: moka's higher-ranked closure bound otherwise keeps the
     // compiler from proving the future `Send`.
     fn compute<'a>(

@@ -427,9 +427,16 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             Duration::from_secs(10),
             parse_duration,
         ),
-        ca_file: l
-            .pick(Some("FLYTE_AUTH_AGENT_CA_FILE"), raw.idp.ca_file)
-            .map(|(v, _)| v.into()),
+        ca_file: l.parsed(
+            "idp.ca_file",
+            Some("FLYTE_AUTH_AGENT_CA_FILE"),
+            raw.idp.ca_file,
+            None,
+            |s| match std::fs::metadata(s) {
+                Ok(_) => Ok(Some(PathBuf::from(s))),
+                Err(e) => Err(format!("cannot read {s}: {e}")),
+            },
+        ),
         allow_insecure_http: l.parsed(
             "idp.allow_insecure_http",
             Some("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"),
@@ -438,20 +445,6 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             parse_bool,
         ),
     };
-    if let Some(ca) = &idp.ca_file {
-        if let Err(e) = std::fs::metadata(ca) {
-            let source = if l.env.var("FLYTE_AUTH_AGENT_CA_FILE").is_some() {
-                "env FLYTE_AUTH_AGENT_CA_FILE".to_string()
-            } else {
-                l.file_source.clone()
-            };
-            l.error(
-                &source,
-                "idp.ca_file",
-                format!("cannot read {}: {e}", ca.display()),
-            );
-        }
-    }
     let refresh = build_refresh(raw.refresh, l);
 
     let resolver = SecretResolver::new(secrets.clone(), env.clone());

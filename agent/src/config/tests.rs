@@ -299,3 +299,34 @@ fn names_are_single_safe_components() {
     assert!(check_name(&"x".repeat(255)).is_ok());
     assert!(check_name(&"x".repeat(256)).is_err());
 }
+
+#[test]
+fn an_unreadable_ca_file_is_named_with_its_source() {
+    let f = Fixture::new();
+    let missing = f.dir.path().join("no-ca.pem");
+    let path = f.yaml(&format!("idp: {{ca_file: {}}}\n", missing.display()));
+    let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    let want = format!(
+        "config file {}: idp.ca_file: cannot read {}: ",
+        path.display(),
+        missing.display()
+    );
+    assert!(errors[0].starts_with(&want), "{errors:?}");
+    let env = f.env(&[("FLYTE_AUTH_AGENT_CA_FILE", "/nonexistent/ca.pem")]);
+    let errors = messages(Config::load(None, env).unwrap_err());
+    assert!(
+        errors[0].starts_with(
+            "env FLYTE_AUTH_AGENT_CA_FILE: idp.ca_file: cannot read /nonexistent/ca.pem: "
+        ),
+        "{errors:?}"
+    );
+    let ca = f.dir.path().join("ca.pem");
+    std::fs::write(&ca, "pem").unwrap();
+    let c = Config::load(
+        None,
+        f.env(&[("FLYTE_AUTH_AGENT_CA_FILE", ca.to_str().unwrap())]),
+    )
+    .unwrap();
+    assert_eq!(c.idp.ca_file.as_deref(), Some(ca.as_path()));
+}

@@ -55,10 +55,11 @@ fn p256_key() -> (String, Value) {
 /// An RSA key pair made by node (fast, where RSA generation in a debug Rust build is not):
 /// PKCS#8 PEM and public JWK.
 fn rsa_key() -> (String, Value) {
-    let script = "const {generateKeyPairSync}=require('node:crypto');\
-        const {privateKey,publicKey}=generateKeyPairSync('rsa',{modulusLength:2048});\
+    // The async generator: Node 20's generateKeyPairSync can deadlock in a garbage collection.
+    let script = "require('node:crypto').generateKeyPair('rsa',{modulusLength:2048},(e,publicKey,privateKey)=>{\
+        if(e)throw e;\
         console.log(JSON.stringify({pem:privateKey.export({type:'pkcs8',format:'pem'}),\
-        jwk:{...publicKey.export({format:'jwk'}),use:'sig',alg:'RS256'}}))";
+        jwk:{...publicKey.export({format:'jwk'}),use:'sig',alg:'RS256'}}))})";
     let out = std::process::Command::new("node")
         .args(["-e", script])
         .output()

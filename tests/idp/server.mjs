@@ -18,11 +18,12 @@
 // - client_secret_basic and client_secret_post clients may each use either method with the
 //   provider, so which one the agent used is read from the request and reported in /__test/stats.
 //   Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); the provider decodes them.
-import { generateKeyPairSync, randomUUID } from 'node:crypto';
+import { generateKeyPair, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
+import { promisify } from 'node:util';
 
 // stdout carries only the one address line the harness reads, so oidc-provider's notices
 // (console.info) go to stderr. The warnings listed are deliberate choices of a test peer (Node 20,
@@ -202,8 +203,12 @@ function overrideIssuer(res, issuer) {
 }
 
 // The provider is built once the port, and so the issuer, is known.
+// The signing key is made asynchronously, before listening: Node 20's generateKeyPairSync can
+// deadlock when a garbage collection runs while it encodes its result (seen here: the main thread
+// waits forever on the key-generation job's own mutex), which hung a test run.
+const { privateKey } = await promisify(generateKeyPair)('rsa', { modulusLength: 2048 });
+
 function startProvider(issuer) {
-  const { privateKey } = generateKeyPairSync('rsa', { modulusLength: 2048 });
   const provider = new Provider(issuer, {
     clients,
     jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: 'test-rsa' }] },

@@ -68,10 +68,18 @@ impl Idp {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start node tests/idp/server.mjs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .expect("read IdP address");
+        // Bounded: a peer that never says where it listens fails the test instead of hanging it.
+        let stdout = child.stdout.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut line = String::new();
+            let _ = BufReader::new(stdout).read_line(&mut line);
+            let _ = tx.send(line);
+        });
+        let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            panic!("the test IdP did not print its address within 30 s");
+        };
         let info: Value =
             serde_json::from_str(&line).unwrap_or_else(|e| panic!("IdP said {line:?}: {e}"));
         let issuer = info["issuer"].as_str().expect("issuer").to_string();
@@ -407,9 +415,10 @@ impl Drop for AgentProcess {
 
 /// GET over the agent's unix socket with a blocking hyper-free client: status and body.
 pub async fn socket_get(socket: &Path, path: &str, accept: &str) -> (u16, String) {
-    let (status, body) = flyte_auth_agent::client::get(socket, path, accept)
-        .await
-        .expect("socket GET");
+    let (status, body) =
+        flyte_auth_agent::client::get(socket, path, accept, Duration::from_secs(30))
+            .await
+            .expect("socket GET");
     (status.as_u16(), String::from_utf8(body.to_vec()).unwrap())
 }
 

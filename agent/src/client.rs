@@ -2,6 +2,7 @@
 //! scripts and flytekit's `ExternalCommand` credentials mode).
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Request, StatusCode};
@@ -37,13 +38,13 @@ pub enum ClientError {
     },
 }
 
-/// Fetches the bare token `name` from the agent listening on `socket`.
-pub async fn token(socket: &Path, name: &str) -> Result<String, ClientError> {
+/// Fetches the bare token `name` from the agent listening on `socket`, within `timeout`.
+pub async fn token(socket: &Path, name: &str, timeout: Duration) -> Result<String, ClientError> {
     let path = format!(
         "/v1/tokens/{}",
         percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
     );
-    let (status, body) = get(socket, &path, "text/plain").await?;
+    let (status, body) = get(socket, &path, "text/plain", timeout).await?;
     if status == StatusCode::OK {
         return String::from_utf8(body.to_vec()).map_err(|_| ClientError::Http {
             socket: socket.to_path_buf(),
@@ -61,8 +62,25 @@ pub async fn token(socket: &Path, name: &str) -> Result<String, ClientError> {
     Err(ClientError::Api { status, message })
 }
 
-/// One GET over the unix socket: status and body.
+/// One GET over the unix socket, answered within `timeout`: status and body.
 pub async fn get(
+    socket: &Path,
+    path: &str,
+    accept: &str,
+    timeout: Duration,
+) -> Result<(StatusCode, Bytes), ClientError> {
+    // A stuck agent must not hang the caller (a script, or flytekit waiting on ExternalCommand).
+    tokio::time::timeout(timeout, exchange(socket, path, accept))
+        .await
+        .unwrap_or_else(|_| {
+            Err(ClientError::Http {
+                socket: socket.to_path_buf(),
+                reason: format!("no answer within {}", humantime::format_duration(timeout)),
+            })
+        })
+}
+
+async fn exchange(
     socket: &Path,
     path: &str,
     accept: &str,
@@ -98,4 +116,32 @@ pub async fn get(
         .map_err(|e| http_err(e.to_string()))?
         .to_bytes();
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_silent_agent_is_an_error_not_a_hang() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("agent.sock");
+        // Accepts connections and never answers.
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let _held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((s, _)) = listener.accept().await {
+                open.push(s);
+            }
+        });
+        let err = token(&socket, "api", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().ends_with("no answer within 200ms"), "{err}");
+        let gone = dir.path().join("nothing.sock");
+        let err = token(&gone, "api", Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    }
 }

@@ -51,6 +51,9 @@ enum Command {
             default_value = "/var/run/flyte-auth-agent/agent.sock"
         )]
         socket: PathBuf,
+        /// How long to wait for the agent's answer.
+        #[arg(long, default_value = "30s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
     /// Validate a configuration (reads secrets, makes no network call).
     Check {
@@ -102,9 +105,13 @@ fn main() -> ExitCode {
             }
             None => ExitCode::from(EXIT_CONFIG),
         },
-        Command::Token { name, socket } => {
+        Command::Token {
+            name,
+            socket,
+            timeout,
+        } => {
             let result = runtime().and_then(|rt| {
-                rt.block_on(flyte_auth_agent::client::token(&socket, &name))
+                rt.block_on(flyte_auth_agent::client::token(&socket, &name, timeout))
                     .map_err(anyhow::Error::from)
             });
             match result {

@@ -1,10 +1,14 @@
 //! Compiles the flyteidl `.proto` files with `protox` (pure Rust: no `protoc` on the machine) and
-//! generates prost types from the result; the descriptor set is kept for the JSON form.
+//! generates prost types and tonic service stubs from the result; the descriptor set is kept for
+//! the JSON form.
 
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos = ["flyteidl/core/security.proto"];
+    let protos = [
+        "flyteidl/core/security.proto",
+        "flyteidl/service/auth.proto",
+    ];
     println!("cargo:rerun-if-changed=protos");
     let fds = protox::compile(protos, ["protos"])?;
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
@@ -12,8 +16,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         out.join("flyteidl.bin"),
         prost::Message::encode_to_vec(&fds),
     )?;
-    prost_build::Config::new()
-        .enable_type_names()
-        .compile_fds(fds)?;
+    let mut config = prost_build::Config::new();
+    config.enable_type_names();
+    tonic_prost_build::configure()
+        .build_transport(false)
+        .compile_fds_with_config(fds, config)?;
     Ok(())
 }

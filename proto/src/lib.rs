@@ -20,6 +20,11 @@ pub mod flyteidl {
     pub mod core {
         include!(concat!(env!("OUT_DIR"), "/flyteidl.core.rs"));
     }
+    /// The `flyteidl.service` package: `AuthMetadataService`, with tonic client and server.
+    #[allow(missing_docs, clippy::all)]
+    pub mod service {
+        include!(concat!(env!("OUT_DIR"), "/flyteidl.service.rs"));
+    }
 }
 
 static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {

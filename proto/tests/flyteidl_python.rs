@@ -427,16 +427,15 @@ fn json_is_accepted_and_rejected_as_python_does() {
     }
 }
 
-/// Our descriptor pool in the shape `flyteidl_fixtures.py descriptors` prints.
-fn our_descriptors() -> Value {
+const FILES: [&str; 2] = [
+    "flyteidl/core/security.proto",
+    "flyteidl/service/auth.proto",
+];
+
+/// One file of our descriptor pool in the shape `flyteidl_fixtures.py descriptors` prints.
+fn our_descriptors(name: &str) -> Value {
     let pool = descriptor_pool();
-    let files: Vec<_> = pool.files().map(|f| f.name().to_owned()).collect();
-    assert_eq!(
-        files,
-        ["flyteidl/core/security.proto"],
-        "one file, no imports"
-    );
-    let file = pool.files().next().unwrap();
+    let file = pool.get_file_by_name(name).unwrap();
     let mut messages = Vec::new();
     let mut enums: Vec<_> = file.enums().collect();
     let mut queue: Vec<_> = file.messages().collect();
@@ -477,19 +476,53 @@ fn our_descriptors() -> Value {
             json!({"name": e.full_name(), "values": values})
         })
         .collect();
+    let services: Vec<Value> = file
+        .services()
+        .map(|s| {
+            let methods: Vec<Value> = s
+                .methods()
+                .map(|m| {
+                    json!({
+                        "name": m.name(),
+                        "input": m.input().full_name(),
+                        "output": m.output().full_name(),
+                        "client_streaming": m.is_client_streaming(),
+                        "server_streaming": m.is_server_streaming(),
+                    })
+                })
+                .collect();
+            json!({"name": s.full_name(), "methods": methods})
+        })
+        .collect();
     json!({
         "file": file.name(),
         "package": file.package_name(),
         "syntax": file.file_descriptor_proto().syntax(),
         "messages": messages,
         "enums": enums,
+        "services": services,
     })
 }
 
 #[test]
+fn the_pool_holds_our_files_and_no_imports() {
+    let files: Vec<_> = descriptor_pool()
+        .files()
+        .map(|f| f.name().to_owned())
+        .collect();
+    assert_eq!(files, FILES);
+}
+
+#[test]
 fn every_descriptor_matches_flyteidl() {
-    let python: Value = serde_json::from_str(&fixtures("descriptors", "")).unwrap();
-    let ours = our_descriptors();
+    for file in FILES {
+        descriptors_match(file);
+    }
+}
+
+fn descriptors_match(file: &str) {
+    let python: Value = serde_json::from_str(&fixtures("descriptors", file)).unwrap();
+    let ours = our_descriptors(file);
     // Message by message first, for a readable failure.
     let names = |v: &Value| -> Vec<String> {
         v["messages"]

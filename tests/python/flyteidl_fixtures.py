@@ -6,14 +6,16 @@ Modes:
   decode       read JSON lines {"message", "hex"} on stdin; print each as snake_case JSON
   parse        read JSON lines {"message", "json"} on stdin; print {"ok": snake_case JSON} or
                {"error": text} per line, as json_format.Parse (unknown fields rejected) sees it
-  descriptors  print the whole flyteidl/core/security.proto file as its descriptors have it:
-               package, syntax, and every message (nested ones too), field and enum value
+  descriptors  read a file name on stdin (flyteidl/core/security.proto when empty) and print
+               that whole file as its descriptors have it: package, syntax, every message
+               (nested ones too), field, enum value and service method
 """
 
 import json
 import sys
 
 from flyteidl.core import security_pb2 as sec
+from flyteidl.service import auth_pb2 as auth
 from google.protobuf import descriptor_pb2, json_format
 
 
@@ -122,19 +124,36 @@ def describe_message(d, messages, enums):
         describe_message(nested, messages, enums)
 
 
+def describe_service(s):
+    return {
+        "name": s.full_name,
+        "methods": [
+            {"name": m.name, "input": m.input_type.full_name, "output": m.output_type.full_name,
+             "client_streaming": m.client_streaming, "server_streaming": m.server_streaming}
+            for m in s.methods
+        ],
+    }
+
+
 def descriptors():
+    name = sys.stdin.read().strip() or sec.DESCRIPTOR.name
+    files = {sec.DESCRIPTOR.name: sec.DESCRIPTOR, auth.DESCRIPTOR.name: auth.DESCRIPTOR}
+    if name not in files:
+        raise SystemExit(f"descriptors: unknown file {name!r}, known: {sorted(files)}")
+    fd = files[name]
     messages, enums = [], []
-    for d in sec.DESCRIPTOR.message_types_by_name.values():
+    for d in fd.message_types_by_name.values():
         describe_message(d, messages, enums)
-    enums.extend(describe_enum(e) for e in sec.DESCRIPTOR.enum_types_by_name.values())
+    enums.extend(describe_enum(e) for e in fd.enum_types_by_name.values())
     file = descriptor_pb2.FileDescriptorProto()
-    sec.DESCRIPTOR.CopyToProto(file)
+    fd.CopyToProto(file)
     print(json.dumps({
-        "file": sec.DESCRIPTOR.name,
-        "package": sec.DESCRIPTOR.package,
+        "file": fd.name,
+        "package": fd.package,
         "syntax": file.syntax,
         "messages": sorted(messages, key=lambda m: m["name"]),
         "enums": sorted(enums, key=lambda e: e["name"]),
+        "services": [describe_service(s) for s in fd.services_by_name.values()],
     }))
 
 

@@ -18,12 +18,25 @@
 // - client_secret_basic and client_secret_post clients may each use either method with the
 //   provider, so which one the agent used is read from the request and reported in /__test/stats.
 //   Basic credentials are form-urlencoded before base64 (RFC 6749 §2.3.1); the provider decodes them.
+// - RFC 8693 token exchange is not built in. provider.registerGrantType stores a handler that gets
+//   only ctx, so the built-in grants' helpers (resource resolution, scope checks, token response)
+//   are imported from lib/helpers/grants.js (the package has no `exports` map) and given the
+//   provider, exactly as initialize_app.js binds them for client_credentials. The issued token is
+//   an AccessToken, whose JWT format (lib/models/formats/jwt.js) is the one ClientCredentials
+//   tokens use, with `sub` = its accountId (the subject token's `sub`) instead of the client_id.
+// - Clients are validated lazily (at their first lookup) against the grant types registered by
+//   then, so a client may list the token-exchange URN although the grant is registered after the
+//   Provider is built. Client assertions are remembered by (iss, jti) until exp + clockTolerance
+//   (15 s), so one assertion authenticates one request only (lib/shared/jwt_client_auth.js).
 import { generateKeyPair, randomUUID } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
 import { setTimeout as delay } from 'node:timers/promises';
 import { promisify } from 'node:util';
+
+// jose is oidc-provider's own JWT library (its dependency, pinned in package-lock.json).
+import { createLocalJWKSet, jwtVerify } from 'jose';
 
 // stdout carries only the one address line the harness reads, so oidc-provider's notices
 // (console.info) go to stderr. The warnings listed are deliberate choices of a test peer (Node 20,
@@ -35,7 +48,8 @@ console.warn = (...args) => {
   if (!EXPECTED_WARNINGS.some((w) => String(args[0]).includes(w))) warn(...args);
 };
 console.info = console.error;
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors } = await import('oidc-provider');
+const grantHelpers = await import('oidc-provider/lib/helpers/grants.js');
 
 const config = JSON.parse(process.env.IDP_CONFIG || '{}');
 const AUDIENCE_URN = 'urn:audience:';
@@ -44,20 +58,52 @@ const defaultAudience = config.audience || 'flyteadmin';
 const resourceScope = config.scope || 'all offline';
 let accessTokenTTL = config.accessTokenTTL ?? 3600;
 
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const SUBJECT_TOKEN_TYPES = ['urn:ietf:params:oauth:token-type:jwt', 'urn:ietf:params:oauth:token-type:id_token'];
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
+const SUBJECT_TOKEN_ALGS = ['RS256', 'ES256'];
+
+// The trusted issuer of subject tokens, or null: then the grant is neither registered nor offered.
+const tokenExchange = (() => {
+  const te = config.tokenExchange;
+  if (te === undefined || te === null) return null;
+  const fail = (why) => {
+    throw new Error(`IDP_CONFIG tokenExchange: ${why}`);
+  };
+  if (typeof te.issuer !== 'string' || !te.issuer) fail('issuer must be a non-empty string');
+  if (typeof te.audience !== 'string' || !te.audience) fail('audience must be a non-empty string');
+  if (!Array.isArray(te.jwks?.keys) || te.jwks.keys.length === 0) fail('jwks must be {"keys": [public JWK, ...]}');
+  if (te.jwks.keys.some((k) => k.d !== undefined)) fail('jwks must hold public keys only (a key has "d")');
+  return { issuer: te.issuer, audience: te.audience, keys: createLocalJWKSet(te.jwks) };
+})();
+
+// Every client may use client credentials except a public one (RFC 6749 §4.4: confidential clients
+// only); token exchange only when it lists the URN in its grant_types.
 const defaultClient = { client_id: 'agent', client_secret: 'agent-secret', token_endpoint_auth_method: 'client_secret_basic' };
-const clients = (config.clients || [defaultClient]).map((c) => ({
-  token_endpoint_auth_method: 'client_secret_basic',
-  ...c,
-  grant_types: ['client_credentials'],
-  redirect_uris: [],
-  response_types: [],
-}));
+const clients = (config.clients || [defaultClient]).map((c) => {
+  const method = c.token_endpoint_auth_method ?? 'client_secret_basic';
+  const exchange = Array.isArray(c.grant_types) && c.grant_types.includes(TOKEN_EXCHANGE);
+  if (exchange && !tokenExchange) {
+    throw new Error(`IDP_CONFIG client ${c.client_id}: grant_types lists ${TOKEN_EXCHANGE} but there is no tokenExchange config`);
+  }
+  if (method === 'none' && !exchange) {
+    throw new Error(`IDP_CONFIG client ${c.client_id}: a public client (token_endpoint_auth_method "none") may only use token exchange; list ${TOKEN_EXCHANGE} in grant_types`);
+  }
+  return {
+    token_endpoint_auth_method: 'client_secret_basic',
+    ...c,
+    grant_types: [...(method === 'none' ? [] : ['client_credentials']), ...(exchange ? [TOKEN_EXCHANGE] : [])],
+    redirect_uris: [],
+    response_types: [],
+  };
+});
+const publicClients = clients.some((c) => c.token_endpoint_auth_method === 'none');
 
 let stats;
 let fault; // null, or the body of the last POST /__test/fault: { mode, count?, status?, body?, headers?, delay_ms? }
 let issuerOverride; // null, or the `issuer` discovery answers with
 function reset() {
-  stats = { token_requests: 0, by_client: {}, auth_methods: [], last_form: null, discovery_requests: 0 };
+  stats = { token_requests: 0, by_client: {}, auth_methods: [], grant_types: [], last_form: null, discovery_requests: 0 };
   fault = null;
   issuerOverride = null;
 }
@@ -121,8 +167,11 @@ async function tokenRequest(req, res) {
   stats.token_requests += 1;
   stats.by_client[clientId] = (stats.by_client[clientId] || 0) + 1;
   stats.auth_methods.push(authMethod(req, form));
+  stats.grant_types.push(form.get('grant_type'));
   const shown = Object.fromEntries(form);
-  for (const k of ['client_secret', 'client_assertion']) if (k in shown) shown[k] = '<redacted>';
+  for (const k of ['client_secret', 'client_assertion', 'subject_token', 'actor_token']) {
+    if (k in shown) shown[k] = '<redacted>';
+  }
   stats.last_form = shown;
 
   const active = takeFault();
@@ -202,6 +251,96 @@ function overrideIssuer(res, issuer) {
   };
 }
 
+// Why a subject token is refused, for the invalid_grant error_description.
+function subjectTokenProblem(err) {
+  const te = tokenExchange;
+  switch (err.code) {
+    case 'ERR_JWT_EXPIRED':
+      return `subject_token expired (exp ${err.payload?.exp})`;
+    case 'ERR_JWT_CLAIM_VALIDATION_FAILED':
+      if (err.reason === 'missing') return `subject_token has no "${err.claim}" claim`;
+      if (err.claim === 'iss') return `subject_token issuer ${JSON.stringify(err.payload.iss)} is not the trusted issuer ${JSON.stringify(te.issuer)}`;
+      if (err.claim === 'aud') return `subject_token audience ${JSON.stringify(err.payload.aud)} does not contain ${JSON.stringify(te.audience)}`;
+      if (err.claim === 'nbf') return `subject_token is not valid yet (nbf ${err.payload.nbf})`;
+      return `subject_token claim "${err.claim}": ${err.message}`;
+    case 'ERR_JWS_SIGNATURE_VERIFICATION_FAILED':
+    case 'ERR_JWKS_NO_MATCHING_KEY':
+      return `subject_token signature does not verify with the trusted issuer's keys (${err.message})`;
+    case 'ERR_JOSE_ALG_NOT_ALLOWED':
+      return `subject_token alg is not one of ${SUBJECT_TOKEN_ALGS.join(', ')}`;
+    default:
+      return `subject_token is not a valid JWT (${err.message})`;
+  }
+}
+
+// The subject token's claims once its signature, issuer, audience and times check out.
+// No clock tolerance: issuer and IdP share the test machine's clock.
+async function verifySubjectToken(jwt) {
+  const invalidGrant = (why) => new errors.CustomOIDCProviderError('invalid_grant', why);
+  let payload;
+  try {
+    ({ payload } = await jwtVerify(jwt, tokenExchange.keys, {
+      algorithms: SUBJECT_TOKEN_ALGS,
+      issuer: tokenExchange.issuer,
+      audience: tokenExchange.audience,
+      requiredClaims: ['exp', 'sub'],
+    }));
+  } catch (err) {
+    throw invalidGrant(subjectTokenProblem(err));
+  }
+  if (typeof payload.sub !== 'string' || !payload.sub) throw invalidGrant('subject_token "sub" must be a non-empty string');
+  if (payload.iat !== undefined && payload.iat > Math.floor(Date.now() / 1000)) {
+    throw invalidGrant(`subject_token is issued in the future (iat ${payload.iat})`);
+  }
+  return payload;
+}
+
+// RFC 8693 token exchange: an access token for the requested resource, on behalf of the subject
+// token's `sub`, issued like client_credentials issues its tokens (same resource and scope rules).
+async function tokenExchangeHandler(provider, ctx) {
+  const { params, client } = ctx.oidc;
+  for (const p of ['subject_token', 'subject_token_type']) {
+    if (!params[p]) throw new errors.InvalidRequest(`missing required parameter '${p}'`);
+  }
+  if (!SUBJECT_TOKEN_TYPES.includes(params.subject_token_type)) {
+    throw new errors.InvalidRequest(`unsupported subject_token_type '${params.subject_token_type}': expected one of ${SUBJECT_TOKEN_TYPES.join(', ')}`);
+  }
+  if (params.requested_token_type !== undefined && params.requested_token_type !== ACCESS_TOKEN_TYPE) {
+    throw new errors.InvalidRequest(`unsupported requested_token_type '${params.requested_token_type}': only ${ACCESS_TOKEN_TYPE} is issued`);
+  }
+  if (params.actor_token !== undefined || params.actor_token_type !== undefined) {
+    throw new errors.InvalidRequest('actor_token (delegation) is not supported');
+  }
+  const subject = await verifySubjectToken(params.subject_token);
+
+  const resourceServers = await grantHelpers.resolveRequestedResources(provider, ctx);
+  const scopes = [...grantHelpers.validateClientScope(provider, ctx)];
+  const token = new provider.AccessToken({
+    client,
+    accountId: subject.sub,
+    gty: 'token_exchange',
+    scope: scopes.join(' ') || undefined,
+  });
+  const { 0: resourceServer, length } = resourceServers;
+  if (resourceServer) {
+    if (length !== 1) {
+      throw new errors.InvalidTarget('only a single resource indicator value is supported for this grant type');
+    }
+    token.resourceServer = resourceServer;
+    token.scope = scopes.filter(Set.prototype.has.bind(new Set(resourceServer.scope.split(' ')))).join(' ') || undefined;
+  }
+
+  ctx.oidc.entity('AccessToken', token);
+  const value = await token.save();
+  ctx.body = grantHelpers.buildTokenResponse(provider, {
+    accessToken: value,
+    expiresIn: token.expiration,
+    issuedTokenType: ACCESS_TOKEN_TYPE,
+    scope: token.scope || undefined,
+    tokenType: token.tokenType,
+  });
+}
+
 // The provider is built once the port, and so the issuer, is known.
 // The signing key is made asynchronously, before listening: Node 20's generateKeyPairSync can
 // deadlock when a garbage collection runs while it encodes its result (seen here: the main thread
@@ -212,12 +351,17 @@ function startProvider(issuer) {
   const provider = new Provider(issuer, {
     clients,
     jwks: { keys: [{ ...privateKey.export({ format: 'jwk' }), use: 'sig', alg: 'RS256', kid: 'test-rsa' }] },
-    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt'],
+    // 'none' only when a client is public, so discovery is otherwise what it always was.
+    clientAuthMethods: ['client_secret_basic', 'client_secret_post', 'private_key_jwt', ...(publicClients ? ['none'] : [])],
     // Random per run: nothing here outlives the process, and no test uses a browser session.
     cookies: { keys: [randomUUID()] },
     // The lifetime is the resource server's (getResourceServerInfo below); saying so here also
     // keeps the provider from noticing at every token that this default was left unchanged.
-    ttl: { ClientCredentials: (_ctx, token) => token.resourceServer.accessTokenTTL },
+    // AccessToken: the token-exchange grant's tokens.
+    ttl: {
+      ClientCredentials: (_ctx, token) => token.resourceServer.accessTokenTTL,
+      AccessToken: (_ctx, token) => token.resourceServer?.accessTokenTTL ?? accessTokenTTL,
+    },
     features: {
       devInteractions: { enabled: false },
       clientCredentials: { enabled: true },
@@ -237,6 +381,11 @@ function startProvider(issuer) {
     },
   });
   provider.on('server_error', (_ctx, err) => console.error('oidc-provider server_error:', err));
+  if (tokenExchange) {
+    // Multiple `resource` values reach the handler (which refuses them), as for client_credentials.
+    const params = ['subject_token', 'subject_token_type', 'requested_token_type', 'actor_token', 'actor_token_type', 'scope', 'resource'];
+    provider.registerGrantType(TOKEN_EXCHANGE, (ctx) => tokenExchangeHandler(provider, ctx), params, ['resource']);
+  }
   return provider.callback();
 }
 

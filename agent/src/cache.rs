@@ -13,6 +13,9 @@
 //!
 //! When to refresh is [`RefreshPolicy`], a pure function of the token's lifetime and a random
 //! draw, so a fleet of pods that started together spreads its refreshes out.
+//!
+//! What a name's token comes from is a [`Minter`]: a configured token request, or the FlyteAdmin
+//! credential (under the name [`ADMIN`], which no token request can have, and with no file).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -30,6 +33,49 @@ use crate::metrics::{Metrics, NameMetrics};
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
 use crate::token::Token;
+
+/// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
+pub const ADMIN: &str = ".admin";
+
+/// Mints tokens for one name: reads whatever credential it needs and asks the IdP.
+pub trait Minter: Send + Sync {
+    /// One IdP round trip.
+    fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>>;
+}
+
+/// A configured token request: client credentials with a secret from the secrets manager.
+pub struct ClientCredentials {
+    request: TokenRequest,
+    idp: Arc<Idp>,
+    resolver: SecretResolver,
+}
+
+impl ClientCredentials {
+    /// Mints for `request` through `idp`, reading its secret with `resolver` each time.
+    pub fn new(request: TokenRequest, idp: Arc<Idp>, resolver: SecretResolver) -> Self {
+        Self {
+            request,
+            idp,
+            resolver,
+        }
+    }
+}
+
+impl Minter for ClientCredentials {
+    fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
+        Box::pin(async move {
+            let resolver = self.resolver.clone();
+            let secret_ref = self.request.client_secret.clone();
+            // Secrets are re-read on every mint so a rotated secret is picked up without a
+            // restart; the read is file I/O, so off the runtime.
+            let secret = tokio::task::spawn_blocking(move || resolver.read(&secret_ref))
+                .await
+                .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
+                .map_err(|e| IdpError::Secret(e.to_string()))?;
+            self.idp.token(&self.request, &secret).await
+        })
+    }
+}
 
 /// The cached tokens by name.
 pub type Entries = moka::future::Cache<String, Arc<Token>>;
@@ -159,7 +205,10 @@ struct Backoff {
 }
 
 struct Slot {
-    request: TokenRequest,
+    name: String,
+    minter: Box<dyn Minter>,
+    /// Whether tokens go to a file as well (token requests do; the Admin credential does not).
+    file: bool,
     metrics: NameMetrics,
     backoff: Mutex<Backoff>,
 }
@@ -171,6 +220,9 @@ enum Want {
     Fresh,
     /// The refresher: replace the token it scheduled from (`seen`), unless someone already did.
     Replace { seen: Option<SystemTime> },
+    /// A peer refused the token issued at `seen`: replace it unless someone already did, but
+    /// respect the back-off, so a peer that refuses every token cannot make us hammer the IdP.
+    Renew { seen: SystemTime },
 }
 
 /// Tokens by name, with the machinery to mint and refresh them.
@@ -178,8 +230,6 @@ pub struct TokenCache {
     entries: Entries,
     slots: HashMap<String, Slot>,
     order: Vec<String>,
-    idp: Idp,
-    resolver: SecretResolver,
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
     policy: RefreshPolicy,
@@ -191,34 +241,43 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl TokenCache {
-    /// A cache for `requests` (names are unique: config validation guarantees it).
+    /// A cache for `requests` (names are unique: config validation guarantees it), plus the
+    /// FlyteAdmin credential if `admin` is given.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         requests: Vec<TokenRequest>,
-        idp: Idp,
+        admin: Option<Box<dyn Minter>>,
+        idp: Arc<Idp>,
         resolver: SecretResolver,
         sink: Arc<Sink>,
         entries: Entries,
         metrics: Arc<Metrics>,
         policy: RefreshPolicy,
     ) -> Self {
-        let order = requests.iter().map(|r| r.name.clone()).collect();
-        let slots = requests
-            .into_iter()
-            .map(|request| {
+        let order: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
+        let minters = requests.into_iter().map(|request| {
+            let name = request.name.clone();
+            let minter = ClientCredentials::new(request, idp.clone(), resolver.clone());
+            (name, Box::new(minter) as Box<dyn Minter>, true)
+        });
+        let admin = admin.map(|m| (ADMIN.to_string(), m, false));
+        let slots = minters
+            .chain(admin)
+            .map(|(name, minter, file)| {
                 let slot = Slot {
-                    metrics: metrics.for_name(&request.name),
-                    request,
+                    metrics: metrics.for_name(&name),
+                    name: name.clone(),
+                    minter,
+                    file,
                     backoff: Mutex::default(),
                 };
-                (slot.request.name.clone(), slot)
+                (name, slot)
             })
             .collect();
         Self {
             entries,
             slots,
             order,
-            idp,
-            resolver,
             sink,
             metrics,
             policy,
@@ -237,12 +296,48 @@ impl TokenCache {
         &self.order
     }
 
-    /// A fresh token for `name`, from the cache or, on a miss, from the IdP.
-    pub async fn get(&self, name: &str) -> Result<Arc<Token>, GetError> {
-        let slot = self
-            .slots
+    /// Whether the FlyteAdmin credential is configured.
+    pub fn has_admin(&self) -> bool {
+        self.slots.contains_key(ADMIN)
+    }
+
+    /// A fresh FlyteAdmin credential.
+    pub async fn admin(&self) -> Result<Arc<Token>, GetError> {
+        self.get_any(ADMIN).await
+    }
+
+    /// A new FlyteAdmin credential to replace `rejected`, which Admin refused: one IdP call
+    /// however many callers saw the refusal, none during a back-off.
+    pub async fn renew_admin(&self, rejected: &Token) -> Result<Arc<Token>, GetError> {
+        let slot = self.slot(ADMIN)?;
+        let want = Want::Renew {
+            seen: rejected.issued_at,
+        };
+        self.fetch(slot, want)
+            .await
+            .map_err(|reason| GetError::Unavailable {
+                name: ADMIN.to_string(),
+                reason,
+            })
+    }
+
+    fn slot(&self, name: &str) -> Result<&Slot, GetError> {
+        self.slots
             .get(name)
-            .ok_or_else(|| GetError::Unknown(name.to_string()))?;
+            .ok_or_else(|| GetError::Unknown(name.to_string()))
+    }
+
+    /// A fresh token for the token request `name`, from the cache or, on a miss, from the IdP.
+    pub async fn get(&self, name: &str) -> Result<Arc<Token>, GetError> {
+        if name == ADMIN {
+            // Served only where the Admin credential is meant to be: /v1/admin/token.
+            return Err(GetError::Unknown(name.to_string()));
+        }
+        self.get_any(name).await
+    }
+
+    async fn get_any(&self, name: &str) -> Result<Arc<Token>, GetError> {
+        let slot = self.slot(name)?;
         if let Some(token) = self.entries.get(name).await {
             if token.is_fresh(SystemTime::now()) {
                 slot.metrics.hits.inc();
@@ -303,7 +398,7 @@ impl TokenCache {
     async fn fetch(&self, slot: &Slot, want: Want) -> Result<Arc<Token>, MintError> {
         let result = self
             .entries
-            .entry_by_ref(slot.request.name.as_str())
+            .entry_by_ref(slot.name.as_str())
             .and_try_compute_with(|current| {
                 self.compute(slot, want, current.map(|e| e.into_value()))
             })
@@ -337,12 +432,13 @@ impl TokenCache {
                     && match want {
                         Want::Fresh => true,
                         Want::Replace { seen } => Some(t.issued_at) != seen,
+                        Want::Renew { seen } => t.issued_at != seen,
                     }
             });
             if usable {
                 return Ok(Op::Nop);
             }
-            if let Want::Fresh = want {
+            if let Want::Fresh | Want::Renew { .. } = want {
                 let b = lock(&slot.backoff);
                 if let (Some(until), Some(err)) = (b.not_before, &b.last_error) {
                     if Instant::now() < until {
@@ -357,15 +453,14 @@ impl TokenCache {
     /// One IdP round trip plus the file write, as one traced operation that also records the
     /// outcome: metrics, and the name's back-off state.
     async fn mint(&self, slot: &Slot) -> Result<Token, MintError> {
-        let request = &slot.request;
         // The field is `token_name`, not `name`: in JSON logs a span's own name sits under the key
         // `name`, and a field of that name would collide with it.
-        let span = tracing::info_span!("token_request", token_name = %request.name);
+        let span = tracing::info_span!("token_request", token_name = %slot.name);
         async {
             let started = std::time::Instant::now();
-            let result = self.mint_inner(request).await;
+            let result = self.mint_inner(slot).await;
             slot.metrics.idp_latency.observe(started.elapsed().as_secs_f64());
-            self.metrics.token_request(&request.name, result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
+            self.metrics.token_request(&slot.name, result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
             let mut backoff = lock(&slot.backoff);
             match &result {
                 Ok(token) => {
@@ -391,21 +486,17 @@ impl TokenCache {
         .await
     }
 
-    async fn mint_inner(&self, request: &TokenRequest) -> Result<Token, MintError> {
-        let resolver = self.resolver.clone();
-        let secret_ref = request.client_secret.clone();
-        let secret = tokio::task::spawn_blocking(move || resolver.read(&secret_ref))
-            .await
-            .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
-            .map_err(|e| IdpError::Secret(e.to_string()))?;
-        let token = self.idp.token(request, &secret).await?;
-        let sink = self.sink.clone();
-        let name = request.name.clone();
-        let value = token.access_token.clone();
-        tokio::task::spawn_blocking(move || sink.write(&name, value.expose()))
-            .await
-            .map_err(|e| MintError::File(format!("writer task failed: {e}")))?
-            .map_err(|e| MintError::File(e.to_string()))?;
+    async fn mint_inner(&self, slot: &Slot) -> Result<Token, MintError> {
+        let token = slot.minter.mint().await?;
+        if slot.file {
+            let sink = self.sink.clone();
+            let name = slot.name.clone();
+            let value = token.access_token.clone();
+            tokio::task::spawn_blocking(move || sink.write(&name, value.expose()))
+                .await
+                .map_err(|e| MintError::File(format!("writer task failed: {e}")))?
+                .map_err(|e| MintError::File(e.to_string()))?;
+        }
         Ok(token)
     }
 
@@ -449,10 +540,7 @@ impl TokenCache {
 
     /// Fetches `name` until it succeeds or `deadline` passes (for `--once`).
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
-        let slot = self
-            .slots
-            .get(name)
-            .ok_or_else(|| GetError::Unknown(name.to_string()))?;
+        let slot = self.slot(name)?;
         loop {
             match self.fetch(slot, Want::Replace { seen: None }).await {
                 Ok(token) => return Ok(token),

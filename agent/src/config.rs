@@ -73,6 +73,11 @@ pub enum ClientAuth {
     ClientSecretPost,
     /// An RFC 7523 JWT assertion signed with the private key the secret holds.
     PrivateKeyJwt,
+    /// An RFC 7523 JWT assertion made elsewhere and read as is, such as a projected
+    /// service-account token (workload identity federation; Admin credential only).
+    JwtBearer,
+    /// A public client: `client_id` alone (Admin token exchange only).
+    None,
 }
 
 impl ClientAuth {
@@ -81,7 +86,8 @@ impl ClientAuth {
         match self {
             Self::ClientSecretBasic => "client_secret_basic",
             Self::ClientSecretPost => "client_secret_post",
-            Self::PrivateKeyJwt => "private_key_jwt",
+            Self::PrivateKeyJwt | Self::JwtBearer => "private_key_jwt",
+            Self::None => "none",
         }
     }
 }

@@ -12,10 +12,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenType};
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse, BasicTokenType};
 use oauth2::{
     AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
     RequestTokenError, Scope, TokenResponse, TokenUrl,
@@ -197,6 +198,62 @@ impl AssertionKey {
     }
 }
 
+const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// What the token endpoint is asked for.
+pub enum Grant {
+    /// RFC 6749 §4.4 client credentials.
+    ClientCredentials,
+    /// RFC 8693 token exchange of a JWT, such as a projected service-account token.
+    TokenExchange {
+        /// The token exchanged.
+        subject_token: SecretString,
+    },
+}
+
+/// One token request to an IdP, whatever its grant and client authentication.
+pub struct Exchange<'a> {
+    /// Token endpoint or discovery URL.
+    pub endpoint: &'a Endpoint,
+    /// OAuth2 client id.
+    pub client_id: &'a str,
+    /// How the client authenticates.
+    pub client_auth: ClientAuth,
+    /// What `client_auth` needs: the client secret, the PEM key (`private_key_jwt`) or the
+    /// assertion itself (`jwt-bearer`); none for a public client.
+    pub credential: Option<&'a SecretString>,
+    /// The grant.
+    pub grant: Grant,
+    /// Scopes to request.
+    pub scopes: &'a [String],
+    /// Audience to request.
+    pub audience: Option<&'a str>,
+}
+
+impl Exchange<'_> {
+    fn credential(&self) -> &SecretString {
+        static NONE: std::sync::LazyLock<SecretString> =
+            std::sync::LazyLock::new(|| SecretString::new(""));
+        self.credential.unwrap_or(&NONE)
+    }
+
+    /// The client assertion the authentication method calls for, if any.
+    fn assertion(&self, token_url: &str) -> Result<Option<String>, IdpError> {
+        match self.client_auth {
+            ClientAuth::PrivateKeyJwt => AssertionKey::from_pem(self.credential())?
+                .sign(self.client_id, token_url)
+                .map(Some),
+            ClientAuth::JwtBearer => Ok(Some(self.credential().expose().to_string())),
+            _ => Ok(None),
+        }
+    }
+}
+
+type TokenResult =
+    Result<BasicTokenResponse, RequestTokenError<TransportError, BasicErrorResponse>>;
+
 #[derive(Debug)]
 struct Metadata {
     token_endpoint: Url,
@@ -269,40 +326,31 @@ impl Idp {
         request: &TokenRequest,
         secret: &SecretString,
     ) -> Result<Token, IdpError> {
-        let token_url = self.token_endpoint(&request.endpoint).await?;
-        let url_str = token_url.to_string();
-        let client = BasicClient::new(ClientId::new(request.client_id.clone()))
-            .set_token_uri(TokenUrl::from_url(token_url.clone()));
-        let client = match request.client_auth {
-            ClientAuth::ClientSecretBasic => client
-                .set_client_secret(ClientSecret::new(secret.expose().to_string()))
-                .set_auth_type(AuthType::BasicAuth),
-            ClientAuth::ClientSecretPost => client
-                .set_client_secret(ClientSecret::new(secret.expose().to_string()))
-                .set_auth_type(AuthType::RequestBody),
-            // No client secret: the crate then sends client_id in the body, and the assertion
-            // below authenticates it.
-            ClientAuth::PrivateKeyJwt => client.set_auth_type(AuthType::RequestBody),
-        };
-        let mut exchange = client
-            .exchange_client_credentials()
-            .add_scopes(request.scopes.iter().cloned().map(Scope::new));
-        if let Some(audience) = &request.audience {
-            exchange = exchange.add_extra_param("audience", audience.clone());
-        }
-        if request.client_auth == ClientAuth::PrivateKeyJwt {
-            let assertion = AssertionKey::from_pem(secret)?.sign(&request.client_id, &url_str)?;
-            exchange = exchange
-                .add_extra_param(
-                    "client_assertion_type",
-                    "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
-                )
-                .add_extra_param("client_assertion", assertion);
-        }
+        self.exchange(&Exchange {
+            endpoint: &request.endpoint,
+            client_id: &request.client_id,
+            client_auth: request.client_auth,
+            credential: Some(secret),
+            grant: Grant::ClientCredentials,
+            scopes: &request.scopes,
+            audience: request.audience.as_deref(),
+        })
+        .await
+    }
 
+    /// Performs one token exchange: any grant, any client authentication.
+    pub async fn exchange(&self, x: &Exchange<'_>) -> Result<Token, IdpError> {
+        let token_url = self.token_endpoint(x.endpoint).await?;
+        let url_str = token_url.to_string();
         let call = Recorder::new(self);
         let issued_at = SystemTime::now();
-        let result = exchange.request_async(&call).await;
+        let result = match &x.grant {
+            Grant::ClientCredentials => self.client_credentials(x, &token_url, &call).await?,
+            Grant::TokenExchange { subject_token } => {
+                self.token_exchange(x, subject_token, &token_url, &call)
+                    .await?
+            }
+        };
         let (status, retry_after) = call.seen().unwrap_or((StatusCode::OK, None));
         let response = result.map_err(|e| self.token_error(e, &url_str, status, retry_after))?;
 
@@ -329,6 +377,79 @@ impl Idp {
             token_type,
             issued_at,
             expires_at,
+        })
+    }
+
+    /// The client-credentials grant, through the `oauth2` crate.
+    async fn client_credentials(
+        &self,
+        x: &Exchange<'_>,
+        token_url: &Url,
+        call: &Recorder<'_>,
+    ) -> Result<TokenResult, IdpError> {
+        let client = BasicClient::new(ClientId::new(x.client_id.to_string()))
+            .set_token_uri(TokenUrl::from_url(token_url.clone()));
+        let secret = || ClientSecret::new(x.credential().expose().to_string());
+        let client = match x.client_auth {
+            ClientAuth::ClientSecretBasic => client
+                .set_client_secret(secret())
+                .set_auth_type(AuthType::BasicAuth),
+            ClientAuth::ClientSecretPost => client
+                .set_client_secret(secret())
+                .set_auth_type(AuthType::RequestBody),
+            // No client secret: the crate then sends client_id in the body, and the assertion
+            // (if any) authenticates it.
+            ClientAuth::PrivateKeyJwt | ClientAuth::JwtBearer | ClientAuth::None => {
+                client.set_auth_type(AuthType::RequestBody)
+            }
+        };
+        let mut exchange = client
+            .exchange_client_credentials()
+            .add_scopes(x.scopes.iter().cloned().map(Scope::new));
+        if let Some(audience) = x.audience {
+            exchange = exchange.add_extra_param("audience", audience.to_string());
+        }
+        if let Some(assertion) = x.assertion(token_url.as_str())? {
+            exchange = exchange
+                .add_extra_param("client_assertion_type", CLIENT_ASSERTION_TYPE)
+                .add_extra_param("client_assertion", assertion);
+        }
+        Ok(exchange.request_async(call).await)
+    }
+
+    /// RFC 8693 token exchange. The `oauth2` crate has no such grant, so the form is built here;
+    /// the response and error bodies are parsed with the crate's own types, as for any grant.
+    async fn token_exchange(
+        &self,
+        x: &Exchange<'_>,
+        subject_token: &SecretString,
+        token_url: &Url,
+        call: &Recorder<'_>,
+    ) -> Result<TokenResult, IdpError> {
+        let request = match token_exchange_request(x, subject_token, token_url)? {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(RequestTokenError::Other(e.to_string()))),
+        };
+        let response = match call.call(request).await {
+            Ok(r) => r,
+            Err(e) => return Ok(Err(RequestTokenError::Request(e))),
+        };
+        let body = response.body();
+        fn parse<T: serde::de::DeserializeOwned>(
+            body: &[u8],
+        ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
+            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
+        }
+        Ok(if response.status().is_success() {
+            parse::<BasicTokenResponse>(body).map_err(|e| RequestTokenError::Parse(e, Vec::new()))
+        } else {
+            match parse::<BasicErrorResponse>(body) {
+                Ok(error) => Err(RequestTokenError::ServerResponse(error)),
+                Err(_) => Err(RequestTokenError::Other(format!(
+                    "HTTP {}",
+                    response.status().as_u16()
+                ))),
+            }
         })
     }
 
@@ -463,6 +584,58 @@ impl Idp {
         }
         out.body(body).map_err(|e| Transport::Failed(e.to_string()))
     }
+}
+
+/// The HTTP request of an RFC 8693 token exchange.
+fn token_exchange_request(
+    x: &Exchange<'_>,
+    subject_token: &SecretString,
+    token_url: &Url,
+) -> Result<Result<HttpRequest, http::Error>, IdpError> {
+    let assertion = x.assertion(token_url.as_str())?;
+    let mut form = url::form_urlencoded::Serializer::new(String::new());
+    form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
+        .append_pair("subject_token", subject_token.expose())
+        .append_pair("subject_token_type", JWT_TOKEN_TYPE);
+    if !x.scopes.is_empty() {
+        form.append_pair("scope", &x.scopes.join(" "));
+    }
+    if let Some(audience) = x.audience {
+        form.append_pair("audience", audience);
+    }
+    let mut request = http::Request::builder()
+        .method(http::Method::POST)
+        .uri(token_url.as_str())
+        .header(http::header::ACCEPT, "application/json")
+        .header(
+            http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+    match x.client_auth {
+        ClientAuth::ClientSecretBasic => {
+            // RFC 6749 §2.3.1: form-urlencode each part before base64.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!(
+                "{}:{}",
+                enc(x.client_id),
+                enc(x.credential().expose())
+            ));
+            request = request.header(http::header::AUTHORIZATION, format!("Basic {basic}"));
+        }
+        ClientAuth::ClientSecretPost => {
+            form.append_pair("client_id", x.client_id)
+                .append_pair("client_secret", x.credential().expose());
+        }
+        ClientAuth::PrivateKeyJwt | ClientAuth::JwtBearer | ClientAuth::None => {
+            form.append_pair("client_id", x.client_id);
+        }
+    }
+    if let Some(assertion) = assertion {
+        form.append_pair("client_assertion_type", CLIENT_ASSERTION_TYPE)
+            .append_pair("client_assertion", &assertion);
+    }
+    Ok(request.body(form.finish().into_bytes()))
 }
 
 /// The HTTP client handed to the OAuth2 crates for one exchange: it sends through the agent's

@@ -27,16 +27,16 @@ class TokenError(Exception):
     The message names the token and the reason; it never contains a token value.
 
     Attributes:
-        name: the token asked for (``"admin"`` for :func:`admin_token`).
+        name: the token asked for; ``None`` for the Admin token (:func:`admin_token`).
         status: the agent's HTTP status, or ``None`` when it did not answer.
         reason: why, in words (the agent's ``message`` when it answered).
     """
 
-    def __init__(self, name: str, reason: str, status: Optional[int] = None) -> None:
+    def __init__(self, name: Optional[str], reason: str, status: Optional[int] = None) -> None:
         self.name = name
         self.status = status
         self.reason = reason
-        super().__init__(f"token {name!r}: {reason}")
+        super().__init__(f"{'admin token' if name is None else f'token {name!r}'}: {reason}")
 
 
 def socket_path() -> str:
@@ -81,9 +81,10 @@ class _UnixHTTPConnection(http.client.HTTPConnection):
         self.sock = sock
 
 
-def _get(path: str, name: str, timeout: float = TIMEOUT) -> Tuple[int, bytes]:
+def _get(path: str, name: Optional[str]) -> Tuple[int, bytes]:
     """One ``GET path`` (``Accept: text/plain``) on the agent's socket: status and body."""
     sock = socket_path()
+    timeout = TIMEOUT
     conn = _UnixHTTPConnection(sock, timeout)
     try:
         conn.request("GET", path, headers={"Accept": "text/plain"})
@@ -104,7 +105,7 @@ def _get(path: str, name: str, timeout: float = TIMEOUT) -> Tuple[int, bytes]:
         conn.close()
 
 
-def _from_agent(path: str, name: str) -> str:
+def _from_agent(path: str, name: Optional[str]) -> str:
     """The bare token the agent serves at ``path``, or TokenError with its reason."""
     status, body = _get(path, name)
     if status == 200:
@@ -185,4 +186,4 @@ def admin_token() -> str:
     Raises:
         TokenError: the agent is unreachable or has no Admin credential; the message says why.
     """
-    return _from_agent("/v1/admin/token", "admin")
+    return _from_agent("/v1/admin/token", None)

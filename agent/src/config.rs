@@ -20,6 +20,10 @@ use flyte_auth_proto::flyteidl::core::{o_auth2_token_request, OAuth2TokenRequest
 use serde::Deserialize;
 use url::Url;
 
+mod admin;
+
+pub use admin::{parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls, MethodFilter};
+
 use crate::cache::RefreshPolicy;
 use crate::secret::{SecretResolver, SecretsConfig};
 
@@ -159,6 +163,8 @@ pub struct Config {
     pub refresh: RefreshPolicy,
     /// The token requests, in configuration order.
     pub token_requests: Vec<TokenRequest>,
+    /// FlyteAdmin and its executor-bound credential, when the proxy is on.
+    pub admin: Option<AdminConfig>,
     /// Things worth saying at info level once logging is up.
     pub notices: Vec<String>,
 }
@@ -210,6 +216,7 @@ struct RawConfig {
     idp: RawIdp,
     refresh: RawRefresh,
     token_requests: Vec<serde_json::Value>,
+    admin: admin::RawAdmin,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -454,6 +461,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let refresh = build_refresh(raw.refresh, l);
 
     let resolver = SecretResolver::new(secrets.clone(), env.clone());
+    let admin = admin::build_admin(raw.admin, l, &idp, &resolver);
     let mut notices = Vec::new();
     let mut token_requests = Vec::new();
     let file_items = raw
@@ -513,6 +521,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
         idp,
         refresh,
         token_requests,
+        admin,
         notices,
     }
 }

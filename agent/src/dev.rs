@@ -203,6 +203,9 @@ fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<F
 }
 
 impl Handler for Issuer {
+    type Body = Full<Bytes>;
+    type BodyError = std::convert::Infallible;
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match (req.method(), req.uri().path()) {
             (&Method::GET, "/.well-known/openid-configuration") => {
@@ -237,6 +240,7 @@ pub fn spawn_issuer(
     tokio::spawn(crate::server::serve(
         listener,
         issuer,
+        crate::server::Protocols::Http1,
         shutdown,
         Duration::from_secs(1),
     ));

@@ -27,6 +27,9 @@ impl Health {
 }
 
 impl Handler for Health {
+    type Body = Full<Bytes>;
+    type BodyError = std::convert::Infallible;
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         match req.uri().path() {
             "/healthz" => json_response(StatusCode::OK, &json!({ "status": "ok" })),

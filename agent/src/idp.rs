@@ -96,6 +96,14 @@ pub enum IdpError {
     /// The client secret could not be read.
     #[error("client secret: {0}")]
     Secret(String),
+    /// FlyteAdmin could not say how it wants to be authenticated.
+    #[error("FlyteAdmin at {endpoint}: {detail}")]
+    AdminMetadata {
+        /// The Admin endpoint.
+        endpoint: String,
+        /// What went wrong.
+        detail: String,
+    },
     /// The private key could not be used to sign a client assertion.
     #[error("client assertion: {0}")]
     Assertion(String),
@@ -126,6 +134,7 @@ impl IdpError {
             Self::Malformed { .. } => "malformed",
             Self::Discovery { .. } => "discovery",
             Self::Secret(_) => "secret",
+            Self::AdminMetadata { .. } => "admin_metadata",
             Self::Assertion(_) => "assertion",
         }
     }

@@ -10,6 +10,7 @@
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+pub mod admin;
 pub mod cache;
 pub mod client;
 pub mod config;
@@ -17,10 +18,12 @@ pub mod dev;
 pub mod health;
 pub mod idp;
 pub mod metrics;
+pub mod proxy;
 pub mod secret;
 pub mod server;
 pub mod sink;
 pub mod token;
+pub mod upstream;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -46,6 +49,9 @@ pub enum AgentError {
     /// The tokens directory is unusable.
     #[error(transparent)]
     Sink(#[from] sink::SinkError),
+    /// The FlyteAdmin connection settings are unusable.
+    #[error(transparent)]
+    AdminTls(#[from] upstream::TlsError),
     /// Another agent is serving on the socket.
     #[error("socket {0} is in use by a running process; refusing to take it over")]
     SocketInUse(PathBuf),
@@ -123,6 +129,7 @@ impl BoundSocket {
 pub struct Agent {
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    proxy: Option<(upstream::Upstream, Arc<admin::AdminAuth>)>,
     grace: Duration,
 }
 
@@ -132,11 +139,31 @@ impl Agent {
         let idp = Arc::new(idp::Idp::new(&config.idp, config.refresh.default_lifetime)?);
         let sink = Arc::new(Sink::open(&config.tokens_dir, config.file_mode)?);
         let resolver = SecretResolver::new(config.secrets.clone(), env);
-        let entries = TokenCache::entries(config.token_requests.len());
+        let entries = TokenCache::entries(config.token_requests.len() + 1);
         let metrics = Arc::new(Metrics::new(entries.clone()));
+        let proxy = match &config.admin {
+            None => None,
+            Some(admin) => {
+                let upstream = upstream::Upstream::new(admin)?;
+                let auth = Arc::new(admin::AdminAuth::new(
+                    admin.clone(),
+                    upstream.clone(),
+                    config.idp.timeout,
+                    config.idp.allow_insecure_http,
+                ));
+                Some((upstream, auth))
+            }
+        };
+        let minter = proxy.as_ref().map(|(_, auth)| {
+            Box::new(admin::AdminMinter::new(
+                auth.clone(),
+                idp.clone(),
+                resolver.clone(),
+            )) as Box<dyn cache::Minter>
+        });
         let cache = Arc::new(TokenCache::new(
             config.token_requests.clone(),
-            None,
+            minter,
             idp,
             resolver,
             sink,
@@ -147,6 +174,7 @@ impl Agent {
         Ok(Self {
             cache,
             metrics,
+            proxy,
             grace: config.shutdown_grace,
         })
     }
@@ -168,9 +196,29 @@ impl Agent {
         for name in self.cache.names() {
             tasks.spawn(self.cache.clone().refresh(name.clone(), shutdown.clone()));
         }
+        if self.cache.has_admin() {
+            // Warm, so the task's first Admin call does not wait for the IdP.
+            tasks.spawn(
+                self.cache
+                    .clone()
+                    .refresh(cache::ADMIN.to_string(), shutdown.clone()),
+            );
+        }
         if let Some(listener) = socket.listener.take() {
-            let api = Arc::new(server::TokenApi::new(self.cache.clone()));
-            tasks.spawn(server::serve(listener, api, shutdown.clone(), self.grace));
+            let proxy = self.proxy.map(|(upstream, auth)| {
+                proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
+            });
+            let api = Arc::new(server::SocketApi::new(
+                server::TokenApi::new(self.cache.clone()),
+                proxy,
+            ));
+            tasks.spawn(server::serve(
+                listener,
+                api,
+                server::Protocols::Http1And2,
+                shutdown.clone(),
+                self.grace,
+            ));
         }
         let health_api = Arc::new(health::Health::new(
             self.cache.clone(),
@@ -179,6 +227,7 @@ impl Agent {
         tasks.spawn(server::serve(
             health,
             health_api,
+            server::Protocols::Http1,
             shutdown.clone(),
             self.grace,
         ));

@@ -1,6 +1,7 @@
 //! Prometheus metrics (through `prometheus-client`): token requests to IdPs by name and outcome,
 //! IdP latency, cache hits and misses, and each token's seconds to expiry, computed at scrape
-//! time. Labels carry token request names and outcomes only, never values.
+//! time; gRPC calls proxied to FlyteAdmin by method and status, and the latency the proxy adds.
+//! Labels carry token request names, methods and outcomes only, never values.
 
 use std::time::SystemTime;
 
@@ -25,6 +26,8 @@ pub struct Metrics {
     idp_latency: Family<NameLabel, Histogram, fn() -> Histogram>,
     cache_hits: Family<NameLabel, Counter>,
     cache_misses: Family<NameLabel, Counter>,
+    admin_calls: Family<OutcomeLabels, Counter>,
+    admin_overhead: Histogram,
 }
 
 /// The per-name handles used on hot paths, so a cache hit costs one atomic add.
@@ -75,6 +78,21 @@ impl Metrics {
             "Token reads that had to wait for the IdP",
             cache_misses.clone(),
         );
+        let admin_calls = Family::<OutcomeLabels, Counter>::default();
+        registry.register(
+            "admin_calls",
+            "gRPC calls proxied to FlyteAdmin, by method and gRPC status as the task saw it",
+            admin_calls.clone(),
+        );
+        // 10 µs to ~40 ms: a credential from the cache costs microseconds, a cold one an IdP trip.
+        let admin_overhead = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.0, 12),
+        );
+        registry.register(
+            "admin_proxy_overhead_seconds",
+            "Time from a proxied call's arrival until it is handed to the FlyteAdmin connection",
+            admin_overhead.clone(),
+        );
         registry.register_collector(Box::new(ExpiryCollector(entries)));
         Self {
             registry,
@@ -82,6 +100,8 @@ impl Metrics {
             idp_latency,
             cache_hits,
             cache_misses,
+            admin_calls,
+            admin_overhead,
         }
     }
 
@@ -100,6 +120,19 @@ impl Metrics {
         self.token_requests
             .get_or_create(&[("name", name.to_string()), ("outcome", outcome.to_string())])
             .inc();
+    }
+
+    /// Counts one proxied call (`method` is its path, or `denied`) with its gRPC status code.
+    pub fn admin_call(&self, method: &str, code: u16) {
+        let code = format!("{:?}", tonic::Code::from(i32::from(code)));
+        self.admin_calls
+            .get_or_create(&[("method", method.to_string()), ("code", code)])
+            .inc();
+    }
+
+    /// Records the time a call spent in the proxy before going upstream.
+    pub fn admin_overhead(&self, elapsed: std::time::Duration) {
+        self.admin_overhead.observe(elapsed.as_secs_f64());
     }
 
     /// The Prometheus text exposition.

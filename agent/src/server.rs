@@ -1,11 +1,14 @@
-//! The token API on the agent's unix socket (HTTP/1.1), and the connection loop it shares with
-//! the health server: accept until shutdown, then let in-flight requests finish within a grace
-//! period.
+//! What the agent's unix socket serves, and the connection loop it shares with the health
+//! server: accept until shutdown, then let in-flight requests finish within a grace period.
 //!
+//! The socket speaks HTTP/1.1 and HTTP/2 (prior knowledge, detected per connection). gRPC calls
+//! (HTTP/2, `content-type: application/grpc*`) go to the FlyteAdmin [`Proxy`]; everything else
+//! is the token API:
 //! - `GET /v1/tokens/{name}`: `{"name","access_token","token_type","expires_at"}`, or the bare
 //!   token with `Accept: text/plain`. 404 for an unknown name, 503 when no valid token can be
 //!   had, both with `{"error","message"}`.
 //! - `GET /v1/tokens`: every name with its state, expiry and last error; never a token value.
+//! - `GET /v1/admin/token`: the executor-bound FlyteAdmin credential, in the same two forms.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -14,7 +17,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::Full;
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -22,7 +25,8 @@ use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
-use crate::cache::{GetError, TokenCache};
+use crate::cache::{GetError, TokenCache, ADMIN};
+use crate::proxy::{grpc_error, is_grpc, Proxy, ProxyBody};
 use crate::token::rfc3339;
 
 /// A listener the connection loop can accept from.
@@ -52,20 +56,43 @@ impl Accept for tokio::net::TcpListener {
 
 /// Something that answers HTTP requests.
 pub trait Handler: Send + Sync + 'static {
+    /// The response body.
+    type Body: hyper::body::Body<Data = Bytes, Error = Self::BodyError> + Send + 'static;
+    /// The response body's error.
+    type BodyError: Into<Box<dyn std::error::Error + Send + Sync>>;
     /// Answers one request.
-    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Full<Bytes>>> + Send;
+    fn handle(&self, req: Request<Incoming>) -> impl Future<Output = Response<Self::Body>> + Send;
 }
 
-/// Serves HTTP/1.1 on `listener` with `handler` until `shutdown`, then waits up to `grace` for
-/// open connections to finish their requests.
+/// Which HTTP versions a listener speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1 only (the health port).
+    Http1,
+    /// HTTP/1.1 and HTTP/2 with prior knowledge, detected per connection (the socket).
+    Http1And2,
+}
+
+/// Serves `listener` with `handler` until `shutdown`, then waits up to `grace` for open
+/// connections to finish their requests.
 pub async fn serve<A: Accept, H: Handler>(
     listener: A,
     handler: Arc<H>,
+    protocols: Protocols,
     shutdown: CancellationToken,
     grace: Duration,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).http1_only();
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    match protocols {
+        Protocols::Http1 => builder = builder.http1_only(),
+        Protocols::Http1And2 => {
+            builder
+                .http2()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .adaptive_window(true);
+        }
+    }
     loop {
         let io = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -131,7 +158,12 @@ impl TokenApi {
     }
 
     async fn token(&self, name: &str, plain: bool) -> Response<Full<Bytes>> {
-        let mut response = match self.cache.get(name).await {
+        let token = if name == ADMIN {
+            self.cache.admin().await
+        } else {
+            self.cache.get(name).await
+        };
+        let mut response = match token {
             Ok(token) if plain => {
                 let mut r = Response::new(Full::new(Bytes::copy_from_slice(
                     token.access_token.expose().as_bytes(),
@@ -206,6 +238,9 @@ fn wants_plain_text(req: &Request<Incoming>) -> bool {
 }
 
 impl Handler for TokenApi {
+    type Body = Full<Bytes>;
+    type BodyError = Infallible;
+
     async fn handle(&self, req: Request<Incoming>) -> Response<Full<Bytes>> {
         if req.method() != Method::GET {
             return error_response(
@@ -225,16 +260,51 @@ impl Handler for TokenApi {
             };
         }
         if path == "/v1/admin/token" {
-            return error_response(
-                StatusCode::NOT_FOUND,
-                "admin_not_configured",
-                "this agent has no FlyteAdmin credential configured",
-            );
+            if !self.cache.has_admin() {
+                return error_response(
+                    StatusCode::NOT_FOUND,
+                    "admin_not_configured",
+                    "this agent has no FlyteAdmin credential configured",
+                );
+            }
+            return self.token(ADMIN, wants_plain_text(&req)).await;
         }
         error_response(
             StatusCode::NOT_FOUND,
             "not_found",
             &format!("no route for {path}"),
         )
+    }
+}
+
+/// Everything the unix socket serves: gRPC to the proxy, the rest to the token API.
+pub struct SocketApi {
+    tokens: TokenApi,
+    proxy: Option<Proxy>,
+}
+
+impl SocketApi {
+    /// The token API, plus the Admin proxy if one is configured.
+    pub fn new(tokens: TokenApi, proxy: Option<Proxy>) -> Self {
+        Self { tokens, proxy }
+    }
+}
+
+impl Handler for SocketApi {
+    type Body = Either<Full<Bytes>, ProxyBody>;
+    type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Self::Body> {
+        if !is_grpc(&req) {
+            return self.tokens.handle(req).await.map(Either::Left);
+        }
+        let response = match &self.proxy {
+            Some(proxy) => proxy.handle(req).await,
+            None => grpc_error(
+                12,
+                "flyte-auth-agent: no FlyteAdmin is configured (admin.endpoint), so gRPC calls are not proxied",
+            ),
+        };
+        response.map(Either::Right)
     }
 }

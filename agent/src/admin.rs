@@ -1,0 +1,242 @@
+//! The executor-bound FlyteAdmin credential: what Admin says about its own authentication
+//! (`AuthMetadataService`: token endpoint, audience, scopes, the metadata key tokens go in), and
+//! the [`Minter`] that gets the credential from the IdP in the configured mode. The credential
+//! lives in the token cache under [`crate::cache::ADMIN`], so it shares the cache's single-flight,
+//! refresh and back-off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flyte_auth_proto::flyteidl::service::auth_metadata_service_client::AuthMetadataServiceClient;
+use flyte_auth_proto::flyteidl::service::{
+    OAuth2MetadataRequest, OAuth2MetadataResponse, PublicClientAuthConfigRequest,
+    PublicClientAuthConfigResponse,
+};
+use futures_util::future::BoxFuture;
+use http::HeaderName;
+use tokio::sync::OnceCell;
+use url::Url;
+
+use crate::cache::Minter;
+use crate::config::{check_idp_url, AdminConfig, AdminMode, Endpoint};
+use crate::idp::{Exchange, Grant, Idp, IdpError};
+use crate::secret::SecretResolver;
+use crate::token::{SecretString, Token};
+use crate::upstream::Upstream;
+
+/// The header flytekit and Admin fall back to when Admin announces none.
+const DEFAULT_HEADER: HeaderName = http::header::AUTHORIZATION;
+
+/// FlyteAdmin's own answers about its authentication, asked once each and kept.
+pub struct AdminAuth {
+    config: AdminConfig,
+    upstream: Upstream,
+    timeout: Duration,
+    allow_insecure_http: bool,
+    public: OnceCell<PublicClientAuthConfigResponse>,
+    oauth: OnceCell<OAuth2MetadataResponse>,
+}
+
+impl AdminAuth {
+    /// Asks Admin through `upstream`, each call bounded by `timeout`.
+    pub fn new(
+        config: AdminConfig,
+        upstream: Upstream,
+        timeout: Duration,
+        allow_insecure_http: bool,
+    ) -> Self {
+        Self {
+            config,
+            upstream,
+            timeout,
+            allow_insecure_http,
+            public: OnceCell::new(),
+            oauth: OnceCell::new(),
+        }
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &AdminConfig {
+        &self.config
+    }
+
+    /// The metadata key the credential goes in: configured, else what Admin announces, else
+    /// `authorization` (flytekit's rule).
+    pub async fn header(&self) -> Result<HeaderName, IdpError> {
+        if let Some(h) = &self.config.auth_header {
+            return Ok(h.clone());
+        }
+        let key = &self.public().await?.authorization_metadata_key;
+        if key.is_empty() {
+            return Ok(DEFAULT_HEADER);
+        }
+        HeaderName::try_from(key.to_ascii_lowercase()).map_err(|_| {
+            self.metadata_error(format!(
+                "GetPublicClientConfig announced {key:?} as authorization_metadata_key, which is not a header name"
+            ))
+        })
+    }
+
+    fn metadata_error(&self, detail: String) -> IdpError {
+        IdpError::AdminMetadata {
+            endpoint: self.upstream.endpoint().to_string(),
+            detail,
+        }
+    }
+
+    async fn public(&self) -> Result<&PublicClientAuthConfigResponse, IdpError> {
+        self.public
+            .get_or_try_init(|| async {
+                let mut client = AuthMetadataServiceClient::new(self.upstream.clone());
+                let call = client.get_public_client_config(PublicClientAuthConfigRequest {});
+                self.answer("GetPublicClientConfig", call).await
+            })
+            .await
+    }
+
+    async fn oauth(&self) -> Result<&OAuth2MetadataResponse, IdpError> {
+        self.oauth
+            .get_or_try_init(|| async {
+                let mut client = AuthMetadataServiceClient::new(self.upstream.clone());
+                let call = client.get_o_auth2_metadata(OAuth2MetadataRequest {});
+                self.answer("GetOAuth2Metadata", call).await
+            })
+            .await
+    }
+
+    async fn answer<T>(
+        &self,
+        method: &str,
+        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, IdpError> {
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => Err(self.metadata_error(format!(
+                "{method}: {:?}: {}",
+                status.code(),
+                status.message()
+            ))),
+            Err(_) => Err(self.metadata_error(format!(
+                "{method} did not answer within {}",
+                humantime::format_duration(self.timeout)
+            ))),
+        }
+    }
+
+    async fn token_endpoint(&self) -> Result<Url, IdpError> {
+        if let Some(url) = &self.config.token_endpoint {
+            return Ok(url.clone());
+        }
+        let announced = &self.oauth().await?.token_endpoint;
+        let url = Url::parse(announced).map_err(|e| {
+            self.metadata_error(format!(
+                "GetOAuth2Metadata announced token_endpoint {announced:?}, which is not a URL: {e}"
+            ))
+        })?;
+        check_idp_url(&url, self.allow_insecure_http)
+            .map_err(|e| self.metadata_error(format!("GetOAuth2Metadata token_endpoint: {e}")))?;
+        Ok(url)
+    }
+
+    async fn audience_and_scopes(&self) -> Result<(Option<String>, Vec<String>), IdpError> {
+        let (audience, scopes) = (&self.config.audience, &self.config.scopes);
+        if let (Some(a), Some(s)) = (audience, scopes) {
+            return Ok((Some(a.clone()), s.clone()));
+        }
+        let public = self.public().await?;
+        let audience = audience
+            .clone()
+            .or_else(|| Some(public.audience.clone()).filter(|a| !a.is_empty()));
+        let scopes = scopes.clone().unwrap_or_else(|| public.scopes.clone());
+        Ok((audience, scopes))
+    }
+}
+
+/// Gets the Admin credential from the IdP in the configured mode.
+pub struct AdminMinter {
+    auth: Arc<AdminAuth>,
+    idp: Arc<Idp>,
+    resolver: SecretResolver,
+}
+
+impl AdminMinter {
+    /// A minter asking `idp`, with settings and Admin's answers from `auth`.
+    pub fn new(auth: Arc<AdminAuth>, idp: Arc<Idp>, resolver: SecretResolver) -> Self {
+        Self {
+            auth,
+            idp,
+            resolver,
+        }
+    }
+
+    /// The client secret, or the projected service-account token, read fresh: both rotate.
+    async fn read_credentials(
+        &self,
+    ) -> Result<(Option<SecretString>, Option<SecretString>), IdpError> {
+        let config = self.auth.config.clone();
+        let resolver = self.resolver.clone();
+        tokio::task::spawn_blocking(move || {
+            let secret = match &config.client_secret {
+                Some(s) => Some(
+                    resolver
+                        .read(s)
+                        .map_err(|e| IdpError::Secret(e.to_string()))?,
+                ),
+                None => None,
+            };
+            let sa_token = match &config.token_file {
+                Some(path) => {
+                    let text = std::fs::read_to_string(path).map_err(|e| {
+                        IdpError::Secret(format!("service-account token {}: {e}", path.display()))
+                    })?;
+                    let text = text.trim();
+                    if text.is_empty() {
+                        return Err(IdpError::Secret(format!(
+                            "service-account token {} is empty",
+                            path.display()
+                        )));
+                    }
+                    Some(SecretString::new(text))
+                }
+                None => None,
+            };
+            Ok((secret, sa_token))
+        })
+        .await
+        .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
+    }
+}
+
+impl Minter for AdminMinter {
+    fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
+        Box::pin(async move {
+            let config = &self.auth.config;
+            let endpoint = Endpoint::Token(self.auth.token_endpoint().await?);
+            let (audience, scopes) = self.auth.audience_and_scopes().await?;
+            let (secret, sa_token) = self.read_credentials().await?;
+            let (credential, grant) = match (config.mode, sa_token) {
+                (AdminMode::ClientSecret, _) => (secret, Grant::ClientCredentials),
+                (AdminMode::JwtBearer, sa_token) => (sa_token, Grant::ClientCredentials),
+                (AdminMode::TokenExchange, Some(subject_token)) => {
+                    (secret, Grant::TokenExchange { subject_token })
+                }
+                (AdminMode::TokenExchange, None) => {
+                    return Err(IdpError::Secret(
+                        "token-exchange needs admin.token_file".into(),
+                    ))
+                }
+            };
+            self.idp
+                .exchange(&Exchange {
+                    endpoint: &endpoint,
+                    client_id: &config.client_id,
+                    client_auth: config.client_auth,
+                    credential: credential.as_ref(),
+                    grant,
+                    scopes: &scopes,
+                    audience: audience.as_deref(),
+                })
+                .await
+        })
+    }
+}

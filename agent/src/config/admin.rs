@@ -1,0 +1,556 @@
+//! The `admin` section: where FlyteAdmin is, how the proxy reaches it, and which executor-bound
+//! credential it attaches. Present only when an endpoint is set (file `admin.endpoint` or env
+//! `FLYTE_AUTH_AGENT_ADMIN_ENDPOINT`); every other field has an env override of the same name
+//! upper-cased (`FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID`, …).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use flyte_auth_proto::flyteidl::core::Secret;
+use http::HeaderName;
+use serde::Deserialize;
+use url::Url;
+
+use super::{check_idp_url, parse_bool, parse_duration, ClientAuth, IdpSettings, Loader};
+use crate::secret::SecretResolver;
+
+/// How the executor's identity is proven to the IdP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminMode {
+    /// Client credentials with a client id and secret mounted into the sidecar.
+    ClientSecret,
+    /// Client credentials authenticated by an RFC 7523 assertion: the pod's projected
+    /// service-account token, re-read on every request.
+    JwtBearer,
+    /// RFC 8693 token exchange of the pod's projected service-account token.
+    TokenExchange,
+}
+
+impl AdminMode {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientSecret => "client-secret",
+            Self::JwtBearer => "jwt-bearer",
+            Self::TokenExchange => "token-exchange",
+        }
+    }
+}
+
+/// Where FlyteAdmin listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminAddress {
+    /// A TCP host and port.
+    Tcp {
+        /// Host name or IP address.
+        host: String,
+        /// Port.
+        port: u16,
+    },
+    /// A unix socket (a local Admin, or a benchmark's server).
+    Unix(PathBuf),
+}
+
+/// TLS to FlyteAdmin.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdminTls {
+    /// Extra CA certificates (PEM bundle) trusted besides the webpki roots.
+    pub ca_file: Option<PathBuf>,
+    /// The name to verify the certificate against (and send as SNI), instead of the host.
+    pub server_name: Option<String>,
+}
+
+/// Which gRPC methods the proxy forwards; empty allows every method.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MethodFilter {
+    patterns: Vec<String>,
+}
+
+impl MethodFilter {
+    /// Parses patterns: `pkg.Service/Method`, `pkg.Service/*` or `*` (a leading `/` is allowed).
+    pub fn parse<'a>(patterns: impl IntoIterator<Item = &'a str>) -> Result<Self, String> {
+        let mut out = Vec::new();
+        for p in patterns {
+            let p = p.trim().trim_start_matches('/');
+            if p.is_empty() {
+                continue;
+            }
+            let valid = p == "*"
+                || p.split_once('/').is_some_and(|(service, method)| {
+                    !service.is_empty()
+                        && !method.is_empty()
+                        && !service.contains('*')
+                        && (method == "*" || !method.contains(['*', '/']))
+                });
+            if !valid {
+                return Err(format!(
+                    "{p:?} is not a method pattern like flyteidl.service.AdminService/* or flyteidl.service.AdminService/GetExecution"
+                ));
+            }
+            out.push(p.to_string());
+        }
+        Ok(Self { patterns: out })
+    }
+
+    /// Whether `path` (`/pkg.Service/Method`) may be called.
+    pub fn allows(&self, path: &str) -> bool {
+        if self.patterns.is_empty() {
+            return true;
+        }
+        let path = path.trim_start_matches('/');
+        self.patterns.iter().any(|p| {
+            p == "*"
+                || p == path
+                || p.strip_suffix("/*").is_some_and(|service| {
+                    path.strip_prefix(service)
+                        .and_then(|rest| rest.strip_prefix('/'))
+                        .is_some_and(|method| !method.is_empty() && !method.contains('/'))
+                })
+        })
+    }
+
+    /// The patterns, for messages.
+    pub fn patterns(&self) -> &[String] {
+        &self.patterns
+    }
+}
+
+/// The validated `admin` section.
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    /// The endpoint as configured, for messages.
+    pub endpoint: String,
+    /// Where Admin listens.
+    pub address: AdminAddress,
+    /// TLS settings; `None` is plaintext HTTP/2 (`insecure: true`, `http://` or a unix socket).
+    pub tls: Option<AdminTls>,
+    /// The metadata key the credential goes in; `None`: the key Admin announces in
+    /// `GetPublicClientConfig`, else `authorization`.
+    pub auth_header: Option<HeaderName>,
+    /// The token endpoint; `None`: from Admin's `GetOAuth2Metadata`.
+    pub token_endpoint: Option<Url>,
+    /// Audience to request; `None`: from Admin's `GetPublicClientConfig`.
+    pub audience: Option<String>,
+    /// Scopes to request; `None`: from Admin's `GetPublicClientConfig`.
+    pub scopes: Option<Vec<String>>,
+    /// The credential mode.
+    pub mode: AdminMode,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// The client secret (`client-secret`, optional for `token-exchange`).
+    pub client_secret: Option<Secret>,
+    /// How the client authenticates with a secret.
+    pub client_auth: ClientAuth,
+    /// The projected service-account token (`jwt-bearer`, `token-exchange`).
+    pub token_file: Option<PathBuf>,
+    /// Which methods are forwarded.
+    pub allowed_methods: MethodFilter,
+    /// Largest request body kept for a retry after UNAUTHENTICATED; larger calls are not retried.
+    pub retry_buffer: usize,
+    /// Timeout for connecting to Admin.
+    pub connect_timeout: Duration,
+    /// HTTP/2 keep-alive ping interval.
+    pub keepalive: Duration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawAdmin {
+    endpoint: Option<String>,
+    insecure: Option<bool>,
+    ca_file: Option<String>,
+    server_name: Option<String>,
+    auth_header: Option<String>,
+    token_endpoint: Option<String>,
+    audience: Option<String>,
+    scopes: Option<StringOrList>,
+    mode: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<serde_json::Value>,
+    client_auth_method: Option<String>,
+    token_file: Option<String>,
+    allowed_methods: Option<StringOrList>,
+    retry_buffer: Option<u64>,
+    connect_timeout: Option<String>,
+    keepalive: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    /// Joined with `sep`, the form an env var carries.
+    fn joined(self, sep: &str) -> String {
+        match self {
+            Self::One(s) => s,
+            Self::Many(v) => v.join(sep),
+        }
+    }
+}
+
+const ENV: &str = "FLYTE_AUTH_AGENT_ADMIN_";
+
+fn env(field: &str) -> String {
+    format!("{ENV}{}", field.to_ascii_uppercase())
+}
+
+/// Parses `dns:///host:port`, `host:port`, `https://host[:port]`, `http://host[:port]` or
+/// `unix:///path`; returns the address and whether the scheme fixes TLS (`Some(false)` for http
+/// and unix, `Some(true)` for https).
+pub fn parse_endpoint(s: &str) -> Result<(AdminAddress, Option<bool>), String> {
+    let bad = |why: &str| {
+        format!("{s:?} is not an Admin endpoint like dns:///flyteadmin.flyte:81, host:port, https://host or unix:///path ({why})")
+    };
+    if let Some(path) = s
+        .strip_prefix("unix://")
+        .or_else(|| s.strip_prefix("unix:"))
+    {
+        if !path.starts_with('/') {
+            return Err(bad("a unix socket path must be absolute"));
+        }
+        return Ok((AdminAddress::Unix(PathBuf::from(path)), Some(false)));
+    }
+    let (rest, tls, default_port) = if let Some(r) = s.strip_prefix("https://") {
+        (r, Some(true), Some(443))
+    } else if let Some(r) = s.strip_prefix("http://") {
+        (r, Some(false), Some(80))
+    } else if let Some(r) = s.strip_prefix("dns:///").or_else(|| s.strip_prefix("dns:")) {
+        (r, None, None)
+    } else if s.contains("://") {
+        return Err(bad("unknown scheme"));
+    } else {
+        (s, None, None)
+    };
+    let authority = rest.trim_end_matches('/');
+    if authority.is_empty() || authority.contains('/') {
+        return Err(bad("expected a host and port, no path"));
+    }
+    let uri: http::uri::Authority = authority.parse().map_err(|_| bad("bad host or port"))?;
+    if uri.as_str().contains('@') {
+        return Err(bad("credentials in the endpoint are not allowed"));
+    }
+    let port = match (uri.port_u16(), default_port) {
+        (Some(p), _) => p,
+        (None, Some(p)) => p,
+        (None, None) => return Err(bad("no port")),
+    };
+    let host = uri.host().trim_start_matches('[').trim_end_matches(']');
+    Ok((
+        AdminAddress::Tcp {
+            host: host.to_string(),
+            port,
+        },
+        tls,
+    ))
+}
+
+pub(super) fn build_admin(
+    raw: RawAdmin,
+    l: &mut Loader<'_>,
+    idp: &IdpSettings,
+    resolver: &SecretResolver,
+) -> Option<AdminConfig> {
+    let (endpoint, endpoint_source) = l.pick(Some(&env("endpoint")), raw.endpoint)?;
+    let errors_before = l.errors.len();
+    let (address, scheme_tls) = match parse_endpoint(endpoint.trim()) {
+        Ok(v) => v,
+        Err(problem) => {
+            l.error(&endpoint_source, "admin.endpoint", problem);
+            (AdminAddress::Unix(PathBuf::new()), None)
+        }
+    };
+    let insecure = l.parsed(
+        "admin.insecure",
+        Some(&env("insecure")),
+        raw.insecure.map(|b| b.to_string()),
+        None,
+        |s| parse_bool(s).map(Some),
+    );
+    let tls_wanted = match (scheme_tls, insecure) {
+        (Some(true), Some(true)) => {
+            l.error(
+                &endpoint_source,
+                "admin.insecure",
+                "is true but the endpoint is https://",
+            );
+            true
+        }
+        (Some(tls), _) => tls,
+        (None, insecure) => !insecure.unwrap_or(false),
+    };
+    let path_field = |l: &mut Loader<'_>, field: &str, file: Option<String>| {
+        l.parsed(
+            &format!("admin.{field}"),
+            Some(&env(field)),
+            file,
+            None,
+            |s| match std::fs::metadata(s) {
+                Ok(_) => Ok(Some(PathBuf::from(s))),
+                Err(e) => Err(format!("cannot read {s}: {e}")),
+            },
+        )
+    };
+    let ca_file = path_field(l, "ca_file", raw.ca_file);
+    let server_name = l.pick(Some(&env("server_name")), raw.server_name);
+    if let Some((name, source)) = &server_name {
+        if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
+            l.error(
+                source,
+                "admin.server_name",
+                format!("{name:?} is not a DNS name or IP address"),
+            );
+        }
+    }
+    let tls = tls_wanted.then(|| AdminTls {
+        ca_file,
+        server_name: server_name.map(|(n, _)| n),
+    });
+    let auth_header = l.parsed(
+        "admin.auth_header",
+        Some(&env("auth_header")),
+        raw.auth_header,
+        None,
+        |s| {
+            HeaderName::try_from(s.to_ascii_lowercase())
+                .map(Some)
+                .map_err(|_| format!("{s:?} is not a valid header name"))
+        },
+    );
+    let token_endpoint = l.parsed(
+        "admin.token_endpoint",
+        Some(&env("token_endpoint")),
+        raw.token_endpoint,
+        None,
+        |s| {
+            let url = Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+            check_idp_url(&url, idp.allow_insecure_http)?;
+            Ok(Some(url))
+        },
+    );
+    let audience = l
+        .pick(Some(&env("audience")), raw.audience)
+        .map(|(v, _)| v)
+        .filter(|v| !v.is_empty());
+    let scopes = l
+        .pick(Some(&env("scopes")), raw.scopes.map(|s| s.joined(" ")))
+        .map(|(v, _)| v.split_whitespace().map(str::to_string).collect());
+    let mode = l.parsed(
+        "admin.mode",
+        Some(&env("mode")),
+        raw.mode,
+        None,
+        |s| match s {
+            "client-secret" => Ok(Some(AdminMode::ClientSecret)),
+            "jwt-bearer" => Ok(Some(AdminMode::JwtBearer)),
+            "token-exchange" => Ok(Some(AdminMode::TokenExchange)),
+            _ => Err(format!(
+                "{s:?} is not client-secret, jwt-bearer or token-exchange"
+            )),
+        },
+    );
+    let client_id = l
+        .pick(Some(&env("client_id")), raw.client_id)
+        .map(|(v, _)| v.trim().to_string())
+        .unwrap_or_default();
+    let client_secret = match l.pick(
+        Some(&env("client_secret")),
+        raw.client_secret.map(|v| v.to_string()),
+    ) {
+        None => None,
+        Some((json, source)) => {
+            match serde_json::from_str::<serde_json::Value>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|v| flyte_auth_proto::from_json::<Secret>(&v).map_err(|e| e.to_string()))
+            {
+                Ok(secret) if secret.group.is_empty() => {
+                    l.error(&source, "admin.client_secret.group", "is missing");
+                    None
+                }
+                Ok(secret) => {
+                    if let Err(e) = resolver.read(&secret) {
+                        l.error(&source, "admin.client_secret", e.to_string());
+                    }
+                    Some(secret)
+                }
+                Err(e) => {
+                    l.error(
+                    &source,
+                    "admin.client_secret",
+                    format!("not a flyteidl Secret like {{\"group\": \"name\", \"key\": \"key\"}}: {e}"),
+                );
+                    None
+                }
+            }
+        }
+    };
+    let client_auth = l.parsed(
+        "admin.client_auth_method",
+        Some(&env("client_auth_method")),
+        raw.client_auth_method,
+        ClientAuth::ClientSecretBasic,
+        |s| match s {
+            "client_secret_basic" => Ok(ClientAuth::ClientSecretBasic),
+            "client_secret_post" => Ok(ClientAuth::ClientSecretPost),
+            _ => Err(format!(
+                "{s:?} is not client_secret_basic or client_secret_post"
+            )),
+        },
+    );
+    let token_file = path_field(l, "token_file", raw.token_file);
+    let allowed_methods = l.parsed(
+        "admin.allowed_methods",
+        Some(&env("allowed_methods")),
+        raw.allowed_methods.map(|m| m.joined(",")),
+        MethodFilter::default(),
+        |s| MethodFilter::parse(s.split([',', ' ', '\n'])),
+    );
+    let retry_buffer = l.parsed(
+        "admin.retry_buffer",
+        Some(&env("retry_buffer")),
+        raw.retry_buffer.map(|n| n.to_string()),
+        64 * 1024,
+        |s| {
+            s.parse::<usize>()
+                .map_err(|_| format!("{s:?} is not a number of bytes"))
+        },
+    );
+    let connect_timeout = l.parsed(
+        "admin.connect_timeout",
+        Some(&env("connect_timeout")),
+        raw.connect_timeout,
+        Duration::from_secs(5),
+        parse_duration,
+    );
+    let keepalive = l.parsed(
+        "admin.keepalive",
+        Some(&env("keepalive")),
+        raw.keepalive,
+        Duration::from_secs(30),
+        parse_duration,
+    );
+
+    let src = l.file_source.clone();
+    let Some(mode) = mode else {
+        l.error(
+            &src,
+            "admin.mode",
+            "is missing: client-secret, jwt-bearer or token-exchange",
+        );
+        return None;
+    };
+    if client_id.is_empty() {
+        l.error(&src, "admin.client_id", "is missing");
+    }
+    match mode {
+        AdminMode::ClientSecret if client_secret.is_none() => l.error(
+            &src,
+            "admin.client_secret",
+            "is missing (mode client-secret)",
+        ),
+        AdminMode::JwtBearer | AdminMode::TokenExchange if token_file.is_none() => l.error(
+            &src,
+            "admin.token_file",
+            format!(
+                "is missing (mode {} needs the projected service-account token)",
+                mode.as_str()
+            ),
+        ),
+        _ => {}
+    }
+    if l.errors.len() > errors_before {
+        return None;
+    }
+    let client_auth = match (mode, &client_secret) {
+        (AdminMode::JwtBearer, _) => ClientAuth::JwtBearer,
+        (AdminMode::TokenExchange, None) => ClientAuth::None,
+        _ => client_auth,
+    };
+    Some(AdminConfig {
+        endpoint,
+        address,
+        tls,
+        auth_header,
+        token_endpoint,
+        audience,
+        scopes,
+        mode,
+        client_id,
+        client_secret,
+        client_auth,
+        token_file,
+        allowed_methods,
+        retry_buffer,
+        connect_timeout,
+        keepalive,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_in_every_form_flyte_uses() {
+        let tcp = |h: &str, p| AdminAddress::Tcp {
+            host: h.into(),
+            port: p,
+        };
+        let ok = |s| parse_endpoint(s).unwrap();
+        assert_eq!(
+            ok("dns:///flyteadmin.flyte:81"),
+            (tcp("flyteadmin.flyte", 81), None)
+        );
+        assert_eq!(ok("flyteadmin:81"), (tcp("flyteadmin", 81), None));
+        assert_eq!(
+            ok("https://flyte.example.com"),
+            (tcp("flyte.example.com", 443), Some(true))
+        );
+        assert_eq!(
+            ok("http://127.0.0.1:8089/"),
+            (tcp("127.0.0.1", 8089), Some(false))
+        );
+        assert_eq!(ok("[::1]:81"), (tcp("::1", 81), None));
+        assert_eq!(
+            ok("unix:///run/admin.sock"),
+            (AdminAddress::Unix("/run/admin.sock".into()), Some(false))
+        );
+        for bad in [
+            "",
+            "flyteadmin",
+            "grpc://x:1",
+            "https://x/path",
+            "unix:relative.sock",
+            "https://user:pw@x",
+            "x:notaport",
+        ] {
+            let e = parse_endpoint(bad).unwrap_err();
+            assert!(e.contains("is not an Admin endpoint"), "{bad}: {e}");
+        }
+    }
+
+    #[test]
+    fn method_patterns() {
+        let f = MethodFilter::parse([
+            "flyteidl.service.AdminService/*",
+            "/flyteidl.service.AuthMetadataService/GetPublicClientConfig",
+        ])
+        .unwrap();
+        assert!(f.allows("/flyteidl.service.AdminService/GetExecution"));
+        assert!(f.allows("/flyteidl.service.AuthMetadataService/GetPublicClientConfig"));
+        assert!(!f.allows("/flyteidl.service.AuthMetadataService/GetOAuth2Metadata"));
+        assert!(!f.allows("/flyteidl.service.AdminServiceX/GetExecution"));
+        assert!(!f.allows("/flyteidl.service.AdminService/"));
+        assert!(!f.allows("/flyteidl.service.DataProxyService/CreateUploadLocation"));
+        assert!(MethodFilter::default().allows("/any.Service/Method"));
+        assert!(MethodFilter::parse(["*"])
+            .unwrap()
+            .allows("/any.Service/Method"));
+        for bad in ["AdminService", "*/Get", "a.B/Get*", "/x/"] {
+            assert!(MethodFilter::parse([bad]).is_err(), "{bad}");
+        }
+    }
+}

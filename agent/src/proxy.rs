@@ -1,0 +1,481 @@
+//! The gRPC proxy to FlyteAdmin on the agent socket: every HTTP/2 request with a gRPC content type
+//! goes to Admin over the shared [`Upstream`] connection with the executor-bound credential in
+//! the header Admin expects, replacing whatever credential the task sent (a task cannot present
+//! another identity through the agent).
+//!
+//! Bodies stream both ways; trailers, `grpc-timeout` and cancellation (a reset stream) pass
+//! through. A request body is also kept, up to `admin.retry_buffer` bytes, so that when Admin
+//! answers UNAUTHENTICATED the call can be retried once with a renewed credential. What a task
+//! never sees is UNAUTHENTICATED itself: flytekit answers that by starting an interactive login,
+//! which hangs in a pod, so a refusal that survives the retry becomes PERMISSION_DENIED naming
+//! the agent and Admin's reason.
+
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderValue, CONTENT_TYPE};
+use http::{Request, Response};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt as _, Empty, Full};
+use hyper::body::Incoming;
+use hyper::body::{Frame, SizeHint};
+use tracing::Instrument as _;
+
+use crate::admin::AdminAuth;
+use crate::cache::TokenCache;
+use crate::metrics::Metrics;
+use crate::token::Token;
+use crate::upstream::{BoxError, Upstream};
+
+/// The response body the proxy hands back.
+pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// gRPC status codes the proxy uses or looks for.
+mod code {
+    pub const OK: u16 = 0;
+    pub const UNIMPLEMENTED: u16 = 12;
+    pub const PERMISSION_DENIED: u16 = 7;
+    pub const UNAVAILABLE: u16 = 14;
+    pub const UNAUTHENTICATED: u16 = 16;
+}
+
+/// Headers a task may send that must not reach Admin: credentials (the agent sets its own) and
+/// HTTP/1 connection headers, which HTTP/2 forbids.
+const STRIPPED: [&str; 7] = [
+    "authorization",
+    "flyte-authorization",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// Whether `req` is a gRPC call (HTTP/2 with a gRPC content type).
+pub fn is_grpc<B>(req: &Request<B>) -> bool {
+    req.version() == http::Version::HTTP_2
+        && req
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|ct| ct.starts_with("application/grpc"))
+}
+
+/// A gRPC answer made by the agent itself: trailers-only, status and message in the headers.
+pub fn grpc_error(code: u16, message: &str) -> Response<ProxyBody> {
+    let mut response = Response::new(Empty::new().map_err(BoxError::from).boxed_unsync());
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    headers.insert("grpc-status", HeaderValue::from(code));
+    let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
+    if let Ok(v) = HeaderValue::try_from(encoded) {
+        headers.insert("grpc-message", v);
+    }
+    response
+}
+
+/// gRPC's grpc-message encoding: percent-encode anything outside printable ASCII, and '%'.
+const GRPC_MESSAGE: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS.add(b'%');
+
+/// The proxy.
+pub struct Proxy {
+    upstream: Upstream,
+    auth: Arc<AdminAuth>,
+    cache: Arc<TokenCache>,
+    metrics: Arc<Metrics>,
+}
+
+impl Proxy {
+    /// A proxy to `upstream` with the credential from `cache` and settings from `auth`.
+    pub fn new(
+        upstream: Upstream,
+        auth: Arc<AdminAuth>,
+        cache: Arc<TokenCache>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            upstream,
+            auth,
+            cache,
+            metrics,
+        }
+    }
+
+    /// Forwards one gRPC call.
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+        let started = Instant::now();
+        let path = req.uri().path().to_string();
+        let config = self.auth.config();
+        if !config.allowed_methods.allows(&path) {
+            self.metrics.admin_call("denied", code::PERMISSION_DENIED);
+            return grpc_error(
+                code::PERMISSION_DENIED,
+                &format!("flyte-auth-agent: {path} is not in admin.allowed_methods"),
+            );
+        }
+        let span = tracing::info_span!("admin_call", method = %path);
+        self.forward(req, path, started).instrument(span).await
+    }
+
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        path: String,
+        started: Instant,
+    ) -> Response<ProxyBody> {
+        let config = self.auth.config();
+        let (token, header) = match self.credential().await {
+            Ok(v) => v,
+            Err(message) => {
+                tracing::warn!(%message, "no FlyteAdmin credential");
+                self.metrics.admin_call(&path, code::UNAVAILABLE);
+                return grpc_error(code::UNAVAILABLE, &message);
+            }
+        };
+        let (mut parts, body) = req.into_parts();
+        for name in STRIPPED {
+            parts.headers.remove(name);
+        }
+        parts.headers.remove(&header);
+        let capture = Arc::new(Mutex::new(Capture::new(config.retry_buffer)));
+        let tee = Tee {
+            inner: body,
+            capture: capture.clone(),
+        };
+        let first = Request::from_parts(
+            with_credential(parts.clone(), &header, &token),
+            tee.boxed_unsync(),
+        );
+        self.metrics.admin_overhead(started.elapsed());
+        let response = match self.upstream.send(first).await {
+            Ok(r) => r,
+            Err(e) => return self.unavailable(&path, &e.to_string()),
+        };
+        if header_status(response.headers()) != Some(code::UNAUTHENTICATED) {
+            return self.pass(path, response);
+        }
+
+        // Admin refused the credential: renew it (one IdP call however many calls saw the
+        // refusal) and retry once if the request body was small enough to keep.
+        let refusal = grpc_message(response.headers());
+        tracing::info!(reason = %refusal, "FlyteAdmin refused the credential; renewing it");
+        let renewed = self.cache.renew_admin(&token).await;
+        let replay = lock(&capture).replay();
+        let (renewed, replay) = match (renewed, replay) {
+            (Ok(t), Some(body)) => (t, body),
+            (Err(e), _) => {
+                return self.denied(&path, &format!("FlyteAdmin refused the executor credential ({refusal}) and no new one could be had: {e}"));
+            }
+            (Ok(_), None) => {
+                return self.denied(&path, &format!("FlyteAdmin refused the executor credential ({refusal}); a new one is ready, but this call's request was too large to replay (admin.retry_buffer is {} bytes); retry the call", config.retry_buffer));
+            }
+        };
+        let second = Request::from_parts(
+            with_credential(parts, &header, &renewed),
+            Full::new(replay).map_err(BoxError::from).boxed_unsync(),
+        );
+        let response = match self.upstream.send(second).await {
+            Ok(r) => r,
+            Err(e) => return self.unavailable(&path, &e.to_string()),
+        };
+        if header_status(response.headers()) == Some(code::UNAUTHENTICATED) {
+            let again = grpc_message(response.headers());
+            return self.denied(
+                &path,
+                &format!("FlyteAdmin refused the executor credential twice, also after renewing it: {again}"),
+            );
+        }
+        self.pass(path, response)
+    }
+
+    async fn credential(&self) -> Result<(Arc<Token>, http::HeaderName), String> {
+        let token = self
+            .cache
+            .admin()
+            .await
+            .map_err(|e| format!("flyte-auth-agent: no FlyteAdmin credential: {e}"))?;
+        let header = self
+            .auth
+            .header()
+            .await
+            .map_err(|e| format!("flyte-auth-agent: {e}"))?;
+        Ok((token, header))
+    }
+
+    fn unavailable(&self, path: &str, reason: &str) -> Response<ProxyBody> {
+        tracing::warn!(%reason, "FlyteAdmin unavailable");
+        self.metrics.admin_call(path, code::UNAVAILABLE);
+        grpc_error(code::UNAVAILABLE, &format!("flyte-auth-agent: {reason}"))
+    }
+
+    fn denied(&self, path: &str, reason: &str) -> Response<ProxyBody> {
+        tracing::warn!(%reason, "call refused");
+        self.metrics.admin_call(path, code::PERMISSION_DENIED);
+        grpc_error(
+            code::PERMISSION_DENIED,
+            &format!("flyte-auth-agent: {reason}"),
+        )
+    }
+
+    /// Hands Admin's response to the task, recording its status when it is known: now for a
+    /// trailers-only answer, at the trailers otherwise.
+    fn pass(&self, path: String, response: Response<Incoming>) -> Response<ProxyBody> {
+        let (parts, body) = response.into_parts();
+        if let Some(status) = header_status(&parts.headers) {
+            self.metrics.admin_call(&path, status);
+            return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+        }
+        let body = Trailers {
+            inner: body,
+            done: Some(Done {
+                path,
+                metrics: self.metrics.clone(),
+            }),
+        };
+        Response::from_parts(parts, body.boxed_unsync())
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn with_credential(
+    mut parts: http::request::Parts,
+    header: &http::HeaderName,
+    token: &Token,
+) -> http::request::Parts {
+    if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
+    {
+        value.set_sensitive(true);
+        parts.headers.insert(header.clone(), value);
+    }
+    parts
+}
+
+fn header_status(headers: &HeaderMap) -> Option<u16> {
+    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+fn grpc_message(headers: &HeaderMap) -> String {
+    headers
+        .get("grpc-message")
+        .and_then(|v| v.to_str().ok())
+        .map(|m| {
+            percent_encoding::percent_decode_str(m)
+                .decode_utf8_lossy()
+                .into_owned()
+        })
+        .filter(|m| !m.is_empty())
+        .unwrap_or_else(|| "UNAUTHENTICATED".into())
+}
+
+/// What a request body looked like as it streamed past, kept for one replay.
+struct Capture {
+    limit: usize,
+    size: usize,
+    chunks: Vec<Bytes>,
+    complete: bool,
+    overflow: bool,
+}
+
+impl Capture {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            size: 0,
+            chunks: Vec::new(),
+            complete: false,
+            overflow: false,
+        }
+    }
+
+    fn data(&mut self, data: &Bytes) {
+        if self.overflow {
+            return;
+        }
+        if self.size + data.len() > self.limit {
+            self.overflow = true;
+            self.chunks = Vec::new();
+            return;
+        }
+        self.size += data.len();
+        self.chunks.push(data.clone());
+    }
+
+    /// The whole body, if it ended and fit.
+    fn replay(&mut self) -> Option<Bytes> {
+        if !self.complete || self.overflow {
+            return None;
+        }
+        let mut out = bytes::BytesMut::with_capacity(self.size);
+        for c in &self.chunks {
+            out.extend_from_slice(c);
+        }
+        Some(out.freeze())
+    }
+}
+
+/// A request body that copies what passes through it into a [`Capture`].
+struct Tee {
+    inner: Incoming,
+    capture: Arc<Mutex<Capture>>,
+}
+
+impl hyper::body::Body for Tee {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(ref result) = polled {
+            let mut capture = lock(&self.capture);
+            match result {
+                Some(Ok(frame)) => match frame.data_ref() {
+                    Some(data) => capture.data(data),
+                    // Request trailers cannot be replayed from the buffer.
+                    None => capture.overflow = true,
+                },
+                Some(Err(_)) => capture.overflow = true,
+                None => capture.complete = true,
+            }
+            // hyper stops polling once the body says it has ended, so a final frame marks the
+            // end as well as a `None` would.
+            if self.inner.is_end_stream() {
+                capture.complete = true;
+            }
+        }
+        polled.map_err(BoxError::from)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+struct Done {
+    path: String,
+    metrics: Arc<Metrics>,
+}
+
+/// A response body that records the call's gRPC status from its trailers and turns an
+/// UNAUTHENTICATED there (a streaming call refused part-way) into PERMISSION_DENIED.
+struct Trailers {
+    inner: Incoming,
+    done: Option<Done>,
+}
+
+impl hyper::body::Body for Trailers {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        match polled {
+            Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    let status = header_status(&trailers).unwrap_or(code::OK);
+                    if status == code::UNAUTHENTICATED {
+                        let reason = grpc_message(&trailers);
+                        trailers.insert("grpc-status", HeaderValue::from(code::PERMISSION_DENIED));
+                        let message = format!("flyte-auth-agent: FlyteAdmin refused the executor credential during the call: {reason}");
+                        let encoded = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE)
+                            .to_string();
+                        if let Ok(v) = HeaderValue::try_from(encoded) {
+                            trailers.insert("grpc-message", v);
+                        }
+                    }
+                    if let Some(done) = self.done.take() {
+                        let recorded = if status == code::UNAUTHENTICATED {
+                            code::PERMISSION_DENIED
+                        } else {
+                            status
+                        };
+                        done.metrics.admin_call(&done.path, recorded);
+                    }
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
+            Poll::Ready(None) => {
+                if let Some(done) = self.done.take() {
+                    // A stream that ends without trailers broke the gRPC protocol.
+                    done.metrics.admin_call(&done.path, code::UNIMPLEMENTED);
+                }
+                Poll::Ready(None)
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capture_replays_only_a_complete_body_within_the_limit() {
+        let mut c = Capture::new(10);
+        c.data(&Bytes::from_static(b"hello"));
+        assert_eq!(c.replay(), None, "not ended yet");
+        c.complete = true;
+        assert_eq!(c.replay(), Some(Bytes::from_static(b"hello")));
+        c.complete = false;
+        c.data(&Bytes::from_static(b"world!"));
+        c.complete = true;
+        assert_eq!(c.replay(), None, "over the limit");
+    }
+
+    #[test]
+    fn agent_errors_are_trailers_only_grpc_answers() {
+        let r = grpc_error(code::PERMISSION_DENIED, "flyte-auth-agent: 100% no\n");
+        assert_eq!(r.status(), http::StatusCode::OK);
+        assert_eq!(header_status(r.headers()), Some(7));
+        assert_eq!(
+            r.headers()["grpc-message"],
+            "flyte-auth-agent: 100%25 no%0A"
+        );
+        assert_eq!(grpc_message(r.headers()), "flyte-auth-agent: 100% no\n");
+        assert!(hyper::body::Body::is_end_stream(r.body()));
+    }
+
+    #[test]
+    fn grpc_requests_are_http2_with_a_grpc_content_type() {
+        let req = |version, ct: &str| {
+            Request::builder()
+                .version(version)
+                .header(CONTENT_TYPE, ct)
+                .body(())
+                .unwrap()
+        };
+        assert!(is_grpc(&req(http::Version::HTTP_2, "application/grpc")));
+        assert!(is_grpc(&req(
+            http::Version::HTTP_2,
+            "application/grpc+proto"
+        )));
+        assert!(!is_grpc(&req(http::Version::HTTP_11, "application/grpc")));
+        assert!(!is_grpc(&req(http::Version::HTTP_2, "application/json")));
+    }
+}

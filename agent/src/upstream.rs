@@ -1,0 +1,428 @@
+//! The connection to FlyteAdmin: one HTTP/2 connection shared by every proxied call from every
+//! task process (gRPC multiplexes, so one is what grpc clients use too), over TCP with rustls or
+//! plaintext, or over a unix socket. Keep-alive pings notice a dead peer; when the connection
+//! drops, the next call reconnects, and failed connects back off (100 ms doubling to 5 s) so a
+//! restarting Admin is not hammered by every waiting call.
+
+use std::io;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::future::BoxFuture;
+use http::uri::{Authority, Scheme};
+use http::{Request, Response, Uri};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use hyper::client::conn::http2::SendRequest;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, ServerName};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::time::Instant;
+
+use crate::config::{AdminAddress, AdminConfig};
+
+/// Any error a body can carry.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The request body type sent upstream: a proxied task's stream, a replayed buffer, or a call of
+/// the agent's own.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Why a call could not be sent to Admin (once sent, Admin's answer is a response, not this).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum UpstreamError {
+    /// No connection could be made.
+    #[error("cannot connect to FlyteAdmin at {endpoint}: {reason}")]
+    Connect {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+    /// The connection failed while the call was under way.
+    #[error("FlyteAdmin at {endpoint} dropped the call: {reason}")]
+    Call {
+        /// The configured endpoint.
+        endpoint: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The TLS or CA settings could not be used.
+#[derive(Debug, thiserror::Error)]
+#[error("admin TLS: {0}")]
+pub struct TlsError(String);
+
+/// A cheap handle on the shared Admin connection.
+#[derive(Clone)]
+pub struct Upstream {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: String,
+    address: AdminAddress,
+    scheme: Scheme,
+    authority: Authority,
+    tls: Option<(tokio_rustls::TlsConnector, ServerName<'static>)>,
+    connect_timeout: Duration,
+    keepalive: Duration,
+    /// The live connection's sender; a clone per call.
+    current: Mutex<Option<SendRequest<Body>>>,
+    /// Held while connecting, so concurrent callers share one connect.
+    connecting: tokio::sync::Mutex<Backoff>,
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    retry_at: Option<Instant>,
+    last_error: Option<String>,
+}
+
+impl Upstream {
+    /// A handle for the configured Admin; connects on first use.
+    pub fn new(config: &AdminConfig) -> Result<Self, TlsError> {
+        let (scheme, authority) = match &config.address {
+            AdminAddress::Tcp { host, port } => {
+                let host = if host.contains(':') {
+                    format!("[{host}]")
+                } else {
+                    host.clone()
+                };
+                let scheme = if config.tls.is_some() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                };
+                let authority = format!("{host}:{port}")
+                    .parse()
+                    .map_err(|e| TlsError(format!("{host}:{port}: {e}")))?;
+                (scheme, authority)
+            }
+            AdminAddress::Unix(_) => (Scheme::HTTP, Authority::from_static("localhost")),
+        };
+        let tls = match (&config.tls, &config.address) {
+            (Some(tls), AdminAddress::Tcp { host, .. }) => {
+                let name = tls.server_name.clone().unwrap_or_else(|| host.clone());
+                let name = ServerName::try_from(name.clone())
+                    .map_err(|_| TlsError(format!("{name:?} is not a valid server name")))?;
+                Some((connector(tls.ca_file.as_ref())?, name))
+            }
+            _ => None,
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                endpoint: config.endpoint.clone(),
+                address: config.address.clone(),
+                scheme,
+                authority,
+                tls,
+                connect_timeout: config.connect_timeout,
+                keepalive: config.keepalive,
+                current: Mutex::new(None),
+                connecting: tokio::sync::Mutex::new(Backoff::default()),
+            }),
+        })
+    }
+
+    /// The endpoint as configured, for messages.
+    pub fn endpoint(&self) -> &str {
+        &self.inner.endpoint
+    }
+
+    /// Sends `req` (its URI's path is kept; scheme and authority become Admin's).
+    pub async fn send(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
+        let mut req = req;
+        let path = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| http::uri::PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::builder()
+            .scheme(self.inner.scheme.clone())
+            .authority(self.inner.authority.clone())
+            .path_and_query(path)
+            .build()
+            .map_err(|e| self.call_error(e.to_string()))?;
+        // A connection that closed before taking the request hands it back, so it can go on a
+        // new connection without any risk of Admin seeing it twice.
+        for _ in 0..2 {
+            let mut sender = self.sender().await?;
+            match sender.try_send_request(req).await {
+                Ok(response) => return Ok(response),
+                Err(mut e) => match e.take_message() {
+                    Some(unsent) => {
+                        self.forget(&sender);
+                        req = unsent;
+                    }
+                    None => return Err(self.call_error(describe(e.error()))),
+                },
+            }
+        }
+        Err(self.call_error("the connection closed twice before the call could be sent".into()))
+    }
+
+    fn call_error(&self, reason: String) -> UpstreamError {
+        UpstreamError::Call {
+            endpoint: self.inner.endpoint.clone(),
+            reason,
+        }
+    }
+
+    fn live(&self) -> Option<SendRequest<Body>> {
+        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        current.as_ref().filter(|s| !s.is_closed()).cloned()
+    }
+
+    fn forget(&self, dead: &SendRequest<Body>) {
+        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current
+            .as_ref()
+            .is_some_and(|s| s.is_closed() || !dead.is_ready())
+        {
+            *current = None;
+        }
+    }
+
+    async fn sender(&self) -> Result<SendRequest<Body>, UpstreamError> {
+        if let Some(sender) = self.live() {
+            return Ok(sender);
+        }
+        let mut backoff = self.inner.connecting.lock().await;
+        // Someone else may have connected while this caller waited for the lock.
+        if let Some(sender) = self.live() {
+            return Ok(sender);
+        }
+        if let Some(at) = backoff.retry_at {
+            let wait = at.saturating_duration_since(Instant::now());
+            if wait > self.inner.connect_timeout {
+                return Err(self.connect_error(backoff.last_error.clone().unwrap_or_default()));
+            }
+            tokio::time::sleep(wait).await;
+        }
+        match tokio::time::timeout(self.inner.connect_timeout, self.connect()).await {
+            Ok(Ok(sender)) => {
+                *backoff = Backoff::default();
+                *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) =
+                    Some(sender.clone());
+                Ok(sender)
+            }
+            result => {
+                let reason = match result {
+                    Ok(Err(e)) => e,
+                    _ => format!(
+                        "no connection within {}",
+                        humantime::format_duration(self.inner.connect_timeout)
+                    ),
+                };
+                let delay = MIN_BACKOFF
+                    .saturating_mul(1 << backoff.failures.min(6))
+                    .min(MAX_BACKOFF);
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.retry_at = Some(Instant::now() + delay);
+                backoff.last_error = Some(reason.clone());
+                tracing::warn!(endpoint = %self.inner.endpoint, error = %reason, retry_in = ?delay, "cannot connect to FlyteAdmin");
+                Err(self.connect_error(reason))
+            }
+        }
+    }
+
+    fn connect_error(&self, reason: String) -> UpstreamError {
+        UpstreamError::Connect {
+            endpoint: self.inner.endpoint.clone(),
+            reason,
+        }
+    }
+
+    async fn connect(&self) -> Result<SendRequest<Body>, String> {
+        let inner = &self.inner;
+        let stream = match &inner.address {
+            AdminAddress::Unix(path) => Stream::Unix(
+                UnixStream::connect(path)
+                    .await
+                    .map_err(|e| format!("{}: {e}", path.display()))?,
+            ),
+            AdminAddress::Tcp { host, port } => {
+                let tcp = TcpStream::connect((host.as_str(), *port))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                // Small request/response frames: do not wait to coalesce them.
+                let _ = tcp.set_nodelay(true);
+                match &inner.tls {
+                    None => Stream::Tcp(tcp),
+                    Some((connector, name)) => {
+                        let tls = connector
+                            .connect(name.clone(), tcp)
+                            .await
+                            .map_err(|e| format!("TLS handshake: {e}"))?;
+                        if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
+                            return Err("the server did not agree to HTTP/2 (ALPN h2) over TLS; gRPC needs it".into());
+                        }
+                        Stream::Tls(Box::new(tls))
+                    }
+                }
+            }
+        };
+        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(inner.keepalive)
+            .keep_alive_timeout(Duration::from_secs(20))
+            .keep_alive_while_idle(true)
+            .adaptive_window(true)
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| format!("HTTP/2 handshake: {}", describe(&e)))?;
+        let endpoint = inner.endpoint.clone();
+        tokio::spawn(async move {
+            match connection.await {
+                Ok(()) => tracing::info!(%endpoint, "FlyteAdmin connection closed"),
+                Err(e) => {
+                    tracing::warn!(%endpoint, error = %describe(&e), "FlyteAdmin connection failed")
+                }
+            }
+        });
+        tracing::info!(endpoint = %inner.endpoint, "connected to FlyteAdmin");
+        Ok(sender)
+    }
+}
+
+/// A hyper error with its innermost cause, which is the part that says what happened.
+fn describe(e: &hyper::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        text = format!("{text}: {s}");
+        source = s.source();
+    }
+    text
+}
+
+fn connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
+            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+            .map_err(|e| TlsError(format!("CA bundle {}: {e}", path.display())))?;
+        if certs.is_empty() {
+            return Err(TlsError(format!(
+                "CA bundle {}: no PEM certificates in it",
+                path.display()
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| TlsError(format!("CA bundle {}: {e}", path.display())))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Tcp(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Lets tonic's generated clients call Admin through this connection (for the agent's own
+/// AuthMetadataService calls).
+impl tower_service::Service<Request<tonic::body::Body>> for Upstream {
+    type Response = Response<Incoming>;
+    type Error = UpstreamError;
+    type Future = BoxFuture<'static, Result<Response<Incoming>, UpstreamError>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let req = req.map(|b| b.map_err(BoxError::from).boxed_unsync());
+            this.send(req).await
+        })
+    }
+}

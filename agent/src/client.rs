@@ -44,7 +44,16 @@ pub async fn token(socket: &Path, name: &str, timeout: Duration) -> Result<Strin
         "/v1/tokens/{}",
         percent_encoding::utf8_percent_encode(name, percent_encoding::NON_ALPHANUMERIC)
     );
-    let (status, body) = get(socket, &path, "text/plain", timeout).await?;
+    bare_token(socket, &path, timeout).await
+}
+
+/// The executor-bound FlyteAdmin credential, as a bare string.
+pub async fn admin_token(socket: &Path, timeout: Duration) -> Result<String, ClientError> {
+    bare_token(socket, "/v1/admin/token", timeout).await
+}
+
+async fn bare_token(socket: &Path, path: &str, timeout: Duration) -> Result<String, ClientError> {
+    let (status, body) = get(socket, path, "text/plain", timeout).await?;
     if status == StatusCode::OK {
         return String::from_utf8(body.to_vec()).map_err(|_| ClientError::Http {
             socket: socket.to_path_buf(),

@@ -40,10 +40,14 @@ enum Command {
         #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
         once_timeout: Duration,
     },
-    /// Print a token from a running agent.
+    /// Print a token from a running agent (for scripts and flytekit's ExternalCommand mode).
     Token {
         /// The token request name.
-        name: String,
+        #[arg(required_unless_present = "admin", conflicts_with = "admin")]
+        name: Option<String>,
+        /// Print the executor-bound FlyteAdmin credential instead.
+        #[arg(long)]
+        admin: bool,
         /// The agent's socket.
         #[arg(
             long,
@@ -107,12 +111,19 @@ fn main() -> ExitCode {
         },
         Command::Token {
             name,
+            admin,
             socket,
             timeout,
         } => {
+            use flyte_auth_agent::client;
             let result = runtime().and_then(|rt| {
-                rt.block_on(flyte_auth_agent::client::token(&socket, &name, timeout))
-                    .map_err(anyhow::Error::from)
+                rt.block_on(async {
+                    match (admin, name) {
+                        (false, Some(name)) => client::token(&socket, &name, timeout).await,
+                        _ => client::admin_token(&socket, timeout).await,
+                    }
+                })
+                .map_err(anyhow::Error::from)
             });
             match result {
                 Ok(token) => {

@@ -309,7 +309,11 @@ impl AgentProcess {
         let mut child = Command::new(agent_bin())
             .args(args)
             .env_clear()
-            .env("RUST_LOG", "debug")
+            .env(
+                "RUST_LOG",
+                std::env::var("AGENT_LOG")
+                    .unwrap_or("debug,h2=info,hyper=info,hyper_util=info".into()),
+            )
             .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -434,4 +438,101 @@ pub fn python() -> PathBuf {
         venv.display()
     );
     venv
+}
+
+/// The FlyteAdmin stand-in (tests/admin/standin.py): a gRPC server with PyPI flyteidl's
+/// servicers that verifies bearer JWTs against the IdP's JWKS, as FlyteAdmin does.
+pub struct Admin {
+    child: Option<Child>,
+    stdout: Option<BufReader<std::process::ChildStdout>>,
+    pub port: u16,
+    config: Value,
+}
+
+impl Admin {
+    /// Starts it with `config` (tests/admin/README.md); `issuer` is required there.
+    pub fn start(config: Value) -> Self {
+        let mut child = Command::new(python())
+            .arg(workspace().join("tests/admin/standin.py"))
+            .env("ADMIN_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/admin/standin.py");
+        let mut stdout = BufReader::new(child.stdout.take().unwrap());
+        let line = read_line(&mut stdout)
+            .unwrap_or_else(|| panic!("the Admin stand-in exited before saying where it listens"));
+        let info: Value = serde_json::from_str(&line).unwrap();
+        let port = info["port"].as_u64().unwrap_or(0) as u16;
+        Self {
+            child: Some(child),
+            stdout: Some(stdout),
+            port,
+            config,
+        }
+    }
+
+    /// `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Sends a control command and returns its answer.
+    pub fn control(&mut self, command: Value) -> Value {
+        use std::io::Write as _;
+        let child = self.child.as_mut().expect("running");
+        let stdin = child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{command}").unwrap();
+        stdin.flush().unwrap();
+        let stdout = self.stdout.as_mut().unwrap();
+        let line = read_line(stdout).expect("the Admin stand-in exited instead of answering");
+        serde_json::from_str(&line).unwrap()
+    }
+
+    /// Every call the stand-in saw, in order.
+    pub fn calls(&mut self) -> Vec<Value> {
+        self.control(json!({"cmd": "stats"}))["calls"]
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Stops it (stdin closed, as its README says) and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            drop(child.stdin.take());
+            wait_for("Admin stand-in to exit", Duration::from_secs(10), || {
+                child.try_wait().unwrap()
+            });
+        }
+        self.stdout = None;
+    }
+
+    /// Starts it again on the same port.
+    pub fn restart(&mut self) {
+        self.stop();
+        let mut config = self.config.clone();
+        config["port"] = json!(self.port);
+        *self = Self::start(config);
+    }
+}
+
+impl Drop for Admin {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// One line from the stand-in. A blocking read: it answers every command at once, and if it dies
+/// its stdout closes, which ends the read.
+fn read_line<R: BufRead>(reader: &mut R) -> Option<String> {
+    let mut line = String::new();
+    match reader.read_line(&mut line) {
+        Ok(n) if n > 0 => Some(line),
+        _ => None,
+    }
 }

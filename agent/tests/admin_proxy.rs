@@ -1,0 +1,443 @@
+//! The Admin proxy end to end: real flytekit (and plain grpc) in separate processes with only a
+//! pod's env, through the real agent binary, to the FlyteAdmin stand-in (tests/admin), with
+//! credentials from the real oidc-provider.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+use common::*;
+use serde_json::{json, Value};
+
+const PROPELLER_SECRET: &str = "propeller-secret-value";
+
+/// The IdP, the Admin stand-in, and an agent proxying to it.
+struct Cluster {
+    idp: Idp,
+    admin: Admin,
+    pod: Pod,
+    agent: AgentProcess,
+}
+
+fn admin_config(idp: &Idp) -> Value {
+    json!({ "issuer": idp.issuer })
+}
+
+/// The agent's env for an Admin at `admin` in client-secret mode, plus `extra`.
+fn admin_env(pod: &Pod, admin: &Admin, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    pod.secret("flyte-admin", "client_secret", PROPELLER_SECRET);
+    let mut env = pod.env(&json!([]));
+    let mut set = |k: &str, v: &str| {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    };
+    set("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", &admin.address());
+    set("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true");
+    set("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret");
+    set("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "flytepropeller");
+    set(
+        "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+        r#"{"group": "flyte-admin", "key": "client_secret"}"#,
+    );
+    for (k, v) in extra {
+        set(k, v);
+    }
+    env
+}
+
+fn cluster(extra: &[(&str, &str)]) -> Cluster {
+    let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
+    let admin = Admin::start(admin_config(&idp));
+    let pod = Pod::new();
+    let env = admin_env(&pod, &admin, extra);
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    Cluster {
+        idp,
+        admin,
+        pod,
+        agent,
+    }
+}
+
+/// The env a task container gets: the agent's socket as Flyte's endpoint, nothing secret.
+fn task_env(pod: &Pod, socket: &Path) -> Vec<(String, String)> {
+    vec![
+        ("HOME".into(), pod.dir.path().display().to_string()),
+        ("PATH".into(), std::env::var("PATH").unwrap_or_default()),
+        (
+            "FLYTE_PLATFORM_URL".into(),
+            format!("unix://{}", socket.display()),
+        ),
+        ("FLYTE_PLATFORM_INSECURE".into(), "true".into()),
+        (
+            "FLYTE_AUTH_AGENT_SOCKET".into(),
+            socket.display().to_string(),
+        ),
+    ]
+}
+
+/// Runs one scenario of tests/python/admin_scenarios.py with exactly `env`.
+fn scenario_output(env: &[(String, String)], args: &[&str]) -> Output {
+    for (k, v) in env {
+        assert!(
+            !v.contains(PROPELLER_SECRET),
+            "the task's env must hold no client secret ({k})"
+        );
+    }
+    Command::new(python())
+        .arg(workspace().join("tests/python/admin_scenarios.py"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run admin_scenarios.py")
+}
+
+fn scenario(env: &[(String, String)], args: &[&str]) -> Value {
+    let out = scenario_output(env, args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "scenario {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| panic!("{last:?}: {e}"))
+}
+
+impl Cluster {
+    fn task(&self, args: &[&str]) -> Value {
+        scenario(&task_env(&self.pod, self.agent.socket()), args)
+    }
+
+    /// Every authenticated call the stand-in saw (AuthMetadataService calls left out).
+    fn authenticated_calls(&mut self) -> Vec<Value> {
+        self.admin
+            .calls()
+            .into_iter()
+            .filter(|c| c["exempt"] != json!(true))
+            .collect()
+    }
+
+    fn metrics(&self) -> String {
+        self.agent.health_get("/metrics").1
+    }
+}
+
+fn methods(calls: &[Value]) -> Vec<String> {
+    calls
+        .iter()
+        .map(|c| {
+            c["method"]
+                .as_str()
+                .unwrap()
+                .rsplit('/')
+                .next()
+                .unwrap()
+                .to_string()
+        })
+        .collect()
+}
+
+/// Every call was let in by Admin, with the executor's credential in Admin's header.
+#[track_caller]
+fn all_authorized_as(calls: &[Value], client_id: &str) {
+    assert!(!calls.is_empty());
+    for c in calls {
+        assert_eq!(c["authorized"], json!(true), "{c}");
+        assert_eq!(c["header"], json!("flyte-authorization"), "{c}");
+        assert_eq!(c["client_id"], json!(client_id), "{c}");
+    }
+}
+
+#[test]
+fn flyteremote_in_a_task_reaches_admin_with_the_executor_credential() {
+    let mut c = cluster(&[]);
+    let seen = c.task(&["remote"]);
+    assert_eq!(seen["execution"], json!("seed"));
+    assert_eq!(seen["projects"], json!(["demo", "flytesnacks"]));
+    let calls = c.authenticated_calls();
+    assert_eq!(methods(&calls), ["GetExecution", "ListProjects"]);
+    all_authorized_as(&calls, "flytepropeller");
+    // One credential for the whole pod, minted at start.
+    assert_eq!(c.idp.token_requests(), 1);
+    assert_eq!(
+        c.idp.stats()["auth_methods"],
+        json!(["client_secret_basic"])
+    );
+
+    // The same credential on the socket's token API, verifiable with Admin's audience.
+    let (status, token) = rt().block_on(socket_get(
+        c.agent.socket(),
+        "/v1/admin/token",
+        "text/plain",
+    ));
+    assert_eq!(status, 200, "{token}");
+    c.pod.sensitive.add(token.clone());
+    let claims = c.idp.verify(&token, "flyteadmin");
+    assert_eq!(claims["client_id"], json!("flytepropeller"));
+    assert_contains(&claims["scope"].to_string(), "all");
+
+    let metrics = c.metrics();
+    assert_contains(
+        &metrics,
+        r#"flyte_auth_agent_admin_calls_total{method="/flyteidl.service.AdminService/GetExecution",code="Ok"} 1"#,
+    );
+    assert_contains(
+        &metrics,
+        "flyte_auth_agent_admin_proxy_overhead_seconds_count",
+    );
+    let (code, _) = c.agent.stop();
+    assert_eq!(code, 0);
+}
+
+fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn the_eager_controller_creates_polls_lists_and_terminates_executions() {
+    let mut c = cluster(&[]);
+    let seen = c.task(&["eager"]);
+    assert_eq!(seen["created"], json!("eager-child"));
+    assert_eq!(seen["phases"], json!(["RUNNING", "SUCCEEDED"]));
+    assert!(seen["listed"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("eager-child")));
+    assert_eq!(seen["terminated_phase"], json!("ABORTED"));
+    let calls = c.authenticated_calls();
+    let names = methods(&calls);
+    for m in [
+        "CreateExecution",
+        "GetExecution",
+        "ListExecutions",
+        "TerminateExecution",
+    ] {
+        assert!(names.contains(&m.to_string()), "{m} in {names:?}");
+    }
+    all_authorized_as(&calls, "flytepropeller");
+}
+
+#[test]
+fn remote_default_from_the_agent_package_uses_the_socket_and_the_execution_project() {
+    let mut c = cluster(&[]);
+    let mut env = task_env(&c.pod, c.agent.socket());
+    // What flytekit's entrypoint finds in a task pod; FLYTE_PLATFORM_URL is not needed.
+    env.retain(|(k, _)| k != "FLYTE_PLATFORM_URL");
+    env.push((
+        "FLYTE_INTERNAL_EXECUTION_PROJECT".into(),
+        "flytesnacks".into(),
+    ));
+    env.push((
+        "FLYTE_INTERNAL_EXECUTION_DOMAIN".into(),
+        "development".into(),
+    ));
+    let seen = scenario(&env, &["default"]);
+    assert_eq!(seen["default_project"], json!("flytesnacks"));
+    assert_eq!(seen["default_domain"], json!("development"));
+    assert_eq!(seen["execution"], json!("seed"));
+    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+}
+
+#[test]
+fn external_command_mode_gets_the_admin_token_from_the_agent_cli() {
+    let mut c = cluster(&[]);
+    let mut env = task_env(&c.pod, c.agent.socket());
+    // Straight to Admin this time; the credential comes from `flyte-auth-agent token --admin`.
+    env.retain(|(k, _)| k != "FLYTE_PLATFORM_URL");
+    env.push(("FLYTE_PLATFORM_URL".into(), c.admin.address()));
+    env.push((
+        "FLYTE_CREDENTIALS_AUTH_MODE".into(),
+        "ExternalCommand".into(),
+    ));
+    let command = format!(
+        "{},token,--admin,--socket,{}",
+        agent_bin(),
+        c.agent.socket().display()
+    );
+    env.push(("FLYTE_CREDENTIALS_COMMAND".into(), command));
+    let seen = scenario(&env, &["external"]);
+    assert_eq!(seen["execution"], json!("seed"));
+    let calls = c.admin.calls();
+    // flytekit's own flow: the first call goes without a token and is refused, then it runs
+    // the command and retries with what it printed.
+    let authorized: Vec<_> = calls
+        .iter()
+        .filter(|c| c["exempt"] != json!(true) && c["authorized"] == json!(true))
+        .cloned()
+        .collect();
+    assert_eq!(methods(&authorized), ["GetExecution", "ListProjects"]);
+    all_authorized_as(&authorized, "flytepropeller");
+}
+
+fn call(c: &Cluster) -> Value {
+    c.task(&["call"])
+}
+
+#[track_caller]
+fn call_ok(c: &Cluster) {
+    let seen = call(c);
+    assert_eq!(
+        seen["code"],
+        json!("OK"),
+        "{seen}\nagent:\n{}",
+        c.agent.output()
+    );
+}
+
+#[test]
+fn a_revoked_credential_is_renewed_once_and_the_call_succeeds() {
+    let mut c = cluster(&[]);
+    call_ok(&c);
+    assert_eq!(
+        c.admin.control(json!({"cmd": "revoke_seen"}))["revoked"],
+        json!(1)
+    );
+    call_ok(&c);
+    assert_eq!(c.idp.token_requests(), 2, "one renewal");
+    let calls = c.authenticated_calls();
+    let outcomes: Vec<_> = calls.iter().map(|c| c["authorized"].clone()).collect();
+    assert_eq!(outcomes, [json!(true), json!(false), json!(true)]);
+    assert_eq!(calls[1]["reason"], json!("token revoked"));
+    assert_ne!(calls[0]["jti"], calls[2]["jti"]);
+}
+
+#[test]
+fn admin_refusing_twice_is_permission_denied_never_unauthenticated() {
+    let mut c = cluster(&[]);
+    c.admin.control(json!({"cmd": "reject", "count": 2}));
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("PERMISSION_DENIED"), "{seen}");
+    let message = seen["message"].as_str().unwrap();
+    assert_contains(message, "flyte-auth-agent");
+    assert_contains(message, "refused the executor credential twice");
+    assert_contains(message, "rejected by control");
+    assert!(seen["seconds"].as_f64().unwrap() < 10.0, "{seen}");
+
+    // Unmodified flytekit gets the same answer and fails instead of starting a browser login.
+    c.admin.control(json!({"cmd": "reject", "count": 1000}));
+    let out = scenario_output(&task_env(&c.pod, c.agent.socket()), &["remote"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_contains(&stderr, "PERMISSION_DENIED");
+    assert_contains(&stderr, "flyte-auth-agent");
+    assert_contains(
+        &c.metrics(),
+        r#"method="/flyteidl.service.AdminService/GetExecution",code="PermissionDenied"}"#,
+    );
+}
+
+#[test]
+fn admin_down_is_unavailable_and_a_restarted_admin_is_reconnected() {
+    let mut c = cluster(&[]);
+    call_ok(&c);
+    c.admin.stop();
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("UNAVAILABLE"), "{seen}");
+    let message = seen["message"].as_str().unwrap();
+    assert_contains(message, "flyte-auth-agent");
+    assert_contains(message, &format!("FlyteAdmin at {}", c.admin.address()));
+    c.admin.restart();
+    wait_for(
+        "calls to succeed after the restart",
+        Duration::from_secs(20),
+        || (call(&c)["code"] == json!("OK")).then_some(()),
+    );
+    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+}
+
+#[test]
+fn fifty_task_processes_share_one_credential_and_one_renewal() {
+    let mut c = cluster(&[]);
+    let env = task_env(&c.pod, c.agent.socket());
+    let script = workspace().join("tests/python/admin_scenarios.py");
+    let run_all = || {
+        let children: Vec<_> = (0..50)
+            .map(|_| {
+                Command::new(python())
+                    .arg(&script)
+                    .arg("call")
+                    .env_clear()
+                    .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for child in children {
+            let out = child.wait_with_output().unwrap();
+            let line = String::from_utf8_lossy(&out.stdout);
+            let seen: Value = serde_json::from_str(line.trim()).unwrap_or_else(|e| {
+                panic!("{line}: {e}\n{}", String::from_utf8_lossy(&out.stderr))
+            });
+            assert_eq!(seen["code"], json!("OK"), "{seen}");
+        }
+    };
+    run_all();
+    assert_eq!(c.idp.token_requests(), 1);
+    // Every process now holds a revoked credential at once: one renewal serves them all.
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    run_all();
+    assert_eq!(c.idp.token_requests(), 2);
+    let authorized = c
+        .authenticated_calls()
+        .iter()
+        .filter(|c| c["authorized"] == json!(true))
+        .count();
+    assert_eq!(authorized, 100);
+}
+
+#[test]
+fn streams_pass_messages_and_trailers_and_deadlines_propagate() {
+    let mut c = cluster(&[]);
+    let seen = c.task(&["stream", "5"]);
+    assert_eq!(
+        seen["lines"],
+        json!(["line 0", "line 1", "line 2", "line 3", "line 4"])
+    );
+    assert_eq!(seen["trailers"]["x-standin-count"], json!("5"));
+    assert_eq!(seen["code"], json!("OK"));
+
+    let seen = c.task(&["deadline"]);
+    assert_eq!(seen["code"], json!("DEADLINE_EXCEEDED"));
+    assert!(seen["seconds"].as_f64().unwrap() < 4.0, "{seen}");
+
+    // Request and response messages interleave: nothing waits for the whole request stream.
+    let seen = c.task(&["bidi", "3"]);
+    assert_eq!(seen["echoes"], json!(["header", "outputs", "outputs"]));
+    assert_eq!(seen["trailers"]["x-standin-received"], json!("3"));
+    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+}
+
+#[test]
+fn the_allow_list_refuses_other_methods_before_admin_sees_them() {
+    let mut c = cluster(&[(
+        "FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS",
+        "flyteidl.service.AuthMetadataService/*,flyteidl.service.AdminService/ListProjects",
+    )]);
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("PERMISSION_DENIED"));
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "not in admin.allowed_methods",
+    );
+    assert!(c.authenticated_calls().is_empty());
+}
+
+#[test]
+fn a_credential_the_task_sends_is_replaced_by_the_executor_credential() {
+    let mut c = cluster(&[]);
+    let seen = c.task(&["call", "forged"]);
+    assert_eq!(seen["code"], json!("OK"), "{seen}");
+    // The stand-in reads `authorization` before `flyte-authorization`, as FlyteAdmin does, so a
+    // forwarded forgery would have been judged (and refused) instead of the agent's credential.
+    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+}

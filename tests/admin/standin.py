@@ -355,7 +355,9 @@ def exec_label(ident):
 
 class Executions:
     """In-memory executions. One made by CreateExecution is RUNNING at its first GetExecution and
-    SUCCEEDED from the second on, so a client's poll loop ends; its outputs are an empty map."""
+    SUCCEEDED from the second on, so a client's poll loop ends. Closures carry no outputs, as
+    FlyteAdmin's do when outputs are fetched with GetExecutionData (flytekit 1.16 also fails to
+    read a closure whose deprecated `outputs.values` is set)."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -370,7 +372,6 @@ class Executions:
     def _init_closure(ex, phase):
         c = ex.closure
         c.phase = phase
-        c.outputs.values.SetInParent()  # an empty LiteralMap, not "no outputs"
         now_ts(c.created_at)
         now_ts(c.started_at)
         now_ts(c.updated_at)

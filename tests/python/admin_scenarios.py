@@ -30,7 +30,11 @@ def out(value):
 
 
 def remote_calls(remote):
-    execution = remote.fetch_execution(project=PROJECT, domain=DOMAIN, name="seed")
+    from flytekit.models.core.identifier import WorkflowExecutionIdentifier
+
+    # The client FlyteRemote holds, as fetch_execution uses it (fetch_execution would go on to
+    # fetch the launch plan, which the stand-in does not have).
+    execution = remote.client.get_execution(WorkflowExecutionIdentifier(PROJECT, DOMAIN, "seed"))
     projects = remote.client.list_projects()
     return {
         "execution": execution.id.name,
@@ -73,7 +77,7 @@ def scenario_eager():
     spec = execution_models.ExecutionSpec(
         launch_plan=id_models.Identifier(id_models.ResourceType.LAUNCH_PLAN, PROJECT, DOMAIN, "sub_wf", "v1"),
         metadata=execution_models.ExecutionMetadata(
-            execution_models.ExecutionMetadata.ExecutionMode.CHILD_WORKFLOW, "eager", 1
+            execution_models.ExecutionMetadata.ExecutionMode.SYSTEM, "eager", 1
         ),
         notifications=execution_models.NotificationList([]),
         labels=common_models.Labels({}),
@@ -84,7 +88,7 @@ def scenario_eager():
     for _ in range(50):  # bounded poll, as the eager controller's loop is
         execution = client.get_execution(created)
         phases.append(WorkflowExecutionPhase.enum_to_string(execution.closure.phase))
-        if execution.is_done:
+        if execution.closure.phase in (WorkflowExecutionPhase.SUCCEEDED, WorkflowExecutionPhase.FAILED, WorkflowExecutionPhase.ABORTED):
             break
     executions, _ = client.list_executions_paginated(PROJECT, DOMAIN, limit=10)
     other = client.create_execution(PROJECT, DOMAIN, "eager-other", spec, literals.LiteralMap({}))

@@ -1,0 +1,334 @@
+//! Benchmark: unary gRPC calls (AuthMetadataService.GetPublicClientConfig) from a tonic client
+//! to a minimal tonic server over a unix socket, directly (the floor) and through the agent
+//! binary's Admin proxy, in the same run: latency percentiles, throughput, and the agent's RSS
+//! under that load.
+//!
+//! Run: `cargo bench -p flyte-auth-agent --bench admin_proxy`. Every loop is bounded by a count.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use flyte_auth_proto::flyteidl::service::auth_metadata_service_client::AuthMetadataServiceClient;
+use flyte_auth_proto::flyteidl::service::auth_metadata_service_server::{
+    AuthMetadataService, AuthMetadataServiceServer,
+};
+use flyte_auth_proto::flyteidl::service::{
+    OAuth2MetadataRequest, OAuth2MetadataResponse, PublicClientAuthConfigRequest,
+    PublicClientAuthConfigResponse,
+};
+use futures_util::future::BoxFuture;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio_util::sync::CancellationToken;
+
+use flyte_auth_agent::dev;
+use flyte_auth_agent::token::SecretString;
+
+const WARMUP: usize = 2_000;
+const LATENCY_CALLS: usize = 20_000;
+const THROUGHPUT_CONNECTIONS: usize = 4;
+const THROUGHPUT_IN_FLIGHT: usize = 8;
+const THROUGHPUT_CALLS: usize = 100_000;
+
+/// The upstream: answers GetPublicClientConfig with a fixed body and counts the calls that
+/// carried a credential, so the run also proves the proxy attached one.
+#[derive(Default)]
+struct Minimal {
+    with_credential: Arc<AtomicU64>,
+}
+
+#[tonic::async_trait]
+impl AuthMetadataService for Minimal {
+    async fn get_o_auth2_metadata(
+        &self,
+        _req: tonic::Request<OAuth2MetadataRequest>,
+    ) -> Result<tonic::Response<OAuth2MetadataResponse>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not in the benchmark"))
+    }
+
+    async fn get_public_client_config(
+        &self,
+        req: tonic::Request<PublicClientAuthConfigRequest>,
+    ) -> Result<tonic::Response<PublicClientAuthConfigResponse>, tonic::Status> {
+        if req.metadata().contains_key("authorization") {
+            self.with_credential.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(tonic::Response::new(PublicClientAuthConfigResponse {
+            client_id: "flytectl".into(),
+            redirect_uri: "http://localhost:53593/callback".into(),
+            scopes: vec!["all".into()],
+            authorization_metadata_key: "authorization".into(),
+            service_http_endpoint: String::new(),
+            audience: "flyteadmin".into(),
+        }))
+    }
+}
+
+async fn serve_minimal(listener: UnixListener, service: AuthMetadataServiceServer<Minimal>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            return;
+        };
+        let service = TowerToHyperService::new(service.clone());
+        tokio::spawn(async move {
+            let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// A tonic transport over one HTTP/2 connection on a unix socket.
+#[derive(Clone)]
+struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
+    type Response = http::Response<Incoming>;
+    type Error = hyper::Error;
+    type Future = BoxFuture<'static, Result<http::Response<Incoming>, hyper::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
+        let path = req.uri().path().to_string();
+        *req.uri_mut() = format!("http://localhost{path}").parse().unwrap();
+        let fut = self.0.send_request(req);
+        Box::pin(fut)
+    }
+}
+
+type Client = AuthMetadataServiceClient<H2>;
+
+async fn client(socket: &Path) -> Client {
+    let stream = UnixStream::connect(socket).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(stream))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    AuthMetadataServiceClient::new(H2(sender))
+}
+
+async fn call(client: &mut Client) {
+    let r = client
+        .get_public_client_config(PublicClientAuthConfigRequest {})
+        .await
+        .expect("call succeeds");
+    assert_eq!(r.get_ref().audience, "flyteadmin");
+}
+
+struct Figures {
+    p50: Duration,
+    p99: Duration,
+    rps: f64,
+}
+
+fn measure(rt: &tokio::runtime::Runtime, socket: &Path) -> Figures {
+    rt.block_on(async {
+        let mut c = client(socket).await;
+        for _ in 0..WARMUP {
+            call(&mut c).await;
+        }
+        let mut samples = Vec::with_capacity(LATENCY_CALLS);
+        for _ in 0..LATENCY_CALLS {
+            let t = Instant::now();
+            call(&mut c).await;
+            samples.push(t.elapsed());
+        }
+        samples.sort();
+        let per_task = THROUGHPUT_CALLS / (THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT);
+        let mut clients = Vec::new();
+        for _ in 0..THROUGHPUT_CONNECTIONS {
+            clients.push(client(socket).await);
+        }
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in &clients {
+            for _ in 0..THROUGHPUT_IN_FLIGHT {
+                let mut c = c.clone();
+                tasks.push(tokio::spawn(async move {
+                    for _ in 0..per_task {
+                        call(&mut c).await;
+                    }
+                }));
+            }
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let elapsed = started.elapsed();
+        Figures {
+            p50: samples[samples.len() / 2],
+            p99: samples[samples.len() * 99 / 100],
+            rps: (per_task * THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT) as f64
+                / elapsed.as_secs_f64(),
+        }
+    })
+}
+
+fn us(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let secret = "bench-secret";
+    std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
+    std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
+
+    // The issuer and the upstream on one runtime, the client on another, the agent in its own
+    // process: three parties, as in a pod, sharing the machine's cores.
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let clients = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let shutdown = CancellationToken::new();
+    let issuer = servers.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        dev::spawn_issuer(
+            l,
+            "bench",
+            SecretString::new(secret),
+            Duration::from_secs(3600),
+            shutdown.clone(),
+        )
+        .unwrap()
+    });
+    let upstream_sock = dir.join("admin.sock");
+    let minimal = Minimal::default();
+    let with_credential = minimal.with_credential.clone();
+    let listener = servers
+        .block_on(async { UnixListener::bind(&upstream_sock) })
+        .unwrap();
+    servers.spawn(serve_minimal(
+        listener,
+        AuthMetadataServiceServer::new(minimal),
+    ));
+
+    let agent_sock = dir.join("run/agent.sock");
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_flyte-auth-agent"));
+    let mut agent = Command::new(&bin)
+        .arg("serve")
+        .env_clear()
+        .envs([
+            (
+                "FLYTE_TOKENS_PATH_PREFIX",
+                dir.join("tokens").display().to_string(),
+            ),
+            ("FLYTE_AUTH_AGENT_SOCKET", agent_sock.display().to_string()),
+            (
+                "FLYTE_SECRETS_DEFAULT_DIR",
+                dir.join("secrets").display().to_string(),
+            ),
+            ("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0".into()),
+            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]".into()),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT",
+                format!("unix://{}", upstream_sock.display()),
+            ),
+            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "bench".into()),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+                r#"{"group": "bench", "key": "secret"}"#.into(),
+            ),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
+                format!("{issuer}/token"),
+            ),
+            ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyteadmin".into()),
+            ("RUST_LOG", "warn".into()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    while !agent_sock.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "agent never bound its socket"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let direct = measure(&clients, &upstream_sock);
+    let credentialed_before = with_credential.load(Ordering::Relaxed);
+    let proxied = measure(&clients, &agent_sock);
+    let credentialed = with_credential.load(Ordering::Relaxed) - credentialed_before;
+    let (rss, hwm) = rss_kib(agent.id());
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status();
+    let _ = agent.wait();
+    shutdown.cancel();
+
+    let total = (WARMUP
+        + LATENCY_CALLS
+        + THROUGHPUT_CALLS / (THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT)
+            * THROUGHPUT_CONNECTIONS
+            * THROUGHPUT_IN_FLIGHT) as u64;
+    assert_eq!(
+        credentialed, total,
+        "every proxied call carried the credential"
+    );
+
+    println!("unary gRPC over unix sockets (tonic client and server; {LATENCY_CALLS} sequential calls; throughput: {THROUGHPUT_CONNECTIONS} connections x {THROUGHPUT_IN_FLIGHT} in flight, {THROUGHPUT_CALLS} calls):");
+    println!(
+        "  {:<34} {:>9} {:>9} {:>11}",
+        "", "p50 µs", "p99 µs", "calls/s"
+    );
+    for (label, f) in [
+        ("direct (the floor)", &direct),
+        ("through the agent's Admin proxy", &proxied),
+    ] {
+        println!(
+            "  {label:<34} {:>9.1} {:>9.1} {:>11.0}",
+            us(f.p50),
+            us(f.p99),
+            f.rps
+        );
+    }
+    println!(
+        "  added by the agent: p50 {:.1} µs (target <= 150), p99 {:.1} µs (target <= 500); throughput {:.2}x direct (target >= 0.80)",
+        us(proxied.p50) - us(direct.p50),
+        us(proxied.p99) - us(direct.p99),
+        proxied.rps / direct.rps
+    );
+    println!(
+        "  agent RSS after {total} proxied calls: {:.1} MiB (peak {:.1} MiB); every call carried the credential",
+        rss as f64 / 1024.0,
+        hwm as f64 / 1024.0
+    );
+}

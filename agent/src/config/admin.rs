@@ -356,6 +356,12 @@ pub(super) fn build_admin(
         .pick(Some(&env("client_id")), raw.client_id)
         .map(|(v, _)| v.trim().to_string())
         .unwrap_or_default();
+    let client_secret_given = l
+        .pick(
+            Some(&env("client_secret")),
+            raw.client_secret.as_ref().map(|v| v.to_string()),
+        )
+        .is_some();
     let client_secret = match l.pick(
         Some(&env("client_secret")),
         raw.client_secret.map(|v| v.to_string()),
@@ -400,6 +406,9 @@ pub(super) fn build_admin(
             )),
         },
     );
+    let token_file_given = l
+        .pick(Some(&env("token_file")), raw.token_file.clone())
+        .is_some();
     let token_file = path_field(l, "token_file", raw.token_file);
     let allowed_methods = l.parsed(
         "admin.allowed_methods",
@@ -446,12 +455,12 @@ pub(super) fn build_admin(
         l.error(&src, "admin.client_id", "is missing");
     }
     match mode {
-        AdminMode::ClientSecret if client_secret.is_none() => l.error(
+        AdminMode::ClientSecret if !client_secret_given => l.error(
             &src,
             "admin.client_secret",
             "is missing (mode client-secret)",
         ),
-        AdminMode::JwtBearer | AdminMode::TokenExchange if token_file.is_none() => l.error(
+        AdminMode::JwtBearer | AdminMode::TokenExchange if !token_file_given => l.error(
             &src,
             "admin.token_file",
             format!(

@@ -330,3 +330,167 @@ fn an_unreadable_ca_file_is_named_with_its_source() {
     .unwrap();
     assert_eq!(c.idp.ca_file.as_deref(), Some(ca.as_path()));
 }
+
+#[test]
+fn no_admin_endpoint_means_no_proxy() {
+    let f = Fixture::new();
+    let c = Config::load(None, f.env(&[])).unwrap();
+    assert!(c.admin.is_none());
+}
+
+#[test]
+fn admin_from_env_with_flyte_defaults() {
+    let f = Fixture::new();
+    let c = Config::load(
+        None,
+        f.env(&[
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT",
+                "dns:///flyteadmin.flyte:81",
+            ),
+            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret"),
+            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "flytepropeller"),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+                r#"{"group": "app", "key": "secret"}"#,
+            ),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS",
+                "flyteidl.service.AdminService/*, flyteidl.service.AuthMetadataService/*",
+            ),
+        ]),
+    )
+    .unwrap();
+    let a = c.admin.unwrap();
+    assert_eq!(
+        a.address,
+        AdminAddress::Tcp {
+            host: "flyteadmin.flyte".into(),
+            port: 81
+        }
+    );
+    // TLS unless told otherwise; header, endpoint, audience and scopes come from Admin itself.
+    assert_eq!(
+        a.tls,
+        Some(AdminTls {
+            ca_file: None,
+            server_name: None
+        })
+    );
+    assert_eq!(
+        (a.auth_header, a.token_endpoint, a.audience, a.scopes),
+        (None, None, None, None)
+    );
+    assert_eq!(a.mode, AdminMode::ClientSecret);
+    assert_eq!(a.client_auth, ClientAuth::ClientSecretBasic);
+    assert_eq!(a.retry_buffer, 64 * 1024);
+    assert_eq!(a.allowed_methods.patterns().len(), 2);
+    assert!(!a
+        .allowed_methods
+        .allows("/flyteidl.service.DataProxyService/CreateUploadLocation"));
+}
+
+#[test]
+fn admin_in_yaml_with_service_account_modes() {
+    let f = Fixture::new();
+    let sa = f.dir.path().join("sa-token");
+    std::fs::write(&sa, "header.payload.signature").unwrap();
+    for (mode, auth) in [
+        ("jwt-bearer", ClientAuth::JwtBearer),
+        ("token-exchange", ClientAuth::None),
+    ] {
+        let path = f.yaml(&format!(
+            "admin:\n  endpoint: https://flyte.example.com\n  mode: {mode}\n  client_id: workload\n  token_file: {}\n  auth_header: Flyte-Authorization\n  scopes: [all, offline]\n",
+            sa.display()
+        ));
+        let a = Config::load(Some(&path), f.env(&[]))
+            .unwrap()
+            .admin
+            .unwrap();
+        assert_eq!(a.client_auth, auth, "{mode}");
+        assert_eq!(a.token_file.as_deref(), Some(sa.as_path()));
+        assert_eq!(a.auth_header.unwrap().as_str(), "flyte-authorization");
+        assert_eq!(a.scopes.unwrap(), ["all", "offline"]);
+    }
+}
+
+#[test]
+fn every_bad_admin_value_is_reported_at_once() {
+    let f = Fixture::new();
+    let path = f.yaml(
+        "admin:\n  endpoint: https://flyte.example.com/api\n  insecure: true\n  auth_header: \"bad header\"\n  token_endpoint: ftp://idp/token\n  mode: kerberos\n  allowed_methods: [AdminService]\n  connect_timeout: soon\n",
+    );
+    let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
+    let joined = errors.join("\n");
+    for needle in [
+        "admin.endpoint: \"https://flyte.example.com/api\" is not an Admin endpoint",
+        "admin.auth_header: \"bad header\" is not a valid header name",
+        "admin.token_endpoint: ftp://idp/token has scheme \"ftp\"",
+        "admin.mode: \"kerberos\" is not client-secret, jwt-bearer or token-exchange",
+        "admin.allowed_methods: \"AdminService\" is not a method pattern",
+        "admin.connect_timeout: \"soon\" is not a duration",
+    ] {
+        assert!(joined.contains(needle), "{needle:?} in:\n{joined}");
+    }
+
+    // Each mode names what it is missing; an https endpoint cannot be insecure.
+    let missing = |extra: &str| {
+        let path = f.yaml(&format!(
+            "admin:\n  endpoint: https://flyte.example.com\n{extra}"
+        ));
+        messages(Config::load(Some(&path), f.env(&[])).unwrap_err()).join("\n")
+    };
+    assert_contains(
+        &missing("  mode: client-secret\n"),
+        "admin.client_id: is missing",
+    );
+    assert_contains(
+        &missing("  mode: client-secret\n  client_id: x\n"),
+        "admin.client_secret: is missing (mode client-secret)",
+    );
+    assert_contains(
+        &missing("  mode: jwt-bearer\n  client_id: x\n"),
+        "admin.token_file: is missing (mode jwt-bearer needs the projected service-account token)",
+    );
+    assert_contains(&missing("  client_id: x\n"), "admin.mode: is missing");
+    assert_contains(
+        &missing("  mode: client-secret\n  client_id: x\n  insecure: true\n  client_secret: {group: app, key: secret}\n"),
+        "admin.insecure: is true but the endpoint is https://",
+    );
+    assert_contains(
+        &missing(
+            "  mode: client-secret\n  client_id: x\n  client_secret: {group: nope, key: secret}\n",
+        ),
+        "admin.client_secret: ",
+    );
+    let unreadable =
+        missing("  mode: token-exchange\n  client_id: x\n  token_file: /nonexistent/token\n");
+    assert_contains(
+        &unreadable,
+        "admin.token_file: cannot read /nonexistent/token",
+    );
+    assert!(!unreadable.contains("is missing"), "{unreadable}");
+    // The env var's source is named, and a bad secret reference says what shape it wants.
+    let errors = messages(
+        Config::load(
+            None,
+            f.env(&[
+                ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
+                ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret"),
+                ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "x"),
+                ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET", "app/secret"),
+            ]),
+        )
+        .unwrap_err(),
+    );
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_contains(
+        &errors[0],
+        "env FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET: admin.client_secret: not a flyteidl Secret",
+    );
+}
+
+#[track_caller]
+fn assert_contains(text: &str, needle: &str) {
+    assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
+}

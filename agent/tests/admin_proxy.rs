@@ -441,3 +441,103 @@ fn a_credential_the_task_sends_is_replaced_by_the_executor_credential() {
     // forwarded forgery would have been judged (and refused) instead of the agent's credential.
     all_authorized_as(&c.authenticated_calls(), "flytepropeller");
 }
+
+/// An agent whose Admin credential comes from a projected service-account token in `mode`.
+fn service_account_cluster(idp: Idp, mode: &str, client_id: &str, token: String) -> Cluster {
+    let admin = Admin::start(admin_config(&idp));
+    let pod = Pod::new();
+    let token_file = pod.dir.path().join("sa/token");
+    std::fs::create_dir_all(token_file.parent().unwrap()).unwrap();
+    let mut env = pod.env(&json!([]));
+    env.extend(
+        [
+            ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", admin.address()),
+            ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_MODE", mode.into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", client_id.into()),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE",
+                token_file.display().to_string(),
+            ),
+        ]
+        .map(|(k, v)| (k.to_string(), v)),
+    );
+    // The kubelet writes the projected token before any container starts.
+    pod.sensitive.add(token.clone());
+    std::fs::write(&token_file, token).unwrap();
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    Cluster {
+        idp,
+        admin,
+        pod,
+        agent,
+    }
+}
+
+impl Cluster {
+    /// Writes a new service-account token, as the kubelet does when it rotates one.
+    fn rotate_sa_token(&self, token: String) {
+        self.pod.sensitive.add(token.clone());
+        let path = self.pod.dir.path().join("sa/token");
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, token).unwrap();
+        std::fs::rename(tmp, path).unwrap();
+    }
+}
+
+#[test]
+fn jwt_bearer_mode_uses_the_service_account_token_as_client_assertion_and_rereads_it() {
+    let (pem, jwk) = p256_key();
+    let idp = Idp::start(json!({"clients": [
+        {"client_id": "workload", "token_endpoint_auth_method": "private_key_jwt", "jwks": {"keys": [jwk]}},
+    ]}));
+    let token_endpoint = idp.token_endpoint();
+    let assertion = || signed_jwt(&pem, "workload", "workload", &token_endpoint);
+    let mut c = service_account_cluster(idp, "jwt-bearer", "workload", assertion());
+    call_ok(&c);
+    all_authorized_as(&c.authenticated_calls(), "workload");
+    // The IdP allows each assertion once; the kubelet rotates the file, and the renewal after
+    // Admin's refusal must read the new one.
+    c.rotate_sa_token(assertion());
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    call_ok(&c);
+    let stats = c.idp.stats();
+    assert_eq!(
+        stats["auth_methods"],
+        json!(["private_key_jwt", "private_key_jwt"]),
+        "{stats}"
+    );
+    assert_eq!(c.agent.stop().0, 0);
+}
+
+#[test]
+fn token_exchange_mode_exchanges_the_service_account_token_and_rereads_it() {
+    const GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+    const SA: &str = "system:serviceaccount:flytesnacks-development:default";
+    let (pem, jwk) = p256_key();
+    let idp = Idp::start(json!({
+        "tokenExchange": {"jwks": {"keys": [jwk]}, "issuer": "https://kubernetes.default.svc", "audience": "flyte-auth-agent"},
+        "clients": [{"client_id": "flyte-auth-agent", "token_endpoint_auth_method": "none", "grant_types": [GRANT]}],
+    }));
+    let sa_token = || {
+        signed_jwt(
+            &pem,
+            "https://kubernetes.default.svc",
+            SA,
+            "flyte-auth-agent",
+        )
+    };
+    let mut c = service_account_cluster(idp, "token-exchange", "flyte-auth-agent", sa_token());
+    call_ok(&c);
+    let calls = c.authenticated_calls();
+    all_authorized_as(&calls, "flyte-auth-agent");
+    // Admin sees the pod's own identity.
+    assert_eq!(calls[0]["sub"], json!(SA));
+
+    c.rotate_sa_token(sa_token());
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    call_ok(&c);
+    let stats = c.idp.stats();
+    assert_eq!(stats["grant_types"], json!([GRANT, GRANT]), "{stats}");
+    assert_eq!(c.agent.stop().0, 0);
+}

@@ -36,22 +36,6 @@ fn token_json(agent: &AgentProcess, name: &str) -> Value {
     serde_json::from_str(&body).unwrap()
 }
 
-/// A P-256 key pair: PKCS#8 PEM for the agent's secret, public JWK for the IdP's client entry.
-fn p256_key() -> (String, Value) {
-    use base64::Engine as _;
-    use p256::pkcs8::{EncodePrivateKey, LineEnding};
-    let key = loop {
-        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()) {
-            break k;
-        }
-    };
-    let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
-    let point = key.verifying_key().to_encoded_point(false);
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()), "use": "sig", "alg": "ES256"});
-    (pem, jwk)
-}
-
 /// An RSA key pair made by node (fast, where RSA generation in a debug Rust build is not):
 /// PKCS#8 PEM and public JWK.
 fn rsa_key() -> (String, Value) {

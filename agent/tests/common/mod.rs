@@ -536,3 +536,40 @@ fn read_line<R: BufRead>(reader: &mut R) -> Option<String> {
         _ => None,
     }
 }
+
+/// A P-256 key pair: PKCS#8 PEM for the agent's secret, public JWK for the IdP's client entry.
+pub fn p256_key() -> (String, Value) {
+    use base64::Engine as _;
+    use p256::pkcs8::{EncodePrivateKey, LineEnding};
+    let key = loop {
+        if let Ok(k) = p256::ecdsa::SigningKey::from_slice(&rand::random::<[u8; 32]>()) {
+            break k;
+        }
+    };
+    let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap().to_string();
+    let point = key.verifying_key().to_encoded_point(false);
+    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+    let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(point.x().unwrap()), "y": b64(point.y().unwrap()), "use": "sig", "alg": "ES256"});
+    (pem, jwk)
+}
+
+/// A service-account-like token: an ES256 JWT signed with `pem` (from [`p256_key`]), with a
+/// fresh `jti`, valid for ten minutes.
+pub fn signed_jwt(pem: &str, iss: &str, sub: &str, aud: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let claims = json!({
+        "iss": iss, "sub": sub, "aud": [aud],
+        "iat": now, "nbf": now, "exp": now + 600,
+        "jti": format!("{:032x}", rand::random::<u128>()),
+    });
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256),
+        &claims,
+        &key,
+    )
+    .unwrap()
+}

@@ -541,3 +541,53 @@ fn token_exchange_mode_exchanges_the_service_account_token_and_rereads_it() {
     assert_eq!(stats["grant_types"], json!([GRANT, GRANT]), "{stats}");
     assert_eq!(c.agent.stop().0, 0);
 }
+
+#[test]
+fn tls_to_admin_trusts_the_configured_ca_and_verifies_the_server_name() {
+    let pki = tempfile::tempdir().unwrap();
+    let (ca, cert, key) = test_pki(pki.path(), "flyteadmin.flyte.test");
+    let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
+    let mut config = admin_config(&idp);
+    config["tls"] = json!({"cert": cert, "key": key});
+    let mut admin = Admin::start(config);
+    let ca = ca.display().to_string();
+    let start = |extra: &[(&str, &str)]| {
+        let pod = Pod::new();
+        let mut env = admin_env(
+            &pod,
+            &admin,
+            &[("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "false")],
+        );
+        env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        let agent = AgentProcess::start(&pod, &["serve"], &env);
+        (pod, agent)
+    };
+    let task_call =
+        |pod: &Pod, agent: &AgentProcess| scenario(&task_env(pod, agent.socket()), &["call"]);
+
+    // Without the CA the certificate is unknown; with it but the wrong name it does not match.
+    let (pod, agent) = start(&[]);
+    let seen = task_call(&pod, &agent);
+    assert_eq!(seen["code"], json!("UNAVAILABLE"), "{seen}");
+    assert_contains(seen["message"].as_str().unwrap(), "certificate");
+    let (pod, agent) = start(&[("FLYTE_AUTH_AGENT_ADMIN_CA_FILE", &ca)]);
+    let seen = task_call(&pod, &agent);
+    assert_eq!(seen["code"], json!("UNAVAILABLE"), "{seen}");
+    assert_contains(seen["message"].as_str().unwrap(), "certificate");
+
+    let (pod, agent) = start(&[
+        ("FLYTE_AUTH_AGENT_ADMIN_CA_FILE", &ca),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_SERVER_NAME",
+            "flyteadmin.flyte.test",
+        ),
+    ]);
+    let seen = task_call(&pod, &agent);
+    assert_eq!(seen["code"], json!("OK"), "{seen}\n{}", agent.output());
+    let calls: Vec<_> = admin
+        .calls()
+        .into_iter()
+        .filter(|c| c["exempt"] != json!(true))
+        .collect();
+    all_authorized_as(&calls, "flytepropeller");
+}

@@ -698,36 +698,10 @@ fn dev_mode_serves_a_verifiable_token() {
     assert!(status.success());
 }
 
-/// A CA and a server certificate for 127.0.0.1, as PEM files in `dir`: (ca, cert, key).
-fn test_pki(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf, std::path::PathBuf) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "test CA");
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let issuer = rcgen::Issuer::new(ca_params, ca_key);
-    let key = rcgen::KeyPair::generate().unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &issuer)
-        .unwrap();
-    let paths = (
-        dir.join("ca.pem"),
-        dir.join("cert.pem"),
-        dir.join("key.pem"),
-    );
-    std::fs::write(&paths.0, ca.pem()).unwrap();
-    std::fs::write(&paths.1, cert.pem()).unwrap();
-    std::fs::write(&paths.2, key.serialize_pem()).unwrap();
-    paths
-}
-
 #[test]
 fn https_idp_needs_its_ca_and_works_with_it() {
     let pki = tempfile::tempdir().unwrap();
-    let (ca, cert, key) = test_pki(pki.path());
+    let (ca, cert, key) = test_pki(pki.path(), "127.0.0.1");
     let idp = Idp::start(json!({
         "tls": {"cert": cert, "key": key},
         "test_ca": ca,

@@ -1,7 +1,9 @@
 //! Benchmark: unary gRPC calls (AuthMetadataService.GetPublicClientConfig) from a tonic client
 //! to a minimal tonic server over a unix socket, directly (the floor) and through the agent
-//! binary's Admin proxy, in the same run: latency percentiles, throughput, and the agent's RSS
-//! under that load.
+//! binary's Admin proxy, in the same run: latency percentiles, throughput, CPU per call (this
+//! process's client and server, and the agent), and the agent's RSS under that load. All three
+//! parties share the machine's cores, so when throughput is CPU-bound the agent's CPU per call
+//! against the floor's is what bounds the throughput ratio.
 //!
 //! Run: `cargo bench -p flyte-auth-agent --bench admin_proxy`. Every loop is bounded by a count.
 
@@ -129,9 +131,26 @@ struct Figures {
     p50: Duration,
     p99: Duration,
     rps: f64,
+    /// CPU per call in the throughput phase: this process (client and server), and the agent.
+    cpu_self: Duration,
+    cpu_agent: Duration,
 }
 
-fn measure(rt: &tokio::runtime::Runtime, socket: &Path) -> Figures {
+/// CPU time a process has used (user + system), from /proc.
+fn cpu(pid: Option<u32>) -> Duration {
+    let path = pid.map_or("/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(path).unwrap();
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let fields: Vec<u64> = rest
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    let ticks = fields[11] + fields[12];
+    Duration::from_secs_f64(ticks as f64 / 100.0)
+}
+
+fn measure(rt: &tokio::runtime::Runtime, socket: &Path, agent: Option<u32>) -> Figures {
     rt.block_on(async {
         let mut c = client(socket).await;
         for _ in 0..WARMUP {
@@ -149,6 +168,7 @@ fn measure(rt: &tokio::runtime::Runtime, socket: &Path) -> Figures {
         for _ in 0..THROUGHPUT_CONNECTIONS {
             clients.push(client(socket).await);
         }
+        let (self_before, agent_before) = (cpu(None), agent.map(|p| cpu(Some(p))));
         let started = Instant::now();
         let mut tasks = Vec::new();
         for c in &clients {
@@ -165,11 +185,17 @@ fn measure(rt: &tokio::runtime::Runtime, socket: &Path) -> Figures {
             t.await.unwrap();
         }
         let elapsed = started.elapsed();
+        let calls = (per_task * THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT) as u32;
+        let cpu_agent = match (agent, agent_before) {
+            (Some(p), Some(before)) => cpu(Some(p)).saturating_sub(before) / calls,
+            _ => Duration::ZERO,
+        };
         Figures {
             p50: samples[samples.len() / 2],
             p99: samples[samples.len() * 99 / 100],
-            rps: (per_task * THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT) as f64
-                / elapsed.as_secs_f64(),
+            rps: f64::from(calls) / elapsed.as_secs_f64(),
+            cpu_self: cpu(None).saturating_sub(self_before) / calls,
+            cpu_agent,
         }
     })
 }
@@ -282,9 +308,9 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     }
 
-    let direct = measure(&clients, &upstream_sock);
+    let direct = measure(&clients, &upstream_sock, None);
     let credentialed_before = with_credential.load(Ordering::Relaxed);
-    let proxied = measure(&clients, &agent_sock);
+    let proxied = measure(&clients, &agent_sock, Some(agent.id()));
     let credentialed = with_credential.load(Ordering::Relaxed) - credentialed_before;
     let (rss, hwm) = rss_kib(agent.id());
     let _ = Command::new("kill")

@@ -87,10 +87,9 @@ pub async fn serve<A: Accept, H: Handler>(
     match protocols {
         Protocols::Http1 => builder = builder.http1_only(),
         Protocols::Http1And2 => {
-            builder
-                .http2()
-                .timer(hyper_util::rt::TokioTimer::new())
-                .adaptive_window(true);
+            // hyper's static windows (2 MiB per stream) suit a local socket; adaptive windows
+            // would add BDP pings to every busy connection.
+            builder.http2().timer(hyper_util::rt::TokioTimer::new());
         }
     }
     loop {

@@ -279,7 +279,6 @@ impl Upstream {
             .keep_alive_interval(inner.keepalive)
             .keep_alive_timeout(Duration::from_secs(20))
             .keep_alive_while_idle(true)
-            .adaptive_window(true)
             .handshake(TokioIo::new(stream))
             .await
             .map_err(|e| format!("HTTP/2 handshake: {}", describe(&e)))?;

@@ -332,18 +332,20 @@ fn main() {
 
     println!("unary gRPC over unix sockets (tonic client and server; {LATENCY_CALLS} sequential calls; throughput: {THROUGHPUT_CONNECTIONS} connections x {THROUGHPUT_IN_FLIGHT} in flight, {THROUGHPUT_CALLS} calls):");
     println!(
-        "  {:<34} {:>9} {:>9} {:>11}",
-        "", "p50 µs", "p99 µs", "calls/s"
+        "  {:<34} {:>9} {:>9} {:>11} {:>20} {:>14}",
+        "", "p50 µs", "p99 µs", "calls/s", "CPU µs/call cli+srv", "agent µs/call"
     );
     for (label, f) in [
         ("direct (the floor)", &direct),
         ("through the agent's Admin proxy", &proxied),
     ] {
         println!(
-            "  {label:<34} {:>9.1} {:>9.1} {:>11.0}",
+            "  {label:<34} {:>9.1} {:>9.1} {:>11.0} {:>20.1} {:>14.1}",
             us(f.p50),
             us(f.p99),
-            f.rps
+            f.rps,
+            us(f.cpu_self),
+            us(f.cpu_agent)
         );
     }
     println!(

@@ -591,3 +591,62 @@ fn tls_to_admin_trusts_the_configured_ca_and_verifies_the_server_name() {
         .collect();
     all_authorized_as(&calls, "flytepropeller");
 }
+
+#[test]
+fn the_python_package_reads_token_files_and_falls_back_to_the_socket() {
+    let idp = Idp::with_clients(&[
+        ("flytepropeller", PROPELLER_SECRET, "client_secret_basic"),
+        ("app", "app-secret-value", "client_secret_basic"),
+    ]);
+    let admin = Admin::start(admin_config(&idp));
+    let pod = Pod::new();
+    pod.secret("app", "client_secret", "app-secret-value");
+    let requests = json!([request(
+        "api",
+        "app",
+        "app",
+        ("idpDiscoveryEndpoint", &idp.issuer)
+    )]);
+    let env = admin_env(
+        &pod,
+        &admin,
+        &[("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", &requests.to_string())],
+    );
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    agent.wait_ready(Duration::from_secs(10));
+    let file = pod.token_file("api").unwrap();
+    pod.sensitive.add(file.clone());
+
+    let mut task = task_env(&pod, agent.socket());
+    task.push((
+        "FLYTE_TOKENS_PATH_PREFIX".into(),
+        pod.tokens_dir().display().to_string(),
+    ));
+    assert_eq!(scenario(&task, &["token", "api"])["token"], json!(file));
+    // Without the tokens directory it asks the socket, and gets the same token.
+    let no_dir: Vec<_> = task
+        .iter()
+        .filter(|(k, _)| k != "FLYTE_TOKENS_PATH_PREFIX")
+        .cloned()
+        .collect();
+    assert_eq!(scenario(&no_dir, &["token", "api"])["token"], json!(file));
+    let admin_token = scenario(&no_dir, &["admin-token"]);
+    let admin_token = admin_token["token"].as_str().unwrap();
+    pod.sensitive.add(admin_token);
+    assert_eq!(
+        idp.verify(admin_token, "flyteadmin")["client_id"],
+        json!("flytepropeller")
+    );
+
+    // Errors name the token and the agent's reason, or the bad name.
+    let unknown = scenario(&task, &["token", "nope"]);
+    assert_eq!(unknown["error"], json!("TokenError"));
+    assert_contains(unknown["message"].as_str().unwrap(), "'nope'");
+    assert_contains(unknown["message"].as_str().unwrap(), "configured: api");
+    let unsafe_name = scenario(&task, &["token", "../api"]);
+    assert_eq!(unsafe_name["error"], json!("ValueError"));
+    assert_contains(
+        unsafe_name["message"].as_str().unwrap(),
+        "single path component",
+    );
+}

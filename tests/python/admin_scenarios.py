@@ -13,6 +13,8 @@ Usage: admin_scenarios.py SCENARIO [ARG]
              with `forged`, the call carries an `authorization` header of its own
   stream N   server-streaming GetTaskLogs of N messages: messages and trailing metadata
   deadline   GetTaskLogs that sleeps past a 0.5 s deadline: the status code
+  token NAME flyte_auth_agent.token(NAME): {"token"} or {"error": exception type, "message"}
+  admin-token  flyte_auth_agent.admin_token(): {"token"} or {"error", "message"}
   bidi N     ExecuteTaskSync: send a message, wait for its echo, N times (a proxy that buffered
              the request stream would deadlock here), then half-close
 """
@@ -186,6 +188,25 @@ def scenario_bidi(n):
     out({"echoes": echoes, "after_close": len(rest), "trailers": dict(call.trailing_metadata())})
 
 
+def package_call(f, *args):
+    try:
+        out({"token": f(*args)})
+    except Exception as e:  # what a task would see
+        out({"error": type(e).__name__, "message": str(e)})
+
+
+def scenario_token(name):
+    import flyte_auth_agent
+
+    package_call(flyte_auth_agent.token, name)
+
+
+def scenario_admin_token():
+    import flyte_auth_agent
+
+    package_call(flyte_auth_agent.admin_token)
+
+
 if __name__ == "__main__":
     scenarios = {
         "remote": scenario_remote,
@@ -196,6 +217,8 @@ if __name__ == "__main__":
         "stream": scenario_stream,
         "deadline": scenario_deadline,
         "bidi": scenario_bidi,
+        "token": scenario_token,
+        "admin-token": scenario_admin_token,
     }
     if len(sys.argv) < 2 or sys.argv[1] not in scenarios:
         raise SystemExit(__doc__)

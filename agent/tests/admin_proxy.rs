@@ -650,3 +650,42 @@ fn the_python_package_reads_token_files_and_falls_back_to_the_socket() {
         "single path component",
     );
 }
+
+#[test]
+fn bad_answers_from_admins_auth_metadata_are_named_and_nothing_is_sent_without_a_credential() {
+    let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
+    for (bad, expected) in [
+        (
+            json!({"token_endpoint": "not a url"}),
+            "GetOAuth2Metadata announced token_endpoint \"not a url\", which is not a URL",
+        ),
+        (
+            json!({"token_endpoint": "http://idp.example.com/token"}),
+            "plain http to a non-loopback host",
+        ),
+        (
+            json!({"public_client": {"authorization_metadata_key": "bad key"}}),
+            "announced \"bad key\" as authorization_metadata_key, which is not a header name",
+        ),
+    ] {
+        let mut config = admin_config(&idp);
+        config
+            .as_object_mut()
+            .unwrap()
+            .extend(bad.as_object().unwrap().clone());
+        let mut admin = Admin::start(config);
+        let pod = Pod::new();
+        let agent = AgentProcess::start(&pod, &["serve"], &admin_env(&pod, &admin, &[]));
+        let seen = scenario(&task_env(&pod, agent.socket()), &["call"]);
+        assert_eq!(seen["code"], json!("UNAVAILABLE"), "{seen}");
+        let message = seen["message"].as_str().unwrap();
+        assert_contains(message, "flyte-auth-agent");
+        assert_contains(message, expected);
+        let authenticated: Vec<_> = admin
+            .calls()
+            .into_iter()
+            .filter(|c| c["exempt"] != json!(true))
+            .collect();
+        assert!(authenticated.is_empty(), "{authenticated:?}");
+    }
+}

@@ -34,9 +34,10 @@ use crate::upstream::{BoxError, Upstream};
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// gRPC status codes the proxy uses or looks for.
-mod code {
+pub(crate) mod code {
     pub const OK: u16 = 0;
     pub const UNIMPLEMENTED: u16 = 12;
+    pub const INTERNAL: u16 = 13;
     pub const PERMISSION_DENIED: u16 = 7;
     pub const UNAVAILABLE: u16 = 14;
     pub const UNAUTHENTICATED: u16 = 16;
@@ -413,8 +414,9 @@ impl hyper::body::Body for Trailers {
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
             Poll::Ready(None) => {
                 if let Some(done) = self.done.take() {
-                    // A stream that ends without trailers broke the gRPC protocol.
-                    done.metrics.admin_call(&done.path, code::UNIMPLEMENTED);
+                    // A stream that ends without trailers broke the gRPC protocol; clients
+                    // report that as INTERNAL.
+                    done.metrics.admin_call(&done.path, code::INTERNAL);
                 }
                 Poll::Ready(None)
             }

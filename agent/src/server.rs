@@ -300,7 +300,7 @@ impl Handler for SocketApi {
         let response = match &self.proxy {
             Some(proxy) => proxy.handle(req).await,
             None => grpc_error(
-                12,
+                crate::proxy::code::UNIMPLEMENTED,
                 "flyte-auth-agent: no FlyteAdmin is configured (admin.endpoint), so gRPC calls are not proxied",
             ),
         };

@@ -163,7 +163,7 @@ impl Upstream {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(unsent) => {
-                        self.forget(&sender);
+                        self.forget_dead();
                         req = unsent;
                     }
                     None => return Err(self.call_error(describe(e.error()))),
@@ -185,11 +185,12 @@ impl Upstream {
         current.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
-    fn forget(&self, dead: &SendRequest<Body>) {
+    /// Drops the cached connection if it can take no more calls (closed, or going away).
+    fn forget_dead(&self) {
         let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
         if current
             .as_ref()
-            .is_some_and(|s| s.is_closed() || !dead.is_ready())
+            .is_some_and(|s| s.is_closed() || !s.is_ready())
         {
             *current = None;
         }

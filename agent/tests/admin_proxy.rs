@@ -689,3 +689,18 @@ fn bad_answers_from_admins_auth_metadata_are_named_and_nothing_is_sent_without_a
         assert!(authenticated.is_empty(), "{authenticated:?}");
     }
 }
+
+#[test]
+fn without_an_admin_section_grpc_is_unimplemented_and_says_why() {
+    let pod = Pod::new();
+    let agent = AgentProcess::start(&pod, &["serve"], &pod.env(&json!([])));
+    let seen = scenario(&task_env(&pod, agent.socket()), &["call"]);
+    assert_eq!(seen["code"], json!("UNIMPLEMENTED"), "{seen}");
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "flyte-auth-agent: no FlyteAdmin is configured (admin.endpoint)",
+    );
+    let (status, body) = rt().block_on(socket_get(agent.socket(), "/v1/admin/token", "text/plain"));
+    assert_eq!(status, 404);
+    assert_contains(&body, "admin_not_configured");
+}

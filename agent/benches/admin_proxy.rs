@@ -7,6 +7,9 @@
 //!
 //! Run: `cargo bench -p flyte-auth-agent --bench admin_proxy`. Every loop is bounded by a count.
 
+mod common;
+
+use common::{rss_kib, us};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -198,23 +201,6 @@ fn measure(rt: &tokio::runtime::Runtime, socket: &Path, agent: Option<u32>) -> F
             cpu_agent,
         }
     })
-}
-
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn main() {

@@ -5,6 +5,9 @@
 //!
 //! Run: `cargo bench -p flyte-auth-agent --bench serve`. Every loop is bounded by a request count.
 
+mod common;
+
+use common::{rss_kib, us};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -137,10 +140,6 @@ fn measure(socket: &Path, path: &str) -> Figures {
     }
 }
 
-fn us(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
 /// Token requests for `n` names against `issuer`, with the secret file under `secrets`.
 fn requests(issuer: &str, n: usize) -> String {
     let items: Vec<_> = (0..n)
@@ -175,19 +174,6 @@ fn pod_env(dir: &Path, secrets: &Path, issuer: &str, n: usize) -> Vec<(String, S
             requests(issuer, n),
         ),
     ]
-}
-
-fn rss_kib(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
 }
 
 fn main() {

@@ -70,12 +70,17 @@ pub fn grpc_error(code: u16, message: &str) -> Response<ProxyBody> {
     let mut response = Response::new(Empty::new().map_err(BoxError::from).boxed_unsync());
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    set_status(headers, code, message);
+    response
+}
+
+/// Sets `grpc-status` and `grpc-message` (percent-encoded as gRPC prescribes).
+fn set_status(headers: &mut HeaderMap, code: u16, message: &str) {
     headers.insert("grpc-status", HeaderValue::from(code));
     let encoded = percent_encoding::utf8_percent_encode(message, GRPC_MESSAGE).to_string();
     if let Ok(v) = HeaderValue::try_from(encoded) {
         headers.insert("grpc-message", v);
     }
-    response
 }
 
 /// gRPC's grpc-message encoding: percent-encode anything outside printable ASCII, and '%'.
@@ -388,24 +393,14 @@ impl hyper::body::Body for Trailers {
         match polled {
             Poll::Ready(Some(Ok(frame))) => match frame.into_trailers() {
                 Ok(mut trailers) => {
-                    let status = header_status(&trailers).unwrap_or(code::OK);
-                    if status == code::UNAUTHENTICATED {
+                    if header_status(&trailers) == Some(code::UNAUTHENTICATED) {
                         let reason = grpc_message(&trailers);
-                        trailers.insert("grpc-status", HeaderValue::from(code::PERMISSION_DENIED));
                         let message = format!("flyte-auth-agent: FlyteAdmin refused the executor credential during the call: {reason}");
-                        let encoded = percent_encoding::utf8_percent_encode(&message, GRPC_MESSAGE)
-                            .to_string();
-                        if let Ok(v) = HeaderValue::try_from(encoded) {
-                            trailers.insert("grpc-message", v);
-                        }
+                        set_status(&mut trailers, code::PERMISSION_DENIED, &message);
                     }
                     if let Some(done) = self.done.take() {
-                        let recorded = if status == code::UNAUTHENTICATED {
-                            code::PERMISSION_DENIED
-                        } else {
-                            status
-                        };
-                        done.metrics.admin_call(&done.path, recorded);
+                        let status = header_status(&trailers).unwrap_or(code::OK);
+                        done.metrics.admin_call(&done.path, status);
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }

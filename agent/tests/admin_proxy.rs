@@ -113,15 +113,6 @@ impl Cluster {
         scenario(&task_env(&self.pod, self.agent.socket()), args)
     }
 
-    /// Every authenticated call the stand-in saw (AuthMetadataService calls left out).
-    fn authenticated_calls(&mut self) -> Vec<Value> {
-        self.admin
-            .calls()
-            .into_iter()
-            .filter(|c| c["exempt"] != json!(true))
-            .collect()
-    }
-
     fn metrics(&self) -> String {
         self.agent.health_get("/metrics").1
     }
@@ -159,7 +150,7 @@ fn flyteremote_in_a_task_reaches_admin_with_the_executor_credential() {
     let seen = c.task(&["remote"]);
     assert_eq!(seen["execution"], json!("seed"));
     assert_eq!(seen["projects"], json!(["demo", "flytesnacks"]));
-    let calls = c.authenticated_calls();
+    let calls = c.admin.authenticated_calls();
     assert_eq!(methods(&calls), ["GetExecution", "ListProjects"]);
     all_authorized_as(&calls, "flytepropeller");
     // One credential for the whole pod, minted at start.
@@ -170,11 +161,7 @@ fn flyteremote_in_a_task_reaches_admin_with_the_executor_credential() {
     );
 
     // The same credential on the socket's token API, verifiable with Admin's audience.
-    let (status, token) = rt().block_on(socket_get(
-        c.agent.socket(),
-        "/v1/admin/token",
-        "text/plain",
-    ));
+    let (status, token) = sget(c.agent.socket(), "/v1/admin/token", "text/plain");
     assert_eq!(status, 200, "{token}");
     c.pod.sensitive.add(token.clone());
     let claims = c.idp.verify(&token, "flyteadmin");
@@ -194,13 +181,6 @@ fn flyteremote_in_a_task_reaches_admin_with_the_executor_credential() {
     assert_eq!(code, 0);
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
 #[test]
 fn the_eager_controller_creates_polls_lists_and_terminates_executions() {
     let mut c = cluster(&[]);
@@ -212,7 +192,7 @@ fn the_eager_controller_creates_polls_lists_and_terminates_executions() {
         .unwrap()
         .contains(&json!("eager-child")));
     assert_eq!(seen["terminated_phase"], json!("ABORTED"));
-    let calls = c.authenticated_calls();
+    let calls = c.admin.authenticated_calls();
     let names = methods(&calls);
     for m in [
         "CreateExecution",
@@ -243,7 +223,7 @@ fn remote_default_from_the_agent_package_uses_the_socket_and_the_execution_proje
     assert_eq!(seen["default_project"], json!("flytesnacks"));
     assert_eq!(seen["default_domain"], json!("development"));
     assert_eq!(seen["execution"], json!("seed"));
-    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+    all_authorized_as(&c.admin.authenticated_calls(), "flytepropeller");
 }
 
 #[test]
@@ -302,7 +282,7 @@ fn a_revoked_credential_is_renewed_once_and_the_call_succeeds() {
     );
     call_ok(&c);
     assert_eq!(c.idp.token_requests(), 2, "one renewal");
-    let calls = c.authenticated_calls();
+    let calls = c.admin.authenticated_calls();
     let outcomes: Vec<_> = calls.iter().map(|c| c["authorized"].clone()).collect();
     assert_eq!(outcomes, [json!(true), json!(false), json!(true)]);
     assert_eq!(calls[1]["reason"], json!("token revoked"));
@@ -350,7 +330,7 @@ fn admin_down_is_unavailable_and_a_restarted_admin_is_reconnected() {
         Duration::from_secs(20),
         || (call(&c)["code"] == json!("OK")).then_some(()),
     );
-    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+    all_authorized_as(&c.admin.authenticated_calls(), "flytepropeller");
 }
 
 #[test]
@@ -388,6 +368,7 @@ fn fifty_task_processes_share_one_credential_and_one_renewal() {
     run_all();
     assert_eq!(c.idp.token_requests(), 2);
     let authorized = c
+        .admin
         .authenticated_calls()
         .iter()
         .filter(|c| c["authorized"] == json!(true))
@@ -414,7 +395,7 @@ fn streams_pass_messages_and_trailers_and_deadlines_propagate() {
     let seen = c.task(&["bidi", "3"]);
     assert_eq!(seen["echoes"], json!(["header", "outputs", "outputs"]));
     assert_eq!(seen["trailers"]["x-standin-received"], json!("3"));
-    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+    all_authorized_as(&c.admin.authenticated_calls(), "flytepropeller");
 }
 
 #[test]
@@ -429,7 +410,7 @@ fn the_allow_list_refuses_other_methods_before_admin_sees_them() {
         seen["message"].as_str().unwrap(),
         "not in admin.allowed_methods",
     );
-    assert!(c.authenticated_calls().is_empty());
+    assert!(c.admin.authenticated_calls().is_empty());
 }
 
 #[test]
@@ -439,7 +420,7 @@ fn a_credential_the_task_sends_is_replaced_by_the_executor_credential() {
     assert_eq!(seen["code"], json!("OK"), "{seen}");
     // The stand-in reads `authorization` before `flyte-authorization`, as FlyteAdmin does, so a
     // forwarded forgery would have been judged (and refused) instead of the agent's credential.
-    all_authorized_as(&c.authenticated_calls(), "flytepropeller");
+    all_authorized_as(&c.admin.authenticated_calls(), "flytepropeller");
 }
 
 /// An agent whose Admin credential comes from a projected service-account token in `mode`.
@@ -495,7 +476,7 @@ fn jwt_bearer_mode_uses_the_service_account_token_as_client_assertion_and_reread
     let assertion = || signed_jwt(&pem, "workload", "workload", &token_endpoint);
     let mut c = service_account_cluster(idp, "jwt-bearer", "workload", assertion());
     call_ok(&c);
-    all_authorized_as(&c.authenticated_calls(), "workload");
+    all_authorized_as(&c.admin.authenticated_calls(), "workload");
     // The IdP allows each assertion once; the kubelet rotates the file, and the renewal after
     // Admin's refusal must read the new one.
     c.rotate_sa_token(assertion());
@@ -529,7 +510,7 @@ fn token_exchange_mode_exchanges_the_service_account_token_and_rereads_it() {
     };
     let mut c = service_account_cluster(idp, "token-exchange", "flyte-auth-agent", sa_token());
     call_ok(&c);
-    let calls = c.authenticated_calls();
+    let calls = c.admin.authenticated_calls();
     all_authorized_as(&calls, "flyte-auth-agent");
     // Admin sees the pod's own identity.
     assert_eq!(calls[0]["sub"], json!(SA));
@@ -584,12 +565,7 @@ fn tls_to_admin_trusts_the_configured_ca_and_verifies_the_server_name() {
     ]);
     let seen = task_call(&pod, &agent);
     assert_eq!(seen["code"], json!("OK"), "{seen}\n{}", agent.output());
-    let calls: Vec<_> = admin
-        .calls()
-        .into_iter()
-        .filter(|c| c["exempt"] != json!(true))
-        .collect();
-    all_authorized_as(&calls, "flytepropeller");
+    all_authorized_as(&admin.authenticated_calls(), "flytepropeller");
 }
 
 #[test]
@@ -681,11 +657,7 @@ fn bad_answers_from_admins_auth_metadata_are_named_and_nothing_is_sent_without_a
         let message = seen["message"].as_str().unwrap();
         assert_contains(message, "flyte-auth-agent");
         assert_contains(message, expected);
-        let authenticated: Vec<_> = admin
-            .calls()
-            .into_iter()
-            .filter(|c| c["exempt"] != json!(true))
-            .collect();
+        let authenticated = admin.authenticated_calls();
         assert!(authenticated.is_empty(), "{authenticated:?}");
     }
 }
@@ -700,7 +672,7 @@ fn without_an_admin_section_grpc_is_unimplemented_and_says_why() {
         seen["message"].as_str().unwrap(),
         "flyte-auth-agent: no FlyteAdmin is configured (admin.endpoint)",
     );
-    let (status, body) = rt().block_on(socket_get(agent.socket(), "/v1/admin/token", "text/plain"));
+    let (status, body) = sget(agent.socket(), "/v1/admin/token", "text/plain");
     assert_eq!(status, 404);
     assert_contains(&body, "admin_not_configured");
 }

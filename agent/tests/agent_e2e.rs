@@ -8,17 +8,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{json, Value};
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-}
-
-fn sget(socket: &std::path::Path, path: &str, accept: &str) -> (u16, String) {
-    rt().block_on(socket_get(socket, path, accept))
-}
-
 /// A pod with client secret `secret` for client `c` (group `g`) and one token request, "api".
 fn api_pod(secret: &str, endpoint: (&str, &str)) -> (Pod, Value) {
     let pod = Pod::new();

@@ -417,6 +417,19 @@ impl Drop for AgentProcess {
     }
 }
 
+/// A runtime for one blocking call from a test.
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// [`socket_get`] from a plain test: status and body.
+pub fn sget(socket: &std::path::Path, path: &str, accept: &str) -> (u16, String) {
+    rt().block_on(socket_get(socket, path, accept))
+}
+
 /// GET over the agent's unix socket with a blocking hyper-free client: status and body.
 pub async fn socket_get(socket: &Path, path: &str, accept: &str) -> (u16, String) {
     let (status, body) =
@@ -496,6 +509,14 @@ impl Admin {
             .as_array()
             .unwrap()
             .clone()
+    }
+
+    /// Every call that needed a token (AuthMetadataService calls left out), in order.
+    pub fn authenticated_calls(&mut self) -> Vec<Value> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c["exempt"] != json!(true))
+            .collect()
     }
 
     /// Stops it (stdin closed, as its README says) and waits for the exit.

@@ -1,6 +1,7 @@
 //! Rust types for the flyteidl messages the Flyte auth agent uses, generated at build time from
 //! `protos/` (field names and numbers as flyteidl has them), plus flyteidl's JSON form: the proto3
-//! JSON mapping that protobuf's `MessageToJson` writes and Flyte's tools read.
+//! JSON mapping that protobuf's `MessageToJson` writes and Flyte's tools read; and [`annotation`],
+//! the text-format-in-base32 form flytepropeller gives messages in pod annotations.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
@@ -12,6 +13,8 @@ use prost_reflect::{
     DescriptorPool, DeserializeOptions, DynamicMessage, Kind, MessageDescriptor, SerializeOptions,
 };
 use serde_json::Value;
+
+pub mod annotation;
 
 /// The generated flyteidl types.
 pub mod flyteidl {

@@ -2,21 +2,26 @@
 (proto/tests/flyteidl_python.rs), run with the tests/.venv Python.
 
 Modes:
-  encode       print {case: {"message", "hex", "json", "json_snake"}} for fixed cases
+  encode       print {case: {"message", "hex", "json", "json_snake", "text", "annotation"}} for
+               fixed cases ("text": text_format; "annotation": that text as flytepropeller
+               encodes annotation values)
   decode       read JSON lines {"message", "hex"} on stdin; print each as snake_case JSON
   parse        read JSON lines {"message", "json"} on stdin; print {"ok": snake_case JSON} or
                {"error": text} per line, as json_format.Parse (unknown fields rejected) sees it
+  parse_text   read JSON lines {"message", "text"} on stdin; print {"hex"} of text_format.Parse,
+               or {"error"}, per line
   descriptors  read a file name on stdin (flyteidl/core/security.proto when empty) and print
                that whole file as its descriptors have it: package, syntax, every message
                (nested ones too), field, enum value and service method
 """
 
+import base64
 import json
 import sys
 
 from flyteidl.core import security_pb2 as sec
 from flyteidl.service import auth_pb2 as auth
-from google.protobuf import descriptor_pb2, json_format
+from google.protobuf import descriptor_pb2, json_format, text_format
 
 
 def cases():
@@ -58,6 +63,13 @@ def cases():
     yield "empty_context", sec.SecurityContext()
 
 
+def propeller_annotation(text):
+    """flytepropeller's annotation encoding: base32, alphabet a-z then 1-6, no padding."""
+    standard = base64.b32encode(text.encode("utf-8")).decode("ascii").rstrip("=")
+    return standard.translate(str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567",
+                                            "abcdefghijklmnopqrstuvwxyz123456"))
+
+
 def encode():
     out = {}
     for name, msg in cases():
@@ -67,8 +79,23 @@ def encode():
             "hex": msg.SerializeToString(deterministic=True).hex(),
             "json": json.loads(json_format.MessageToJson(msg)),
             "json_snake": json.loads(json_format.MessageToJson(msg, preserving_proto_field_name=True)),
+            "text": text_format.MessageToString(msg),
+            "annotation": propeller_annotation(text_format.MessageToString(msg)),
         }
     print(json.dumps(out))
+
+
+def parse_text():
+    for line in sys.stdin:
+        if not line.strip():
+            continue
+        item = json.loads(line)
+        try:
+            msg = text_format.Parse(item["text"], message_class(item["message"])())
+        except text_format.ParseError as e:
+            print(json.dumps({"error": str(e)}))
+            continue
+        print(json.dumps({"hex": msg.SerializeToString(deterministic=True).hex()}))
 
 
 def message_class(full_name):
@@ -158,7 +185,8 @@ def descriptors():
 
 
 if __name__ == "__main__":
-    modes = {"encode": encode, "decode": decode, "parse": parse, "descriptors": descriptors}
+    modes = {"encode": encode, "decode": decode, "parse": parse, "parse_text": parse_text,
+             "descriptors": descriptors}
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(modes)}")
     modes[sys.argv[1]]()

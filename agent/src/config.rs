@@ -463,7 +463,6 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let resolver = SecretResolver::new(secrets.clone(), env.clone());
     let admin = admin::build_admin(raw.admin, l, &idp, &resolver);
     let mut notices = Vec::new();
-    let mut token_requests = Vec::new();
     let file_items = raw
         .token_requests
         .into_iter()
@@ -486,28 +485,13 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             ),
         }
     }
-    let mut seen: HashMap<String, String> = HashMap::new();
-    for (source, path, value) in items {
-        let Some(req) =
-            parse_token_request(value, &source, &path, &idp, &resolver, l, &mut notices)
-        else {
-            continue;
-        };
-        let origin = format!("{source} {path}");
-        if let Some(first) = seen.get(&req.name) {
-            l.error(
-                &source,
-                &format!("{path}.name"),
-                format!(
-                    "duplicate token request name {:?} (first defined at {first})",
-                    req.name
-                ),
-            );
-            continue;
-        }
-        seen.insert(req.name.clone(), origin);
-        token_requests.push(req);
-    }
+    let token_requests = collect_token_requests(
+        items,
+        idp.allow_insecure_http,
+        Some(&resolver),
+        l,
+        &mut notices,
+    );
 
     Config {
         tokens_dir,
@@ -583,6 +567,76 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
         );
     }
     policy
+}
+
+/// Validates token requests given as flyteidl JSON values (with the agent's extensions) from
+/// `source`, by exactly the rules the agent applies at start, except that secrets are not read:
+/// for a caller that has none to read, such as the injector validating a pod's annotations.
+/// Every problem is reported, each naming its field (`[i].client.clientId`).
+pub fn validate_token_requests(
+    values: Vec<serde_json::Value>,
+    source: &str,
+    allow_insecure_http: bool,
+) -> Result<Vec<TokenRequest>, ConfigErrors> {
+    let no_env = HashMap::<String, String>::new();
+    let mut l = Loader {
+        file_source: source.to_string(),
+        env: &no_env,
+        errors: Vec::new(),
+    };
+    let items = values
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (source.to_string(), format!("[{i}]"), v))
+        .collect();
+    let requests =
+        collect_token_requests(items, allow_insecure_http, None, &mut l, &mut Vec::new());
+    if l.errors.is_empty() {
+        Ok(requests)
+    } else {
+        Err(ConfigErrors(l.errors))
+    }
+}
+
+/// Every valid request of `items` (source, path, value), unique by name; problems go to `l`.
+/// With a `resolver`, each client secret is read too.
+fn collect_token_requests(
+    items: Vec<(String, String, serde_json::Value)>,
+    allow_insecure_http: bool,
+    resolver: Option<&SecretResolver>,
+    l: &mut Loader<'_>,
+    notices: &mut Vec<String>,
+) -> Vec<TokenRequest> {
+    let mut token_requests = Vec::new();
+    let mut seen: HashMap<String, String> = HashMap::new();
+    for (source, path, value) in items {
+        let Some(req) = parse_token_request(
+            value,
+            &source,
+            &path,
+            allow_insecure_http,
+            resolver,
+            l,
+            notices,
+        ) else {
+            continue;
+        };
+        let origin = format!("{source} {path}");
+        if let Some(first) = seen.get(&req.name) {
+            l.error(
+                &source,
+                &format!("{path}.name"),
+                format!(
+                    "duplicate token request name {:?} (first defined at {first})",
+                    req.name
+                ),
+            );
+            continue;
+        }
+        seen.insert(req.name.clone(), origin);
+        token_requests.push(req);
+    }
+    token_requests
 }
 
 /// Checks a token request name: it becomes a file name and a URL path segment.
@@ -744,8 +798,8 @@ fn parse_token_request(
     value: serde_json::Value,
     source: &str,
     path: &str,
-    idp: &IdpSettings,
-    resolver: &SecretResolver,
+    allow_insecure_http: bool,
+    resolver: Option<&SecretResolver>,
     l: &mut Loader<'_>,
     notices: &mut Vec<String>,
 ) -> Option<TokenRequest> {
@@ -775,7 +829,7 @@ fn parse_token_request(
     let client_secret = client.client_secret.unwrap_or_default();
     let url = |s: &str, name: &str, l: &mut Loader<'_>| -> Option<Url> {
         match Url::parse(s) {
-            Ok(u) => match check_idp_url(&u, idp.allow_insecure_http) {
+            Ok(u) => match check_idp_url(&u, allow_insecure_http) {
                 Ok(()) => Some(u),
                 Err(problem) => {
                     l.error(source, &field(name), problem);
@@ -813,7 +867,7 @@ fn parse_token_request(
     };
     if client_secret.group.is_empty() {
         l.error(source, &field("client.clientSecret.group"), "is missing");
-    } else {
+    } else if let Some(resolver) = resolver {
         match resolver.read(&client_secret) {
             Err(e) => l.error(source, &field("client.clientSecret"), e.to_string()),
             Ok(value) if ext.client_auth == ClientAuth::PrivateKeyJwt => {

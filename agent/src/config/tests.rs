@@ -494,3 +494,41 @@ fn every_bad_admin_value_is_reported_at_once() {
 fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
 }
+
+#[test]
+fn validation_without_secrets_applies_the_agents_rules_and_reads_nothing() {
+    let parse = |s: &str| -> Vec<serde_json::Value> { serde_json::from_str(s).unwrap() };
+    // A secret that exists nowhere is fine here: the injector has no secrets to read.
+    let ok = validate_token_requests(
+        parse(&format!("[{}, {}]", request("a"), request("b"))),
+        "annotation flyte.tokens/t0",
+        false,
+    )
+    .unwrap();
+    assert_eq!(
+        ok.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+        ["a", "b"]
+    );
+    let errors = messages(
+        validate_token_requests(
+            parse(&format!(
+                r#"[{}, {}, {{"name": "../x", "tokenEndpoint": "http://idp.example/token", "client": {{"clientId": "c", "clientSecret": {{"group": "g"}}}}}}, {{"name": "y", "type": "PASSWORD"}}]"#,
+                request("a"),
+                request("a")
+            )),
+            "annotation flyte.org/token-requests",
+            false,
+        )
+        .unwrap_err(),
+    );
+    let joined = errors.join("\n");
+    for needle in [
+        "annotation flyte.org/token-requests: [1].name: duplicate token request name \"a\"",
+        "[2].name: \"../x\" contains '/'",
+        "[2].tokenEndpoint: http://idp.example/token is plain http to a non-loopback host",
+        "[3].type: unknown token request type \"PASSWORD\"",
+        "[3].client.clientId: is missing",
+    ] {
+        assert!(joined.contains(needle), "{needle:?} in:\n{joined}");
+    }
+}

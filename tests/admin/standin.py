@@ -108,8 +108,9 @@ class Config:
 
 
 class Jwks:
-    """The issuer's signing keys by kid: fetched at the first token, fetched again (once per token)
-    when a token names a kid the cache does not know, as after a key rotation."""
+    """The issuer's signing keys by kid: fetched at start (again at the first token if that
+    failed), and again (once per token) when a token names a kid the cache does not know, as
+    after a key rotation."""
 
     def __init__(self, cfg):
         self.uri = cfg.jwks_uri
@@ -122,7 +123,7 @@ class Jwks:
             # No proxy: the JWKS is on loopback and an environment proxy must not intercept it.
             opener = urllib.request.build_opener(
                 urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self.ssl))
-            with opener.open(self.uri, timeout=5) as resp:
+            with opener.open(self.uri, timeout=15) as resp:
                 body = resp.read(MAX_JWKS_BYTES + 1)
             if len(body) > MAX_JWKS_BYTES:
                 raise ValueError("JWKS too large")
@@ -693,6 +694,14 @@ def main():
     if port == 0 and not cfg.unix:  # older gRPC reports a failed bind as port 0
         log.error("cannot listen on %s", address)
         return 1
+    # The keys before the first call, as a long-running Admin has them: a first fetch racing
+    # a burst of calls on a loaded machine must not turn into refusals. A failure here is not
+    # fatal; the first token fetches again.
+    try:
+        with auth.jwks.lock:
+            auth.jwks._fetch()
+    except AuthFailure:
+        pass
     server.start()
     emit({"unix": cfg.unix} if cfg.unix else {"port": port})
     log.info("listening on %s (%s), issuer %s", address if cfg.unix else f"{host}:{port}",

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{rss_kib, us};
+use common::{rss_kib, runtime, spawn_issuer, us};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -29,11 +29,8 @@ use futures_util::future::BoxFuture;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::{TcpListener, UnixListener, UnixStream};
+use tokio::net::{UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
-
-use flyte_auth_agent::dev;
-use flyte_auth_agent::token::SecretString;
 
 const WARMUP: usize = 2_000;
 const LATENCY_CALLS: usize = 20_000;
@@ -212,28 +209,10 @@ fn main() {
 
     // The issuer and the upstream on one runtime, the client on another, the agent in its own
     // process: three parties, as in a pod, sharing the machine's cores.
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    let clients = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let servers = runtime();
+    let clients = runtime();
     let shutdown = CancellationToken::new();
-    let issuer = servers.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        dev::spawn_issuer(
-            l,
-            "bench",
-            SecretString::new(secret),
-            Duration::from_secs(3600),
-            shutdown.clone(),
-        )
-        .unwrap()
-    });
+    let issuer = spawn_issuer(&servers, secret, &shutdown);
     let upstream_sock = dir.join("admin.sock");
     let minimal = Minimal::default();
     let with_credential = minimal.with_credential.clone();

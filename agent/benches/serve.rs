@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{rss_kib, us};
+use common::{rss_kib, runtime, spawn_issuer, us};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -22,8 +22,7 @@ use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio_util::sync::CancellationToken;
 
 use flyte_auth_agent::config::{Config, Env};
-use flyte_auth_agent::token::SecretString;
-use flyte_auth_agent::{dev, Agent, BoundSocket};
+use flyte_auth_agent::{Agent, BoundSocket};
 
 const WARMUP: usize = 2_000;
 const LATENCY_REQUESTS: usize = 20_000;
@@ -31,14 +30,6 @@ const THROUGHPUT_CONNECTIONS: usize = 8;
 const THROUGHPUT_REQUESTS: usize = 200_000;
 const RSS_REQUESTS: usize = 10_000;
 const RSS_TOKENS: usize = 10;
-
-fn server_runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 /// The floor: the least an HTTP/1.1 server on a unix socket can do per request.
 async fn floor_server(listener: UnixListener) {
@@ -184,19 +175,9 @@ fn main() {
     std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
 
     // The embedded issuer and both servers run on their own runtime; the client on this thread.
-    let servers = server_runtime();
+    let servers = runtime();
     let shutdown = CancellationToken::new();
-    let issuer = servers.block_on(async {
-        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        dev::spawn_issuer(
-            l,
-            "bench",
-            SecretString::new(secret),
-            Duration::from_secs(3600),
-            shutdown.clone(),
-        )
-        .unwrap()
-    });
+    let issuer = spawn_issuer(&servers, secret, &shutdown);
 
     let floor_sock = dir.join("floor.sock");
     servers.spawn(floor_server(

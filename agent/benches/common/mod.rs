@@ -1,6 +1,41 @@
-//! What the benchmarks share: units and /proc readings.
+//! What the benchmarks share: runtimes, the embedded issuer, units and /proc readings.
 
 use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use flyte_auth_agent::dev;
+use flyte_auth_agent::token::SecretString;
+
+/// A multi-threaded runtime with two workers (the machine's size).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Starts the embedded issuer on `rt` for client `bench` with `secret` (hour-long tokens) until
+/// `shutdown`; returns its URL.
+pub fn spawn_issuer(
+    rt: &tokio::runtime::Runtime,
+    secret: &str,
+    shutdown: &CancellationToken,
+) -> String {
+    rt.block_on(async {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        dev::spawn_issuer(
+            l,
+            "bench",
+            SecretString::new(secret),
+            Duration::from_secs(3600),
+            shutdown.clone(),
+        )
+        .unwrap()
+    })
+}
 
 /// Microseconds, for printing.
 pub fn us(d: Duration) -> f64 {

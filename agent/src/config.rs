@@ -22,7 +22,10 @@ use url::Url;
 
 mod admin;
 
-pub use admin::{parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls, MethodFilter};
+pub use admin::{
+    admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls, CheckedAdmin,
+    MethodFilter,
+};
 
 use crate::cache::RefreshPolicy;
 use crate::secret::{SecretResolver, SecretsConfig};
@@ -461,7 +464,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let refresh = build_refresh(raw.refresh, l);
 
     let resolver = SecretResolver::new(secrets.clone(), env.clone());
-    let admin = admin::build_admin(raw.admin, l, &idp, &resolver);
+    let admin = admin::build_admin(raw.admin, l, &idp, Some(&resolver));
     let mut notices = Vec::new();
     let file_items = raw
         .token_requests

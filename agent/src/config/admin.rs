@@ -175,7 +175,7 @@ pub(super) struct RawAdmin {
     keepalive: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
 enum StringOrList {
     One(String),
@@ -252,7 +252,7 @@ pub(super) fn build_admin(
     raw: RawAdmin,
     l: &mut Loader<'_>,
     idp: &IdpSettings,
-    resolver: &SecretResolver,
+    resolver: Option<&SecretResolver>,
 ) -> Option<AdminConfig> {
     let (endpoint, endpoint_source) = l.pick(Some(&env("endpoint")), raw.endpoint)?;
     let errors_before = l.errors.len();
@@ -288,9 +288,9 @@ pub(super) fn build_admin(
             Some(&env(field)),
             file,
             None,
-            |s| match std::fs::metadata(s) {
-                Ok(_) => Ok(Some(PathBuf::from(s))),
-                Err(e) => Err(format!("cannot read {s}: {e}")),
+            |s| match resolver.map(|_| std::fs::metadata(s)) {
+                Some(Err(e)) => Err(format!("cannot read {s}: {e}")),
+                _ => Ok(Some(PathBuf::from(s))),
             },
         )
     };
@@ -377,7 +377,7 @@ pub(super) fn build_admin(
                     None
                 }
                 Ok(secret) => {
-                    if let Err(e) = resolver.read(&secret) {
+                    if let Some(Err(e)) = resolver.map(|r| r.read(&secret)) {
                         l.error(&source, "admin.client_secret", e.to_string());
                     }
                     Some(secret)
@@ -495,6 +495,120 @@ pub(super) fn build_admin(
         retry_buffer,
         connect_timeout,
         keepalive,
+    })
+}
+
+/// An `admin` section checked by the agent's rules without touching files, as the env vars that
+/// carry it to an agent elsewhere (the injector's sidecar).
+#[derive(Debug, Clone)]
+pub struct CheckedAdmin {
+    /// The credential mode.
+    pub mode: AdminMode,
+    /// `FLYTE_AUTH_AGENT_ADMIN_*` pairs, in field order.
+    pub env: Vec<(String, String)>,
+    /// The client secret the agent will read, if any.
+    pub client_secret: Option<Secret>,
+}
+
+/// Checks an `admin` section (YAML/JSON keys as in the agent's config file) the way the agent
+/// will read it, without reading secrets or files, and returns the env vars that carry it. The
+/// projected service-account token is at `token_file` for the modes that use one; the section
+/// itself must not set `token_file`.
+pub fn admin_section_env(
+    section: serde_json::Value,
+    source: &str,
+    token_file: &str,
+    allow_insecure_http: bool,
+) -> Result<CheckedAdmin, super::ConfigErrors> {
+    let fail = |field: &str, problem: String| {
+        super::ConfigErrors(vec![super::ConfigError {
+            source: source.to_string(),
+            field: field.to_string(),
+            problem,
+        }])
+    };
+    let raw: RawAdmin = serde_path_to_error::deserialize(section).map_err(|e| {
+        let field = match e.path().to_string() {
+            p if p == "." => "admin".to_string(),
+            p => format!("admin.{p}"),
+        };
+        fail(&field, e.into_inner().to_string())
+    })?;
+    if raw.token_file.is_some() {
+        return Err(fail(
+            "admin.token_file",
+            "is set by the injector (the projected service-account token); remove it".into(),
+        ));
+    }
+    if raw.endpoint.is_none() {
+        return Err(fail("admin.endpoint", "is missing".into()));
+    }
+    let fields: [(&str, Option<String>); 16] = [
+        ("endpoint", raw.endpoint.clone()),
+        ("insecure", raw.insecure.map(|b| b.to_string())),
+        ("ca_file", raw.ca_file.clone()),
+        ("server_name", raw.server_name.clone()),
+        ("auth_header", raw.auth_header.clone()),
+        ("token_endpoint", raw.token_endpoint.clone()),
+        ("audience", raw.audience.clone()),
+        (
+            "scopes",
+            raw.scopes.as_ref().map(|s| s.clone().joined(" ")),
+        ),
+        ("mode", raw.mode.clone()),
+        ("client_id", raw.client_id.clone()),
+        (
+            "client_secret",
+            raw.client_secret.as_ref().map(|v| v.to_string()),
+        ),
+        ("client_auth_method", raw.client_auth_method.clone()),
+        (
+            "allowed_methods",
+            raw.allowed_methods.as_ref().map(|m| m.clone().joined(",")),
+        ),
+        ("retry_buffer", raw.retry_buffer.map(|n| n.to_string())),
+        ("connect_timeout", raw.connect_timeout.clone()),
+        ("keepalive", raw.keepalive.clone()),
+    ];
+    let mut env: Vec<(String, String)> = fields
+        .into_iter()
+        .filter_map(|(field, value)| value.map(|v| (self::env(field), v)))
+        .collect();
+    env.push((self::env("token_file"), token_file.to_string()));
+    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut l = Loader {
+        file_source: source.to_string(),
+        env: &vars,
+        errors: Vec::new(),
+    };
+    let idp = IdpSettings {
+        timeout: Duration::from_secs(10),
+        ca_file: None,
+        allow_insecure_http,
+    };
+    let checked = build_admin(RawAdmin::default(), &mut l, &idp, None);
+    if !l.errors.is_empty() {
+        // The values came from the section, not from env vars: name the section.
+        let errors = l
+            .errors
+            .into_iter()
+            .map(|e| super::ConfigError {
+                source: source.to_string(),
+                ..e
+            })
+            .collect();
+        return Err(super::ConfigErrors(errors));
+    }
+    let Some(admin) = checked else {
+        return Err(fail("admin.endpoint", "is missing".into()));
+    };
+    if admin.mode == AdminMode::ClientSecret {
+        env.retain(|(k, _)| *k != self::env("token_file"));
+    }
+    Ok(CheckedAdmin {
+        mode: admin.mode,
+        env,
+        client_secret: admin.client_secret,
     })
 }
 

@@ -1,0 +1,440 @@
+//! The injector's configuration: how it serves, which pods opt in, what the injected agent looks
+//! like, and the FlyteAdmin settings every injected agent gets. Read once at start from YAML
+//! (`--config`, usually a ConfigMap); every problem is reported at once, naming the field.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flyte_auth_agent::config::{admin_section_env, AdminMode};
+use flyte_auth_agent::config::{ConfigError, ConfigErrors};
+use k8s_openapi::api::core::v1::ResourceRequirements;
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use serde::Deserialize;
+
+/// The label value a pod opts in with, by default.
+pub const DEFAULT_OPT_IN_LABEL: &str = "flyte.org/auth-agent";
+
+/// How the agent is added to a pod.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum InjectMode {
+    /// A native sidecar (init container with `restartPolicy: Always`, Kubernetes 1.29+): tokens
+    /// are refreshed for the pod's life, the socket and the Admin proxy are served.
+    Sidecar,
+    /// A plain init container running `serve --once`: tokens are written once before the task
+    /// starts and never refreshed; no socket, no proxy. For clusters without native sidecars.
+    InitOnly,
+}
+
+/// What to do when a task container already sets an env var the injector would set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum EnvConflict {
+    /// Leave the container's value; the response carries a warning.
+    Keep,
+    /// Replace it with the injector's; the response carries a warning.
+    Replace,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The HTTPS server.
+    pub server: ServerConfig,
+    /// Which pods are injected.
+    pub opt_in: OptIn,
+    /// Native sidecar or init-only.
+    pub mode: InjectMode,
+    /// Task env vars that already exist.
+    pub env_conflict: EnvConflict,
+    /// The injected agent container.
+    pub agent: AgentSettings,
+    /// FlyteAdmin proxy settings; absent: no proxy, no platform env for the task.
+    pub admin: Option<AdminSettings>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            server: ServerConfig::default(),
+            opt_in: OptIn::default(),
+            mode: InjectMode::Sidecar,
+            env_conflict: EnvConflict::Keep,
+            agent: AgentSettings::default(),
+            admin: None,
+        }
+    }
+}
+
+/// The webhook's HTTPS server.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    /// Address to listen on.
+    pub listen: SocketAddr,
+    /// PEM certificate chain (re-read when it changes).
+    pub cert_file: PathBuf,
+    /// PEM private key (re-read when it changes).
+    pub key_file: PathBuf,
+    /// How often the certificate files are checked for changes.
+    #[serde(deserialize_with = "de_duration")]
+    pub reload_interval: Duration,
+    /// Largest AdmissionReview body accepted, in bytes.
+    pub max_body: usize,
+    /// How long open connections get to finish on shutdown.
+    #[serde(deserialize_with = "de_duration")]
+    pub shutdown_grace: Duration,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            cert_file: "/etc/webhook/certs/tls.crt".into(),
+            key_file: "/etc/webhook/certs/tls.key".into(),
+            reload_interval: Duration::from_secs(10),
+            // The API server's own limit on a request body.
+            max_body: 3 * 1024 * 1024,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The opt-in label.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct OptIn {
+    /// Label key.
+    pub label: String,
+    /// Label value.
+    pub value: String,
+}
+
+impl Default for OptIn {
+    fn default() -> Self {
+        Self {
+            label: DEFAULT_OPT_IN_LABEL.into(),
+            value: "enabled".into(),
+        }
+    }
+}
+
+/// The injected agent container and its volumes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AgentSettings {
+    /// Container name (and the prefix of the injected volumes' names).
+    pub name: String,
+    /// Image of the agent.
+    pub image: String,
+    /// Pull policy.
+    pub image_pull_policy: String,
+    /// Requests and limits.
+    pub resources: ResourceRequirements,
+    /// The uid (and gid) the agent runs as.
+    pub run_as_user: i64,
+    /// Port of the agent's health and metrics server (`/readyz` is the startup probe).
+    pub health_port: u16,
+    /// Where token files are written (task containers get it read-only).
+    pub tokens_dir: String,
+    /// Size limit of the tokens directory (in memory).
+    pub tokens_size_limit: Quantity,
+    /// Where the agent's socket lives (shared with task containers).
+    pub socket_dir: String,
+    /// Where referenced client secrets are mounted in the agent container.
+    pub secrets_dir: String,
+    /// Where the projected service-account token is mounted in the agent container.
+    pub service_account_token_dir: String,
+    /// `RUST_LOG` for the agent.
+    pub log_level: String,
+    /// `text` or `json`.
+    pub log_format: String,
+    /// How long the agent may take to have every token before the pod is failed (startup probe).
+    #[serde(deserialize_with = "de_duration")]
+    pub startup_timeout: Duration,
+    /// Init-only mode: how long the agent keeps retrying before failing the pod.
+    #[serde(deserialize_with = "de_duration")]
+    pub once_timeout: Duration,
+    /// Allow `http://` IdP endpoints off loopback (never in production).
+    pub allow_insecure_http: bool,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        let quantity = |s: &str| Quantity(s.to_string());
+        Self {
+            name: "flyte-auth-agent".into(),
+            image: "ghcr.io/flyteorg/flyte-auth-agent:0.1.0".into(),
+            image_pull_policy: "IfNotPresent".into(),
+            resources: ResourceRequirements {
+                requests: Some(BTreeMap::from([
+                    ("cpu".to_string(), quantity("10m")),
+                    ("memory".to_string(), quantity("24Mi")),
+                ])),
+                limits: Some(BTreeMap::from([("memory".to_string(), quantity("64Mi"))])),
+                ..Default::default()
+            },
+            run_as_user: 65532,
+            health_port: 9911,
+            tokens_dir: "/var/run/flyte/tokens".into(),
+            tokens_size_limit: quantity("1Mi"),
+            socket_dir: "/var/run/flyte-auth-agent".into(),
+            secrets_dir: "/etc/flyte/secrets".into(),
+            service_account_token_dir: "/var/run/secrets/flyte-auth-agent".into(),
+            log_level: "info".into(),
+            log_format: "json".into(),
+            startup_timeout: Duration::from_secs(120),
+            once_timeout: Duration::from_secs(60),
+            allow_insecure_http: false,
+        }
+    }
+}
+
+/// The projected service-account token for `jwt-bearer` and `token-exchange`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceAccountToken {
+    /// The audience the IdP expects in the token.
+    pub audience: String,
+    /// Requested lifetime; the kubelet refreshes it at 80%.
+    #[serde(default = "default_sa_expiry")]
+    pub expiration_seconds: i64,
+}
+
+fn default_sa_expiry() -> i64 {
+    3600
+}
+
+/// The `admin` section: the agent's own `admin` keys (passed to it as
+/// `FLYTE_AUTH_AGENT_ADMIN_*`), plus what only the injector needs.
+#[derive(Debug, Clone, Deserialize)]
+pub struct AdminSettings {
+    /// The projected service-account token, for pods whose mode needs one.
+    #[serde(default)]
+    pub service_account_token: Option<ServiceAccountToken>,
+    /// Every other key, as the agent reads it (`endpoint`, `mode`, `client_id`, …).
+    #[serde(flatten)]
+    pub agent: serde_json::Map<String, serde_json::Value>,
+}
+
+/// The agent's Admin env for one credential mode, checked at start.
+#[derive(Debug, Clone)]
+pub struct AdminEnv {
+    /// The mode.
+    pub mode: AdminMode,
+    /// `FLYTE_AUTH_AGENT_ADMIN_*` vars.
+    pub env: Vec<(String, String)>,
+    /// The client secret to mount, if the mode uses one.
+    pub client_secret: Option<flyte_auth_proto::flyteidl::core::Secret>,
+    /// The service-account token to project, if the mode uses one.
+    pub service_account_token: Option<ServiceAccountToken>,
+}
+
+/// Why the configuration cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// One or more fields are wrong.
+    #[error("{0}")]
+    Invalid(ConfigErrors),
+}
+
+/// The service-account token file name inside its projected volume.
+pub const SA_TOKEN_FILE: &str = "token";
+
+impl Config {
+    /// Reads and checks the YAML file at `path`.
+    pub fn load(path: &Path) -> Result<Config, LoadError> {
+        let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(&text, &format!("config file {}", path.display())).map_err(LoadError::Invalid)
+    }
+
+    /// Parses and checks YAML `text` from `source` (for messages).
+    pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
+        let err = |field: &str, problem: String| ConfigError {
+            source: source.to_string(),
+            field: field.to_string(),
+            problem,
+        };
+        let config: Config = if text.trim().is_empty() {
+            Config::default()
+        } else {
+            let de = serde_yaml_ng::Deserializer::from_str(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let field = e.path().to_string();
+                ConfigErrors(vec![err(&field, e.into_inner().to_string())])
+            })?
+        };
+        config.check(source)?;
+        Ok(config)
+    }
+
+    /// Every problem serde cannot see.
+    fn check(&self, source: &str) -> Result<(), ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |field: &str, problem: String| {
+            errors.push(ConfigError {
+                source: source.to_string(),
+                field: field.to_string(),
+                problem,
+            })
+        };
+        if let Err(e) = crate::mutate::check_label_key(&self.opt_in.label) {
+            err("opt_in.label", e);
+        }
+        if self.opt_in.value.is_empty() {
+            err("opt_in.value", "is empty".into());
+        }
+        let agent = &self.agent;
+        if let Err(e) = crate::mutate::check_dns_label(&agent.name) {
+            err("agent.name", e);
+        }
+        if agent.image.trim().is_empty() {
+            err("agent.image", "is empty".into());
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&agent.image_pull_policy.as_str()) {
+            err(
+                "agent.image_pull_policy",
+                format!(
+                    "{:?} is not Always, IfNotPresent or Never",
+                    agent.image_pull_policy
+                ),
+            );
+        }
+        for (field, dir) in [
+            ("agent.tokens_dir", &agent.tokens_dir),
+            ("agent.socket_dir", &agent.socket_dir),
+            ("agent.secrets_dir", &agent.secrets_dir),
+            (
+                "agent.service_account_token_dir",
+                &agent.service_account_token_dir,
+            ),
+        ] {
+            if !dir.starts_with('/') || dir.contains(':') || dir.split('/').any(|c| c == "..") {
+                err(
+                    field,
+                    format!("{dir:?} is not an absolute path without '..' or ':'"),
+                );
+            }
+        }
+        if agent.run_as_user <= 0 {
+            err(
+                "agent.run_as_user",
+                "must be a non-root uid (above 0)".into(),
+            );
+        }
+        if agent.health_port == 0 {
+            err("agent.health_port", "must not be 0".into());
+        }
+        if !["text", "json"].contains(&agent.log_format.as_str()) {
+            err(
+                "agent.log_format",
+                format!("{:?} is not text or json", agent.log_format),
+            );
+        }
+        if agent.startup_timeout < Duration::from_secs(1) {
+            err("agent.startup_timeout", "must be at least 1s".into());
+        }
+        if self.server.max_body < 1024 {
+            err("server.max_body", "must be at least 1024 bytes".into());
+        }
+        if self.server.reload_interval.is_zero() {
+            err("server.reload_interval", "must be above zero".into());
+        }
+        if let Some(admin) = &self.admin {
+            if self.mode == InjectMode::InitOnly {
+                err(
+                    "admin",
+                    "the Admin proxy needs the sidecar; mode init-only has no socket".into(),
+                );
+            }
+            if let Some(sa) = &admin.service_account_token {
+                if sa.audience.is_empty() {
+                    err("admin.service_account_token.audience", "is empty".into());
+                }
+                // The API server's bounds for a projected token.
+                if !(600..=(1 << 32)).contains(&sa.expiration_seconds) {
+                    err(
+                        "admin.service_account_token.expiration_seconds",
+                        format!("{} is not between 600 and 2^32", sa.expiration_seconds),
+                    );
+                }
+            }
+            match self.admin_env(None) {
+                Ok(_) => {}
+                Err(ConfigErrors(e)) => errors.extend(e),
+            }
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The agent's Admin env for `mode` (`None`: the configured one), checked by the agent's own
+    /// rules; `Ok(None)` when no Admin proxy is configured.
+    pub fn admin_env(&self, mode: Option<AdminMode>) -> Result<Option<AdminEnv>, ConfigErrors> {
+        let Some(admin) = &self.admin else {
+            return Ok(None);
+        };
+        let mut section = admin.agent.clone();
+        if let Some(mode) = mode {
+            section.insert("mode".into(), mode.as_str().into());
+        }
+        let token_file = format!(
+            "{}/{SA_TOKEN_FILE}",
+            self.agent.service_account_token_dir.trim_end_matches('/')
+        );
+        let checked = admin_section_env(
+            serde_json::Value::Object(section),
+            "injector config",
+            &token_file,
+            self.agent.allow_insecure_http,
+        )?;
+        let needs_sa = matches!(checked.mode, AdminMode::JwtBearer | AdminMode::TokenExchange);
+        let service_account_token = if needs_sa {
+            match &admin.service_account_token {
+                Some(sa) => Some(sa.clone()),
+                None => {
+                    return Err(ConfigErrors(vec![ConfigError {
+                        source: "injector config".into(),
+                        field: "admin.service_account_token".into(),
+                        problem: format!(
+                            "is missing (mode {} needs the audience of the projected service-account token)",
+                            checked.mode.as_str()
+                        ),
+                    }]))
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Some(AdminEnv {
+            mode: checked.mode,
+            env: checked.env,
+            client_secret: checked.client_secret,
+            service_account_token,
+        }))
+    }
+}
+
+fn de_duration<'de, D: serde::Deserializer<'de>>(de: D) -> Result<Duration, D::Error> {
+    let s = String::deserialize(de)?;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        serde::de::Error::custom(format!("{s:?} is not a duration like 10s or 1h30m ({e})"))
+    })
+}

@@ -572,12 +572,13 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
     policy
 }
 
-/// Validates token requests given as flyteidl JSON values (with the agent's extensions) from
-/// `source`, by exactly the rules the agent applies at start, except that secrets are not read:
-/// for a caller that has none to read, such as the injector validating a pod's annotations.
-/// Every problem is reported, each naming its field (`[i].client.clientId`).
+/// Validates token requests given as flyteidl JSON values (with the agent's extensions), each
+/// with the path that names it in messages (`[0]`, or an annotation key), all from `source`, by
+/// exactly the rules the agent applies at start, except that secrets are not read: for a caller
+/// that has none to read, such as the injector validating a pod's annotations. Every problem is
+/// reported, each naming its field (`[0].client.clientId`).
 pub fn validate_token_requests(
-    values: Vec<serde_json::Value>,
+    items: Vec<(String, serde_json::Value)>,
     source: &str,
     allow_insecure_http: bool,
 ) -> Result<Vec<TokenRequest>, ConfigErrors> {
@@ -587,10 +588,9 @@ pub fn validate_token_requests(
         env: &no_env,
         errors: Vec::new(),
     };
-    let items = values
+    let items = items
         .into_iter()
-        .enumerate()
-        .map(|(i, v)| (source.to_string(), format!("[{i}]"), v))
+        .map(|(path, v)| (source.to_string(), path, v))
         .collect();
     let requests =
         collect_token_requests(items, allow_insecure_http, None, &mut l, &mut Vec::new());

@@ -1,14 +1,703 @@
-//! What is added to a pod: the agent container, its volumes, the task containers' mounts and
-//! env, as JSONPatch operations over the pod the API server sent.
+//! What is added to a pod: the agent container, its volumes, and the task containers' mounts and
+//! env, as JSONPatch `add`/`replace` operations against the pod the API server sent. Every value
+//! is a typed `k8s-openapi` object; the pod is only read, so fields this crate's Kubernetes
+//! version does not know are left exactly as they were.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use flyte_auth_agent::config::{ENV_SOCKET, ENV_TOKEN_REQUESTS};
+use flyte_auth_agent::secret::{SecretResolver, SecretsConfig};
+use flyte_auth_proto::flyteidl::core::{secret::MountType, Secret};
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, Patch, PatchOperation, ReplaceOperation};
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, KeyToPath,
+    Pod, Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecretVolumeSource,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
+};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use serde::Serialize;
+
+use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, SA_TOKEN_FILE};
+use crate::requests::PodRequests;
+
+/// The annotation marking a pod the injector has already changed (value: the mode).
+pub const INJECTED_ANNOTATION: &str = "flyte.org/auth-agent-injected";
+/// The agent's socket file name inside the socket directory.
+pub const SOCKET_FILE: &str = "agent.sock";
+/// The env var flytekit reads Admin's endpoint from.
+pub const ENV_PLATFORM_URL: &str = "FLYTE_PLATFORM_URL";
+/// The env var that makes flytekit use plaintext (the unix socket).
+pub const ENV_PLATFORM_INSECURE: &str = "FLYTE_PLATFORM_INSECURE";
+/// The env var that tells a task where its token files are.
+pub const ENV_TOKENS_PATH_PREFIX: &str = "FLYTE_TOKENS_PATH_PREFIX";
+/// The env prefix flytekit (and the agent) look secrets up with.
+const SECRETS_ENV_PREFIX: &str = "_FSEC_";
+
+/// A pod's patch and what the requester should know about it.
+#[derive(Debug, Clone, Default)]
+pub struct Mutation {
+    /// The operations, in order.
+    pub patch: Patch,
+    /// Warnings for the API client (kept or replaced env vars).
+    pub warnings: Vec<String>,
+}
+
+/// Everything one pod gets, decided before any patch is written.
+struct Plan<'a> {
+    config: &'a Config,
+    requests: &'a PodRequests,
+    admin: Option<&'a AdminEnv>,
+    secrets: SecretMounts,
+}
+
+impl Plan<'_> {
+    fn sidecar(&self) -> bool {
+        self.config.mode == InjectMode::Sidecar
+    }
+
+    fn volume_name(&self, suffix: &str) -> String {
+        format!("{}-{suffix}", self.config.agent.name)
+    }
+
+    fn socket_path(&self) -> String {
+        format!(
+            "{}/{SOCKET_FILE}",
+            self.config.agent.socket_dir.trim_end_matches('/')
+        )
+    }
+}
+
+/// The client secrets the agent needs: files in one `secret` volume per Kubernetes Secret, and
+/// env vars for the ones that must come from the environment.
+#[derive(Debug, Default)]
+struct SecretMounts {
+    /// Secret name → (file path inside its volume → data key).
+    files: BTreeMap<String, BTreeMap<String, String>>,
+    /// Env var → (Secret name, data key).
+    env: BTreeMap<String, (String, String)>,
+}
+
+/// The pod with the agent added, as a patch; or every reason it cannot be.
+pub fn mutate(
+    config: &Config,
+    pod: &Pod,
+    requests: &PodRequests,
+    admin: Option<&AdminEnv>,
+) -> Result<Mutation, Vec<String>> {
+    let mut problems = Vec::new();
+    let secrets = secret_mounts(config, requests, admin, &mut problems);
+    let plan = Plan {
+        config,
+        requests,
+        admin,
+        secrets,
+    };
+    let volumes = volumes(&plan);
+    check_collisions(&plan, pod, &volumes, &mut problems);
+    let agent = agent_container(&plan);
+    if let Err(e) = check_dns_label(&agent.name) {
+        problems.push(format!("agent.name in the injector config: {e}"));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+
+    let mut ops = Ops::default();
+    let spec = pod.spec.as_ref();
+    match spec.and_then(|s| s.init_containers.as_ref()) {
+        // First, so that the pod's own init containers can use the tokens too.
+        Some(_) => ops.add(&["spec", "initContainers", "0"], &agent),
+        None => ops.add(&["spec", "initContainers"], [&agent]),
+    }
+    match spec.and_then(|s| s.volumes.as_ref()) {
+        Some(_) => volumes
+            .iter()
+            .for_each(|v| ops.add(&["spec", "volumes", "-"], v)),
+        None => ops.add(&["spec", "volumes"], &volumes),
+    }
+    let mut warnings = Vec::new();
+    let mounts = task_mounts(&plan);
+    let env = task_env(&plan);
+    let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
+    for (i, container) in containers.iter().enumerate() {
+        patch_task_container(&plan, i, container, &mounts, &env, &mut ops, &mut warnings);
+    }
+    let mode = match config.mode {
+        InjectMode::Sidecar => "sidecar",
+        InjectMode::InitOnly => "init-only",
+    };
+    match pod.metadata.annotations.as_ref() {
+        Some(_) => ops.add(&["metadata", "annotations", INJECTED_ANNOTATION], mode),
+        None => ops.add(
+            &["metadata", "annotations"],
+            BTreeMap::from([(INJECTED_ANNOTATION, mode)]),
+        ),
+    }
+    Ok(Mutation {
+        patch: Patch(ops.0),
+        warnings,
+    })
+}
+
+/// Whether the injector has already changed this pod (re-invocation, or a pod copied from one).
+pub fn already_injected(config: &Config, pod: &Pod) -> bool {
+    let marked = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .is_some_and(|a| a.contains_key(INJECTED_ANNOTATION));
+    marked && has_container(pod, &config.agent.name)
+}
+
+fn has_container(pod: &Pod, name: &str) -> bool {
+    pod.spec.as_ref().is_some_and(|s| {
+        s.containers
+            .iter()
+            .chain(s.init_containers.iter().flatten())
+            .any(|c| c.name == name)
+    })
+}
+
+/// The secrets of every token request and of the Admin credential, by how the agent reads them.
+fn secret_mounts(
+    config: &Config,
+    requests: &PodRequests,
+    admin: Option<&AdminEnv>,
+    problems: &mut Vec<String>,
+) -> SecretMounts {
+    let resolver = resolver(config);
+    let mut mounts = SecretMounts::default();
+    let admin_secret = admin.and_then(|a| a.client_secret.as_ref());
+    let secrets = requests
+        .requests
+        .iter()
+        .map(|r| (format!("token request {:?}", r.name), &r.client_secret))
+        .chain(admin_secret.map(|s| ("admin.client_secret".to_string(), s)));
+    for (what, secret) in secrets {
+        let custom_env = Some(secret.env_var.as_str()).filter(|v| !v.is_empty());
+        if secret.mount_requirement == MountType::EnvVar as i32 || custom_env.is_some() {
+            let var = custom_env
+                .map(str::to_string)
+                .unwrap_or_else(|| resolver.env_var_name(secret));
+            if let Err(e) = check_env_name(&var) {
+                problems.push(format!("{what}: env var {e}"));
+                continue;
+            }
+            mounts
+                .env
+                .insert(var, (secret.group.clone(), secret.key.clone()));
+            if secret.mount_requirement == MountType::EnvVar as i32 {
+                continue;
+            }
+        }
+        let path = secret_file_path(&resolver, config, secret);
+        let files = mounts.files.entry(secret.group.clone()).or_default();
+        match files.get(&path) {
+            Some(key) if *key != secret.key => problems.push(format!(
+                "{what}: keys {key:?} and {:?} of Secret {:?} would be the same file {path:?} (flytekit lower-cases secret file names)",
+                secret.key, secret.group
+            )),
+            _ => {
+                files.insert(path, secret.key.clone());
+            }
+        }
+    }
+    mounts
+}
+
+/// The agent's secret lookup rules, over the directory the injector mounts secrets in.
+fn resolver(config: &Config) -> SecretResolver {
+    SecretResolver::new(
+        SecretsConfig {
+            default_dir: config.agent.secrets_dir.clone().into(),
+            env_prefix: SECRETS_ENV_PREFIX.into(),
+            file_prefix: String::new(),
+        },
+        Arc::new(std::collections::HashMap::<String, String>::new()),
+    )
+}
+
+/// Where the agent will look for `secret`, relative to its Secret's volume.
+fn secret_file_path(resolver: &SecretResolver, config: &Config, secret: &Secret) -> String {
+    let full = resolver.file_path(secret);
+    let volume_root = std::path::Path::new(&config.agent.secrets_dir).join(secret_dir(secret));
+    full.strip_prefix(&volume_root)
+        .unwrap_or(&full)
+        .to_string_lossy()
+        .into_owned()
+}
+
+/// The directory a Secret's volume is mounted at, under the secrets dir (flytekit lower-cases).
+fn secret_dir(secret: &Secret) -> String {
+    secret.group.to_lowercase()
+}
+
+fn volumes(plan: &Plan<'_>) -> Vec<Volume> {
+    let agent = &plan.config.agent;
+    let mut volumes = vec![Volume {
+        name: plan.volume_name("tokens"),
+        empty_dir: Some(EmptyDirVolumeSource {
+            // Tokens never touch the node's disk.
+            medium: Some("Memory".into()),
+            size_limit: Some(agent.tokens_size_limit.clone()),
+        }),
+        ..Default::default()
+    }];
+    if plan.sidecar() {
+        volumes.push(Volume {
+            name: plan.volume_name("socket"),
+            empty_dir: Some(EmptyDirVolumeSource {
+                medium: Some("Memory".into()),
+                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
+                    "1Mi".into(),
+                )),
+            }),
+            ..Default::default()
+        });
+    }
+    for (i, (group, files)) in plan.secrets.files.iter().enumerate() {
+        volumes.push(Volume {
+            name: plan.volume_name(&format!("secret-{i}")),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(group.clone()),
+                items: Some(
+                    files
+                        .iter()
+                        .map(|(path, key)| KeyToPath {
+                            key: key.clone(),
+                            path: path.clone(),
+                            mode: None,
+                        })
+                        .collect(),
+                ),
+                // Readable by the agent's non-root uid; no other container mounts it.
+                default_mode: Some(0o444),
+                optional: Some(false),
+            }),
+            ..Default::default()
+        });
+    }
+    if let Some(sa) = plan.admin.and_then(|a| a.service_account_token.as_ref()) {
+        volumes.push(Volume {
+            name: plan.volume_name("sa-token"),
+            projected: Some(ProjectedVolumeSource {
+                default_mode: Some(0o444),
+                sources: Some(vec![VolumeProjection {
+                    service_account_token: Some(ServiceAccountTokenProjection {
+                        audience: Some(sa.audience.clone()),
+                        expiration_seconds: Some(sa.expiration_seconds),
+                        path: SA_TOKEN_FILE.into(),
+                    }),
+                    ..Default::default()
+                }]),
+            }),
+            ..Default::default()
+        });
+    }
+    volumes
+}
+
+/// Refuses names the pod already uses for something else: the agent container's, and every
+/// volume's, and mount paths a task container already mounts.
+fn check_collisions(plan: &Plan<'_>, pod: &Pod, volumes: &[Volume], problems: &mut Vec<String>) {
+    let Some(spec) = pod.spec.as_ref() else {
+        problems.push("the pod has no spec".into());
+        return;
+    };
+    let name = &plan.config.agent.name;
+    if has_container(pod, name) {
+        problems.push(format!(
+            "the pod already has a container named {name:?}; rename it, or set agent.name in the injector config"
+        ));
+    }
+    for volume in volumes {
+        if spec.volumes.iter().flatten().any(|v| v.name == volume.name) {
+            problems.push(format!(
+                "the pod already has a volume named {:?}; rename it, or set agent.name in the injector config",
+                volume.name
+            ));
+        }
+    }
+    for container in &spec.containers {
+        for mount in task_mounts(plan) {
+            if container
+                .volume_mounts
+                .iter()
+                .flatten()
+                .any(|m| m.mount_path.trim_end_matches('/') == mount.mount_path)
+            {
+                problems.push(format!(
+                    "container {:?} already mounts something at {}, where the agent's {} go",
+                    container.name,
+                    mount.mount_path,
+                    if mount.name.ends_with("tokens") {
+                        "token files"
+                    } else {
+                        "socket"
+                    }
+                ));
+            }
+        }
+    }
+}
+
+/// The agent: a native sidecar (or a plain init container in init-only mode), locked down.
+fn agent_container(plan: &Plan<'_>) -> Container {
+    let agent = &plan.config.agent;
+    let mut args = vec!["serve".to_string()];
+    if !plan.sidecar() {
+        args.extend([
+            "--once".into(),
+            "--once-timeout".into(),
+            humantime::format_duration(agent.once_timeout).to_string(),
+        ]);
+    }
+    let probe = |path: &str| Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::Int(i32::from(agent.health_port)),
+            ..Default::default()
+        }),
+        period_seconds: Some(1),
+        timeout_seconds: Some(1),
+        ..Default::default()
+    };
+    let startup_probe = Probe {
+        // /readyz answers 200 once every requested token is on disk: the task starts then.
+        failure_threshold: Some(
+            i32::try_from(agent.startup_timeout.as_secs().max(1)).unwrap_or(i32::MAX),
+        ),
+        ..probe("/readyz")
+    };
+    let liveness_probe = Probe {
+        period_seconds: Some(10),
+        failure_threshold: Some(3),
+        ..probe("/healthz")
+    };
+    let mut mounts = vec![VolumeMount {
+        name: plan.volume_name("tokens"),
+        mount_path: agent.tokens_dir.clone(),
+        ..Default::default()
+    }];
+    if plan.sidecar() {
+        mounts.push(VolumeMount {
+            name: plan.volume_name("socket"),
+            mount_path: agent.socket_dir.clone(),
+            ..Default::default()
+        });
+    }
+    for (i, group) in plan.secrets.files.keys().enumerate() {
+        mounts.push(VolumeMount {
+            name: plan.volume_name(&format!("secret-{i}")),
+            mount_path: format!(
+                "{}/{}",
+                agent.secrets_dir.trim_end_matches('/'),
+                group.to_lowercase()
+            ),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    if plan
+        .admin
+        .is_some_and(|a| a.service_account_token.is_some())
+    {
+        mounts.push(VolumeMount {
+            name: plan.volume_name("sa-token"),
+            mount_path: agent.service_account_token_dir.clone(),
+            read_only: Some(true),
+            ..Default::default()
+        });
+    }
+    Container {
+        name: agent.name.clone(),
+        image: Some(agent.image.clone()),
+        image_pull_policy: Some(agent.image_pull_policy.clone()),
+        args: Some(args),
+        env: Some(agent_env(plan)),
+        resources: Some(agent.resources.clone()),
+        restart_policy: plan.sidecar().then(|| "Always".to_string()),
+        startup_probe: plan.sidecar().then_some(startup_probe),
+        liveness_probe: plan.sidecar().then_some(liveness_probe),
+        security_context: Some(SecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(agent.run_as_user),
+            run_as_group: Some(agent.run_as_user),
+            read_only_root_filesystem: Some(true),
+            allow_privilege_escalation: Some(false),
+            privileged: Some(false),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                add: None,
+            }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                localhost_profile: None,
+            }),
+            ..Default::default()
+        }),
+        // An init-only failure then shows its last log lines in the pod's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(mounts),
+        ..Default::default()
+    }
+}
+
+/// The agent's env: its token requests, directories, secrets lookup and Admin settings.
+fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
+    let agent = &plan.config.agent;
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![
+        value(
+            ENV_TOKEN_REQUESTS,
+            serde_json::Value::Array(plan.requests.json.clone()).to_string(),
+        ),
+        value(ENV_TOKENS_PATH_PREFIX, agent.tokens_dir.clone()),
+        value("FLYTE_SECRETS_DEFAULT_DIR", agent.secrets_dir.clone()),
+        value("FLYTE_SECRETS_ENV_PREFIX", SECRETS_ENV_PREFIX.into()),
+        value("FLYTE_SECRETS_FILE_PREFIX", String::new()),
+        value("FLYTE_AUTH_AGENT_LOG_FORMAT", agent.log_format.clone()),
+        value("RUST_LOG", agent.log_level.clone()),
+    ];
+    if plan.sidecar() {
+        env.push(value(ENV_SOCKET, plan.socket_path()));
+        env.push(value(
+            "FLYTE_AUTH_AGENT_HEALTH_ADDR",
+            // The kubelet probes the pod IP; the health port serves no token.
+            format!("0.0.0.0:{}", agent.health_port),
+        ));
+    }
+    if agent.allow_insecure_http {
+        env.push(value("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP", "true".into()));
+    }
+    for (var, (group, key)) in &plan.secrets.env {
+        env.push(EnvVar {
+            name: var.clone(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: group.clone(),
+                    key: key.clone(),
+                    optional: Some(false),
+                }),
+                ..Default::default()
+            }),
+        });
+    }
+    if let Some(admin) = plan.admin {
+        env.extend(admin.env.iter().map(|(k, v)| value(k, v.clone())));
+    }
+    env
+}
+
+/// What every task container mounts: the token files read-only, and the socket's directory.
+fn task_mounts(plan: &Plan<'_>) -> Vec<VolumeMount> {
+    let agent = &plan.config.agent;
+    let mut mounts = vec![VolumeMount {
+        name: plan.volume_name("tokens"),
+        mount_path: agent.tokens_dir.trim_end_matches('/').to_string(),
+        read_only: Some(true),
+        ..Default::default()
+    }];
+    if plan.sidecar() {
+        mounts.push(VolumeMount {
+            name: plan.volume_name("socket"),
+            mount_path: agent.socket_dir.trim_end_matches('/').to_string(),
+            ..Default::default()
+        });
+    }
+    mounts
+}
+
+/// The env every task container gets, in groups that are kept or replaced together.
+fn task_env(plan: &Plan<'_>) -> Vec<Vec<EnvVar>> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut groups = vec![vec![value(
+        ENV_TOKENS_PATH_PREFIX,
+        plan.config.agent.tokens_dir.clone(),
+    )]];
+    if plan.sidecar() {
+        groups.push(vec![value(ENV_SOCKET, plan.socket_path())]);
+        if plan.admin.is_some() {
+            // flytekit needs both: a unix:// endpoint with TLS would not connect.
+            groups.push(vec![
+                value(ENV_PLATFORM_URL, format!("unix://{}", plan.socket_path())),
+                value(ENV_PLATFORM_INSECURE, "true".into()),
+            ]);
+        }
+    }
+    groups
+}
+
+/// Adds the mounts and env to container `i`, keeping or replacing env vars it already sets.
+fn patch_task_container(
+    plan: &Plan<'_>,
+    i: usize,
+    container: &Container,
+    mounts: &[VolumeMount],
+    env_groups: &[Vec<EnvVar>],
+    ops: &mut Ops,
+    warnings: &mut Vec<String>,
+) {
+    let index = i.to_string();
+    let base = ["spec", "containers", index.as_str()];
+    match container.volume_mounts.as_ref() {
+        Some(_) => mounts
+            .iter()
+            .for_each(|m| ops.add(&[&base[..], &["volumeMounts", "-"]].concat(), m)),
+        None => ops.add(&[&base[..], &["volumeMounts"]].concat(), mounts),
+    }
+    let existing = container.env.as_deref().unwrap_or_default();
+    let position = |name: &str| existing.iter().position(|e| e.name == name);
+    let mut added = Vec::new();
+    for group in env_groups {
+        let clashes: Vec<(usize, &EnvVar)> = group
+            .iter()
+            .filter_map(|e| position(&e.name).map(|j| (j, e)))
+            .collect();
+        if clashes.is_empty() {
+            added.extend(group.iter().cloned());
+            continue;
+        }
+        let names: Vec<&str> = group.iter().map(|e| e.name.as_str()).collect();
+        match plan.config.env_conflict {
+            EnvConflict::Keep => warnings.push(format!(
+                "container {:?}: kept its own {} (env_conflict: keep); the auth agent's value is not set",
+                container.name,
+                names.join(" and ")
+            )),
+            EnvConflict::Replace => {
+                warnings.push(format!(
+                    "container {:?}: replaced its {} with the auth agent's (env_conflict: replace)",
+                    container.name,
+                    names.join(" and ")
+                ));
+                for var in group {
+                    match position(&var.name) {
+                        Some(j) => ops.replace(
+                            &[&base[..], &["env", j.to_string().as_str()]].concat(),
+                            var,
+                        ),
+                        None => added.push(var.clone()),
+                    }
+                }
+            }
+        }
+    }
+    if added.is_empty() {
+        return;
+    }
+    match container.env.as_ref() {
+        Some(_) => added
+            .iter()
+            .for_each(|e| ops.add(&[&base[..], &["env", "-"]].concat(), e)),
+        None => ops.add(&[&base[..], &["env"]].concat(), &added),
+    }
+}
+
+/// JSONPatch operations under construction.
+#[derive(Default)]
+struct Ops(Vec<PatchOperation>);
+
+impl Ops {
+    fn add(&mut self, path: &[&str], value: impl Serialize) {
+        self.0.push(PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value: to_value(value),
+        }));
+    }
+
+    fn replace(&mut self, path: &[&str], value: impl Serialize) {
+        self.0.push(PatchOperation::Replace(ReplaceOperation {
+            path: PointerBuf::from_tokens(path.iter().copied()),
+            value: to_value(value),
+        }));
+    }
+}
+
+/// k8s-openapi types, strings and maps of strings always serialize.
+fn to_value(value: impl Serialize) -> serde_json::Value {
+    serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
 
 /// Checks a Kubernetes label key (`[prefix/]name`).
 pub fn check_label_key(key: &str) -> Result<(), String> {
-    let _ = key;
-    Ok(())
+    let (prefix, name) = match key.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, key),
+    };
+    if let Some(prefix) = prefix {
+        check_dns_subdomain(prefix).map_err(|e| format!("{key:?}: its prefix {e}"))?;
+    }
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{key:?} is not a label key ([prefix/]name, name at most 63 characters of letters, digits, '-', '_', '.', starting and ending alphanumeric)"))
+    }
 }
 
 /// Checks a DNS-1123 label (container and volume names).
 pub fn check_dns_label(name: &str) -> Result<(), String> {
-    let _ = name;
-    Ok(())
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a DNS-1123 label (at most 63 lower-case letters, digits and '-', not starting or ending with '-')"))
+    }
+}
+
+/// Checks a DNS-1123 subdomain (Secret names, label prefixes).
+pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|part| {
+            !part.is_empty()
+                && part
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !part.starts_with('-')
+                && !part.ends_with('-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)"))
+    }
+}
+
+/// Checks an env var name the way Kubernetes 1.30 does (`[-._a-zA-Z][-._a-zA-Z0-9]*`).
+fn check_env_name(name: &str) -> Result<(), String> {
+    let ok = name
+        .bytes()
+        .next()
+        .is_some_and(|b| b.is_ascii_alphabetic() || b"-._".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name:?} is not a valid env var name"))
+    }
 }

@@ -497,7 +497,14 @@ fn assert_contains(text: &str, needle: &str) {
 
 #[test]
 fn validation_without_secrets_applies_the_agents_rules_and_reads_nothing() {
-    let parse = |s: &str| -> Vec<serde_json::Value> { serde_json::from_str(s).unwrap() };
+    let parse = |s: &str| -> Vec<(String, serde_json::Value)> {
+        let values: Vec<serde_json::Value> = serde_json::from_str(s).unwrap();
+        values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("[{i}]"), v))
+            .collect()
+    };
     // A secret that exists nowhere is fine here: the injector has no secrets to read.
     let ok = validate_token_requests(
         parse(&format!("[{}, {}]", request("a"), request("b"))),

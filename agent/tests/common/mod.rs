@@ -298,8 +298,24 @@ pub struct AgentProcess {
     socket: PathBuf,
 }
 
+/// The agent binary: cargo's for the agent's own tests; for another package's tests (the
+/// injector's), the one cargo built beside them (`cargo test --workspace` builds it).
 pub fn agent_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_flyte-auth-agent")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = option_env!("CARGO_BIN_EXE_flyte-auth-agent") {
+            return bin.to_string();
+        }
+        let exe = std::env::current_exe().unwrap();
+        // target/<profile>/deps/<test> → target/<profile>/flyte-auth-agent
+        let bin = exe.parent().unwrap().parent().unwrap().join("flyte-auth-agent");
+        assert!(
+            bin.exists(),
+            "{} is missing: run `cargo build -p flyte-auth-agent` (tests/run builds it)",
+            bin.display()
+        );
+        bin.display().to_string()
+    })
 }
 
 impl AgentProcess {

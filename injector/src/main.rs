@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use flyte_auth_injector::config::{Config, LoadError};
 use flyte_auth_injector::review::Injector;
@@ -104,14 +105,20 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             };
             let injector = Arc::new(Injector::new(config));
             runtime()?.block_on(async move {
+                let listen = injector.config().server.listen;
+                let listener = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("cannot listen on {listen} (server.listen)"))?;
+                tracing::info!(address = %listener.local_addr()?, "serving AdmissionReviews on HTTPS");
                 let shutdown = CancellationToken::new();
                 let signal = shutdown.clone();
                 tokio::spawn(async move {
                     flyte_auth_agent::termination_signal().await;
-                    tracing::info!("shutting down");
                     signal.cancel();
                 });
-                flyte_auth_injector::server::run(injector, shutdown).await
+                flyte_auth_injector::server::run(listener, injector, shutdown).await?;
+                tracing::info!("stopped");
+                anyhow::Ok(())
             })?;
             Ok(ExitCode::SUCCESS)
         }

@@ -1,0 +1,309 @@
+//! The mutated pod spec, actually run: the injector mutates a pod, and this test does what the
+//! kubelet would with the agent container (its args, its env with `secretKeyRef`s resolved from a
+//! Secret store, its `secret` volumes' items written where they mount, its `emptyDir`s created)
+//! and starts the real agent binary that way, against the real oidc-provider and the FlyteAdmin
+//! stand-in. Then the task container's env alone (what the injector gave it) is used the way a
+//! task uses it: token files under `FLYTE_TOKENS_PATH_PREFIX`, the socket in
+//! `FLYTE_AUTH_AGENT_SOCKET`, flytekit's `FlyteRemote(Config.auto())` over `FLYTE_PLATFORM_URL`.
+//!
+//! Two departures from a cluster, both forced by running on one machine: the agent's directories
+//! are configured under a temp dir (the injector config's `agent.*_dir`), and its health port
+//! binds 127.0.0.1:0 instead of the `0.0.0.0:<port>` the kubelet probes (only loopback here).
+
+#[path = "../../agent/tests/common/mod.rs"]
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::{python, sget, workspace, Admin, AgentProcess, Idp, Pod};
+use flyte_auth_injector::config::Config;
+use flyte_auth_injector::review::{Injector, Outcome};
+use flyte_auth_proto::flyteidl::core::{
+    o_auth2_token_request, secret::MountType, OAuth2Client, OAuth2TokenRequest, Secret,
+};
+use serde_json::{json, Value};
+
+const PROPELLER_SECRET: &str = "propeller-secret-coherence";
+const READER_SECRET: &str = "reader-secret-coherence";
+const WRITER_SECRET: &str = "writer-secret-coherence";
+
+/// The Kubernetes Secrets of the namespace: name → data key → value.
+fn secret_store() -> BTreeMap<&'static str, BTreeMap<&'static str, &'static str>> {
+    BTreeMap::from([
+        (
+            "flyte-secret-auth",
+            BTreeMap::from([("client_secret", PROPELLER_SECRET)]),
+        ),
+        (
+            "reader-oauth",
+            BTreeMap::from([("client_secret", READER_SECRET)]),
+        ),
+        (
+            "writer-oauth",
+            BTreeMap::from([("Secret_Value", WRITER_SECRET)]),
+        ),
+    ])
+}
+
+fn review_of(pod: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "c0ffee00-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "flytesnacks-development",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
+            "object": pod,
+        }
+    })
+}
+
+/// Applies the review's patch to its object.
+fn mutated(injector: &Injector, review: &Value) -> Value {
+    let reviewed = injector.review(&serde_json::to_vec(review).unwrap());
+    assert_eq!(reviewed.outcome, Outcome::Mutated);
+    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    pod
+}
+
+/// What the kubelet gives a container: its env with `secretKeyRef`s resolved.
+fn container_env(container: &Value) -> Vec<(String, String)> {
+    let store = secret_store();
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match e.get("value") {
+                Some(v) => v.as_str().unwrap().to_string(),
+                None => {
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    let (secret, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+                    store
+                        .get(secret)
+                        .and_then(|d| d.get(key))
+                        .unwrap_or_else(|| panic!("{name}: no key {key} in Secret {secret}"))
+                        .to_string()
+                }
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// What the kubelet makes of a container's volume mounts: `emptyDir`s created (shared by path),
+/// `secret` volumes' items written under their mount path.
+fn materialize_mounts(pod: &Value, container: &Value) {
+    let store = secret_store();
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let path = Path::new(mount["mountPath"].as_str().unwrap());
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("mount {mount} names no volume"));
+        std::fs::create_dir_all(path).unwrap();
+        if let Some(secret) = volume.get("secret") {
+            let name = secret["secretName"].as_str().unwrap();
+            for item in secret["items"].as_array().unwrap() {
+                let value = store[name][item["key"].as_str().unwrap()];
+                let file = path.join(item["path"].as_str().unwrap());
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, value).unwrap();
+            }
+        }
+    }
+}
+
+#[test]
+fn the_mutated_pod_runs_the_agent_and_the_task_uses_it() {
+    let idp = Idp::with_clients(&[
+        ("flytepropeller", PROPELLER_SECRET, "client_secret_basic"),
+        ("reader", READER_SECRET, "client_secret_basic"),
+        ("writer", WRITER_SECRET, "client_secret_post"),
+    ]);
+    let admin = Admin::start(json!({ "issuer": idp.issuer }));
+    let dirs = Pod::new();
+    for secret in [PROPELLER_SECRET, READER_SECRET, WRITER_SECRET] {
+        dirs.sensitive.add(secret);
+    }
+    let config = format!(
+        r#"
+agent:
+  tokens_dir: {tokens}
+  socket_dir: {socket}
+  secrets_dir: {secrets}
+  log_format: text
+admin:
+  endpoint: {admin}
+  insecure: true
+  mode: client-secret
+  client_id: flytepropeller
+  client_secret: {{group: flyte-secret-auth, key: client_secret}}
+"#,
+        tokens = dirs.tokens_dir().display(),
+        socket = dirs.socket().parent().unwrap().display(),
+        secrets = dirs.secrets_dir().display(),
+        admin = admin.address(),
+    );
+    let injector = Injector::new(Config::parse(&config, "coherence config").unwrap());
+
+    // One request as propeller would annotate it (a FILE secret), one in the JSON annotation
+    // (an ENV_VAR secret with a mixed-case key, client_secret_post).
+    let reader = OAuth2TokenRequest {
+        name: "reader".into(),
+        r#type: o_auth2_token_request::Type::ClientCredentials as i32,
+        client: Some(OAuth2Client {
+            client_id: "reader".into(),
+            client_secret: Some(Secret {
+                group: "reader-oauth".into(),
+                key: "client_secret".into(),
+                mount_requirement: MountType::File as i32,
+                ..Default::default()
+            }),
+        }),
+        idp_discovery_endpoint: idp.issuer.clone(),
+        ..Default::default()
+    };
+    let writer = json!([{
+        "name": "writer",
+        "client": {"clientId": "writer", "clientSecret": {"group": "writer-oauth", "key": "Secret_Value", "mountRequirement": "ENV_VAR"}},
+        "tokenEndpoint": idp.token_endpoint(),
+        "clientAuthMethod": "client_secret_post",
+    }]);
+    let pod = json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {
+            "name": "coherence-n0-0",
+            "labels": {"flyte.org/auth-agent": "enabled"},
+            "annotations": {
+                "flyte.tokens/t0": flyte_auth_proto::annotation::encode(&reader),
+                "flyte.org/token-requests": writer.to_string(),
+            },
+        },
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{"name": "task", "image": "flytekit", "env": [
+                {"name": "FLYTE_INTERNAL_EXECUTION_PROJECT", "value": "flytesnacks"},
+                {"name": "FLYTE_INTERNAL_EXECUTION_DOMAIN", "value": "development"},
+            ]}],
+        },
+    });
+    let pod = mutated(&injector, &review_of(pod));
+    let agent = &pod["spec"]["initContainers"][0];
+    let task = &pod["spec"]["containers"][0];
+
+    // The sidecar, as the kubelet would start it.
+    materialize_mounts(&pod, agent);
+    let args: Vec<String> = agent["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(args, ["serve"]);
+    let mut env = container_env(agent);
+    for (k, v) in env.iter_mut() {
+        if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
+            assert_eq!(v, "0.0.0.0:9911");
+            *v = "127.0.0.1:0".into();
+        }
+    }
+    let process = AgentProcess::start(
+        &dirs,
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+        &env,
+    );
+    // The startup probe: the task starts once /readyz says every token is there.
+    let probe = &agent["startupProbe"]["httpGet"];
+    process.wait_ready(Duration::from_secs(30));
+    let (status, _) = process.health_get(probe["path"].as_str().unwrap());
+    assert_eq!(status, 200);
+
+    // The task: only its own env, which holds nothing secret.
+    let task_env = container_env(task);
+    for (k, v) in &task_env {
+        for secret in [PROPELLER_SECRET, READER_SECRET, WRITER_SECRET] {
+            assert!(!v.contains(secret), "task env {k} holds a client secret");
+        }
+    }
+    let get = |name: &str| -> String {
+        task_env
+            .iter()
+            .find(|(k, _)| k == name)
+            .unwrap_or_else(|| panic!("task env has no {name}"))
+            .1
+            .clone()
+    };
+    let prefix = get("FLYTE_TOKENS_PATH_PREFIX");
+    let tokens_mount = task["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["mountPath"] == prefix.as_str())
+        .expect("the task mounts the tokens directory at FLYTE_TOKENS_PATH_PREFIX");
+    assert_eq!(tokens_mount["readOnly"], true);
+    for (name, client) in [("reader", "reader"), ("writer", "writer")] {
+        let token = std::fs::read_to_string(Path::new(&prefix).join(name)).unwrap();
+        dirs.sensitive.add(token.clone());
+        let claims = idp.verify(&token, "flyteadmin");
+        assert_eq!(claims["client_id"], client, "{name}");
+    }
+    let socket = get("FLYTE_AUTH_AGENT_SOCKET");
+    let (status, body) = sget(Path::new(&socket), "/v1/tokens/writer", "text/plain");
+    assert_eq!(status, 200);
+    assert_eq!(
+        body,
+        std::fs::read_to_string(Path::new(&prefix).join("writer")).unwrap()
+    );
+
+    // Real flytekit and the agent's Python package, with exactly the task's env.
+    let mut python_env = task_env.clone();
+    python_env.push(("HOME".into(), dirs.dir.path().display().to_string()));
+    let run = |args: &[&str]| -> Value {
+        let out = Command::new(python())
+            .arg(workspace().join("tests/python/admin_scenarios.py"))
+            .args(args)
+            .env_clear()
+            .envs(python_env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{args:?}:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    let token = run(&["token", "reader"]);
+    assert_eq!(
+        token["token"].as_str().unwrap(),
+        std::fs::read_to_string(Path::new(&prefix).join("reader")).unwrap()
+    );
+    assert_eq!(
+        get("FLYTE_PLATFORM_URL"),
+        format!("unix://{socket}"),
+        "flytekit's endpoint is the agent's socket"
+    );
+    let remote = run(&["remote"]);
+    assert_eq!(remote["execution"], "seed", "{remote}");
+    drop(process);
+}

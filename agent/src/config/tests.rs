@@ -539,3 +539,76 @@ fn validation_without_secrets_applies_the_agents_rules_and_reads_nothing() {
         assert!(joined.contains(needle), "{needle:?} in:\n{joined}");
     }
 }
+
+#[test]
+fn an_admin_section_for_an_agent_elsewhere_is_checked_and_carried_as_env() {
+    let section = serde_json::json!({
+        "endpoint": "dns:///flyteadmin.flyte:81",
+        "insecure": true,
+        "mode": "jwt-bearer",
+        "client_id": "flytepropeller",
+        "scopes": ["all", "offline"],
+        "allowed_methods": ["flyteidl.service.AdminService/*"],
+    });
+    let checked = admin_section_env(section, "injector config", "/sa/token", false).unwrap();
+    assert_eq!(checked.mode, AdminMode::JwtBearer);
+    let env: HashMap<String, String> = checked.env.into_iter().collect();
+    assert_eq!(env["FLYTE_AUTH_AGENT_ADMIN_SCOPES"], "all offline");
+    assert_eq!(
+        env["FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS"],
+        "flyteidl.service.AdminService/*"
+    );
+    // The projected token does not exist here; it is mounted where the agent runs.
+    assert_eq!(env["FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE"], "/sa/token");
+    // The env reads back, through the agent's own loader, as the same section.
+    let config = Config::load(None, Arc::new(env)).unwrap_err();
+    assert!(
+        config
+            .to_string()
+            .contains("admin.token_file: cannot read /sa/token"),
+        "{config}"
+    );
+
+    let problems = |section: serde_json::Value| {
+        admin_section_env(section, "injector config", "/sa/token", false)
+            .unwrap_err()
+            .to_string()
+    };
+    let p = problems(
+        serde_json::json!({"endpoint": "x:1", "mode": "client-secret", "client_id": "c", "clinet_secret": {}}),
+    );
+    assert!(p.contains("unknown field `clinet_secret`"), "{p}");
+    let p = problems(
+        serde_json::json!({"endpoint": "x:1", "mode": "jwt-bearer", "client_id": "c", "token_file": "/t"}),
+    );
+    assert!(
+        p.contains("admin.token_file: is set by the injector"),
+        "{p}"
+    );
+    let p = problems(serde_json::json!({"endpoint": "grpc://x", "mode": "kerberos"}));
+    for needle in [
+        "injector config: admin.endpoint: \"grpc://x\" is not an Admin endpoint",
+        "admin.mode: \"kerberos\" is not client-secret",
+    ] {
+        assert!(p.contains(needle), "{needle:?} in:\n{p}");
+    }
+    let p =
+        problems(serde_json::json!({"endpoint": "x:1", "mode": "client-secret", "client_id": "c"}));
+    assert!(
+        p.contains("admin.client_secret: is missing (mode client-secret)"),
+        "{p}"
+    );
+    // A client-secret section carries no token file.
+    let checked = admin_section_env(
+        serde_json::json!({"endpoint": "x:1", "mode": "client-secret", "client_id": "c", "client_secret": {"group": "g", "key": "k"}}),
+        "injector config",
+        "/sa/token",
+        false,
+    )
+    .unwrap();
+    assert!(checked
+        .env
+        .iter()
+        .all(|(k, _)| k != "FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE"));
+    assert_eq!(checked.client_secret.unwrap().group, "g");
+}

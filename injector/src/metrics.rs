@@ -54,6 +54,19 @@ impl Metrics {
             "Changed certificate files read after start, by result (ok, or error: old certificate kept)",
             reloads.clone(),
         );
+        // Every series exists from the start, so a rate or an alert on it never sees "absent".
+        for outcome in [
+            Outcome::Mutated,
+            Outcome::Unchanged,
+            Outcome::Skipped,
+            Outcome::Denied,
+            Outcome::Invalid,
+        ] {
+            let _ = reviews.get_or_create(&[("outcome", outcome.as_str())]);
+        }
+        for result in ["ok", "error"] {
+            let _ = reloads.get_or_create(&[("result", result)]);
+        }
         let expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -115,6 +128,8 @@ mod tests {
             "flyte_auth_injector_reviews_total{outcome=\"denied\"} 1",
             "flyte_auth_injector_review_duration_seconds_count 3",
             "flyte_auth_injector_certificate_reloads_total{result=\"error\"} 1",
+            "flyte_auth_injector_certificate_reloads_total{result=\"ok\"} 0",
+            "flyte_auth_injector_reviews_total{outcome=\"skipped\"} 0",
             "flyte_auth_injector_certificate_expiry_timestamp_seconds 1900000000",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -395,6 +395,12 @@ impl Config {
         if let Some(mode) = mode {
             section.insert("mode".into(), mode.as_str().into());
         }
+        if section.get("mode").and_then(|m| m.as_str()) == Some(AdminMode::JwtBearer.as_str()) {
+            // The assertion is the service-account token: a configured secret (for pods on
+            // client-secret) would only be mounted and read for nothing.
+            section.remove("client_secret");
+            section.remove("client_auth_method");
+        }
         let token_file = format!(
             "{}/{SA_TOKEN_FILE}",
             self.agent.service_account_token_dir.trim_end_matches('/')
@@ -405,7 +411,10 @@ impl Config {
             &token_file,
             self.agent.allow_insecure_http,
         )?;
-        let needs_sa = matches!(checked.mode, AdminMode::JwtBearer | AdminMode::TokenExchange);
+        let needs_sa = matches!(
+            checked.mode,
+            AdminMode::JwtBearer | AdminMode::TokenExchange
+        );
         let service_account_token = if needs_sa {
             match &admin.service_account_token {
                 Some(sa) => Some(sa.clone()),

@@ -735,3 +735,103 @@ spec:
         }
     }
 }
+
+/// The example task pods validate, opt in with the label the shipped config selects, and carry
+/// the same token request in both annotation forms, as the injector itself reads them.
+#[test]
+fn example_task_pods_opt_in_and_decode() {
+    let root = repo();
+    let yaml = std::fs::read_to_string(root.join("deploy/examples/task-pod.yaml"))
+        .expect("deploy/examples/task-pod.yaml");
+    if let Err(report) = validate(&yaml) {
+        panic!("deploy/examples/task-pod.yaml is not valid:\n{report}");
+    }
+    let config = Config::parse(
+        &std::fs::read_to_string(root.join("deploy/base/config.yaml")).expect("config.yaml"),
+        "deploy/base/config.yaml",
+    )
+    .unwrap_or_else(|e| panic!("deploy/base/config.yaml: {e}"));
+    let pods: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).expect("YAML"))
+        .collect();
+    assert_eq!(pods.len(), 2, "a propeller-form pod and a JSON-form pod");
+    let mut decoded = Vec::new();
+    for pod in &pods {
+        let name = str_at(pod, "/metadata/name");
+        assert_eq!(
+            pod["metadata"]["labels"][&config.opt_in.label], config.opt_in.value,
+            "{name}: opts in with the configured label"
+        );
+        let annotations: BTreeMap<String, String> =
+            serde_json::from_value(at(pod, "/metadata/annotations").clone()).expect("annotations");
+        let requests = flyte_auth_injector::requests::from_annotations(&annotations, false)
+            .unwrap_or_else(|problems| panic!("{name}: {}", problems.join("\n")));
+        assert_eq!(requests.requests.len(), 1, "{name}: one token request");
+        // The agent's view of the request; `type` CLIENT_CREDENTIALS is proto3's default, which
+        // text format leaves out and the JSON example spells out.
+        let mut json = requests.json;
+        for request in &mut json {
+            let object = request.as_object_mut().expect("a request object");
+            if object.get("type") == Some(&json!("CLIENT_CREDENTIALS")) {
+                object.remove("type");
+            }
+        }
+        decoded.push(json);
+    }
+    assert!(
+        pods[0]["metadata"]["annotations"]
+            .as_object()
+            .expect("annotations")
+            .contains_key("flyte.tokens/t0"),
+        "the first pod uses propeller's form"
+    );
+    assert_eq!(decoded[0], decoded[1], "both forms carry the same request");
+    assert_eq!(decoded[0][0]["name"], "my-api");
+}
+
+/// The shipped config passes the real binary's `check`, and the init-certs Job's flags are ones
+/// the real binary accepts (run offline: `--kube` swapped for a temporary `--cert-dir`).
+#[test]
+fn shipped_config_and_job_flags_work_with_the_binary() {
+    let root = repo();
+    let bin = env!("CARGO_BIN_EXE_flyte-auth-injector");
+    let out = Command::new(bin)
+        .args(["check", "--config"])
+        .arg(root.join("deploy/base/config.yaml"))
+        .output()
+        .expect("run flyte-auth-injector check");
+    assert!(
+        out.status.success(),
+        "flyte-auth-injector check rejects deploy/base/config.yaml:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let r = Rendered::of(
+        &root.join("deploy/overlays/self-signed"),
+        "deploy/overlays/self-signed",
+    );
+    let container = at(r.one("Job"), "/spec/template/spec/containers/0");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("deploy-init-certs");
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("temp cert dir");
+    let args: Vec<&str> = strings(at(container, "/args"))
+        .into_iter()
+        .filter(|a| *a != "--kube")
+        .collect();
+    let out = Command::new(bin)
+        .args(&args)
+        .arg("--cert-dir")
+        .arg(&dir)
+        .env("POD_NAMESPACE", "flyte")
+        .output()
+        .expect("run flyte-auth-injector init-certs");
+    assert!(
+        out.status.success(),
+        "flyte-auth-injector {} --cert-dir … failed:\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for file in ["ca.crt", "tls.crt", "tls.key"] {
+        assert!(dir.join(file).exists(), "init-certs wrote no {file}");
+    }
+}

@@ -55,7 +55,8 @@ pub struct InitCertsArgs {
 /// Longest accepted `--valid-for`: a bound that keeps notAfter far inside X.509's date range.
 const MAX_VALID_FOR: Duration = Duration::from_secs(100 * 365 * 86_400);
 
-/// Why `init-certs` failed.
+/// Why `init-certs` failed. (kube's errors are boxed: they are large, and this is returned
+/// through every step.)
 #[derive(Debug, thiserror::Error)]
 pub enum CertsError {
     /// A flag's value cannot be used.
@@ -72,10 +73,10 @@ pub enum CertsError {
     #[error("the system clock is before the Unix epoch")]
     Clock,
     /// rcgen could not mint the certificates.
-    #[error("generating the CA and serving certificate: {0}")]
+    #[error("generating the CA and serving certificate")]
     Generate(#[source] rcgen::Error),
     /// The certificate directory could not be created.
-    #[error("creating certificate directory {path}: {source}")]
+    #[error("creating certificate directory {path}")]
     CreateDir {
         /// The directory.
         path: PathBuf,
@@ -84,7 +85,7 @@ pub enum CertsError {
         source: std::io::Error,
     },
     /// A certificate file exists but could not be read.
-    #[error("reading {path}: {source}")]
+    #[error("reading {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -93,7 +94,7 @@ pub enum CertsError {
         source: std::io::Error,
     },
     /// A certificate file could not be written (or its mode set).
-    #[error("writing {path}: {source}")]
+    #[error("writing {path}")]
     Write {
         /// The file.
         path: PathBuf,
@@ -102,13 +103,14 @@ pub enum CertsError {
         source: std::io::Error,
     },
     /// No Kubernetes client configuration (neither KUBECONFIG nor in-cluster) was usable.
+    // Shown, not chained: its message already spells out both attempts and their causes.
     #[error("loading Kubernetes client configuration: {0}")]
-    KubeConfig(#[source] kube::config::InferConfigError),
+    KubeConfig(Box<kube::config::InferConfigError>),
     /// The Kubernetes client could not be built from that configuration.
-    #[error("building the Kubernetes client: {0}")]
-    KubeClient(#[source] kube::Error),
+    #[error("building the Kubernetes client")]
+    KubeClient(#[source] Box<kube::Error>),
     /// An API call failed.
-    #[error("{action} {object}: {source}")]
+    #[error("{action} {object}")]
     Api {
         /// What was being done ("reading", "creating", …).
         action: &'static str,
@@ -116,7 +118,7 @@ pub enum CertsError {
         object: String,
         /// The client's error.
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The Secret kept changing under us (optimistic-concurrency conflicts on every attempt).
     #[error("{object}: still conflicting after {attempts} attempts (another writer?)")]
@@ -174,7 +176,7 @@ impl Plan {
         if args.valid_for.is_zero() || args.valid_for > MAX_VALID_FOR {
             return Err(CertsError::InvalidArg {
                 flag: "valid-for",
-                value: humantime::format_duration(args.valid_for).to_string(),
+                value: show(args.valid_for),
                 why: "must be more than 0 and at most 100 years",
             });
         }
@@ -182,8 +184,8 @@ impl Plan {
             // Allowed (tests use it to get a certificate due for renewal), but worth a word:
             // every run will replace the certificate.
             tracing::warn!(
-                valid_for = %humantime::format_duration(args.valid_for),
-                renew_before = %humantime::format_duration(args.renew_before),
+                valid_for = %show(args.valid_for),
+                renew_before = %show(args.renew_before),
                 "--renew-before is not shorter than --valid-for: the next run will renew again"
             );
         }
@@ -208,6 +210,17 @@ impl Plan {
         let fresh =
             bundle::generate(&self.names, now, self.valid_for).map_err(CertsError::Generate)?;
         Ok((fresh, outcome))
+    }
+}
+
+/// A duration as the flags spell it: whole days as `30d`, anything else in humantime's form
+/// (which would render `3650d` as "9years 11months 27days 21h 50m 24s").
+pub(crate) fn show(d: Duration) -> String {
+    const DAY: u64 = 86_400;
+    if d.subsec_nanos() == 0 && d.as_secs() % DAY == 0 && !d.is_zero() {
+        format!("{}d", d.as_secs() / DAY)
+    } else {
+        humantime::format_duration(d).to_string()
     }
 }
 
@@ -245,6 +258,13 @@ pub async fn run(args: InitCertsArgs) -> Result<(), CertsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn durations_shown_as_given() {
+        assert_eq!(show(Duration::from_secs(3650 * 86_400)), "3650d");
+        assert_eq!(show(Duration::from_secs(90)), "1m 30s");
+        assert_eq!(show(Duration::ZERO), "0s");
+    }
 
     #[test]
     fn dns_labels() {

@@ -6,10 +6,10 @@
 //!
 //! `--kube` mode: no real API server can run on this machine, so the binary talks to a STAND-IN
 //! — a small HTTP/1 server on 127.0.0.1 in this test, named by a kubeconfig passed through
-//! `KUBECONFIG` — that answers the four calls `init-certs` makes the way the API server does
-//! (404 `Status` objects, 201 on create, 409 on a stale `resourceVersion`, strategic-merge
-//! PATCH of webhooks by name) and records every request, so the tests assert the exact
-//! sequence of calls and their bodies.
+//! `KUBECONFIG` (plain http; kube's connector takes either) — that answers the calls
+//! `init-certs` makes the way the API server does (404 `Status` objects, 201 on create, 409 on a
+//! stale `resourceVersion` or an existing name, strategic-merge PATCH of webhooks by name) and
+//! records every request, so the tests assert the exact sequence of calls and their bodies.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -407,6 +407,8 @@ struct State {
     /// GETs of MutatingWebhookConfigurations answered 404 before the stored one shows (apply
     /// ordering).
     webhook_config_hidden_for: usize,
+    /// A Secret "another writer" creates just before our POST lands (which then gets 409).
+    secret_created_meanwhile: Option<Value>,
     requests: Vec<Recorded>,
     resource_version: u64,
 }
@@ -512,6 +514,10 @@ async fn answer(state: &Shared, req: Request<Incoming>) -> Response<Full<Bytes>>
         }
         ("POST", ["api", "v1", "namespaces", _ns, "secrets"]) => {
             let name = body["metadata"]["name"].as_str().unwrap_or_default();
+            if let Some(mut other) = st.secret_created_meanwhile.take() {
+                other["metadata"]["resourceVersion"] = json!(rv);
+                st.secrets.push(other);
+            }
             if named(&mut st.secrets, name).is_some() {
                 return status(
                     StatusCode::CONFLICT,
@@ -958,4 +964,42 @@ async fn kube_missing_webhook_configuration_is_an_error_naming_it() {
             format!("GET {MWC_PATH}"),
         ]
     );
+}
+
+#[tokio::test]
+async fn kube_create_race_rereads_and_keeps_the_other_writers_secret() {
+    let tmp = tempfile::tempdir().unwrap();
+    let theirs_dir = tmp.path().join("theirs");
+    assert_ok(&offline(&theirs_dir, &[]));
+    let theirs = read_dir_pems(&theirs_dir);
+    let state = Shared::default();
+    {
+        let mut st = state.lock().unwrap();
+        st.secret_created_meanwhile = Some(json!({
+            "apiVersion": "v1", "kind": "Secret", "type": "kubernetes.io/tls",
+            "metadata": {"name": "flyte-auth-injector-tls", "namespace": "flyte"},
+            "data": {"ca.crt": b64(&theirs.ca), "tls.crt": b64(&theirs.crt), "tls.key": b64(&theirs.key)},
+        }));
+        st.webhook_configs
+            .push(webhook_config("flyte-auth-injector", None));
+    }
+    let server = stand_in(state.clone()).await;
+    let kc = kubeconfig(tmp.path(), &server, "default");
+
+    let log = assert_ok(&kube_run(&kc, &[], &[]).await);
+    assert!(log.contains("raced another writer"), "{log}");
+    assert!(log.contains("kept"), "{log}");
+    let requests = std::mem::take(&mut state.lock().unwrap().requests);
+    assert_eq!(
+        lines(&requests),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("POST /api/v1/namespaces/flyte/secrets?{FIELD_MANAGER}"),
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("PATCH {MWC_PATH}?{FIELD_MANAGER}"),
+        ]
+    );
+    // The webhooks trust the Secret that won, not the one this run minted and lost.
+    assert_ca_patch(&requests[4], &theirs.ca);
 }

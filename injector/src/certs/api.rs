@@ -29,8 +29,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Ensures the Secret holds a valid bundle, then that the webhooks trust its CA.
 pub(super) async fn run(args: &InitCertsArgs, plan: &Plan) -> Result<(), CertsError> {
-    let config = Config::infer().await.map_err(CertsError::KubeConfig)?;
-    let client = Client::try_from(config).map_err(CertsError::KubeClient)?;
+    let config = Config::infer()
+        .await
+        .map_err(|e| CertsError::KubeConfig(Box::new(e)))?;
+    let client = Client::try_from(config).map_err(|e| CertsError::KubeClient(Box::new(e)))?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let ca_crt = ensure_secret(&secrets, args, plan).await?;
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client);
@@ -106,7 +108,7 @@ async fn ensure_ca_bundle(
             Ok(None) if attempt < attempts => {
                 // kustomize applies everything at once; the Job may run before the
                 // configuration exists.
-                tracing::info!(%object, attempt, retry_in = %humantime::format_duration(pause), "not found yet");
+                tracing::info!(%object, attempt, retry_in = %super::show(pause), "not found yet");
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(MAX_BACKOFF);
                 attempt += 1;
@@ -223,6 +225,6 @@ fn api_error<'a>(
     move |source| CertsError::Api {
         action,
         object: object.to_owned(),
-        source,
+        source: Box::new(source),
     }
 }

@@ -239,7 +239,7 @@ pub(crate) fn check(
             return Err(Invalid::Expiring {
                 file,
                 not_after: not_after.to_string(),
-                renew_before: humantime::format_duration(renew_before).to_string(),
+                renew_before: super::show(renew_before),
             });
         }
     }

@@ -724,6 +724,7 @@ spec:
             "apiVersion: example.com/v1\nkind: Widget\nmetadata: {name: w}\n".to_string(),
             "Widget/w: kind: no schema for Widget (example.com/v1)",
         ),
+        ("kind: [Pod\n".to_string(), "ERROR stdin: not YAML:"),
     ];
     for (doc, expected) in cases {
         match validate(&doc) {

@@ -11,9 +11,9 @@ server would prune is an error) and with `metadata` checked as a real ObjectMeta
 pinned cert-manager CRDs in tests/k8s/crds/ are loaded, `--crd` adds more. A kind with no schema at
 all is an error, never a silent pass.
 
-Prints one line per problem, `ERROR <source>: <Kind>/<name>: <field>: <problem>`, and exits 1 if
-there is any; otherwise one `ok` line per document and exit 0. Exit 2: bad usage (unsupported
-Kubernetes version, unreadable file).
+Prints one line per problem, `ERROR <source>: <Kind>/<name>: <field>: <problem>` (or `ERROR
+<source>: not YAML: …`), and exits 1 if there is any; otherwise one `ok` line per document and exit
+0. Exit 2: bad usage (unsupported Kubernetes version, unreadable file).
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ OBJECT_META = "io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
 
 class UsageError(Exception):
     """Exit 2: the command line or an input cannot be used at all."""
+
+
+class NotYaml(Exception):
+    """An input is not YAML: a problem with the input (exit 1), reported like the others."""
 
 
 class Loader(yaml.SafeLoader):
@@ -70,7 +74,7 @@ def read_documents(source: str) -> Iterator[tuple[int, Any]]:
     try:
         docs = list(yaml.load_all(text, Loader=Loader))
     except yaml.YAMLError as e:
-        raise UsageError(f"{source} is not YAML: {e}") from e
+        raise NotYaml(" ".join(str(e).split())) from e
     for i, doc in enumerate(docs):
         if doc is not None:
             yield i, doc
@@ -237,7 +241,13 @@ def main(argv: list[str]) -> int:
         failed = False
         for source in args.files:
             label = "stdin" if source == "-" else source
-            for index, doc in read_documents(source):
+            try:
+                documents = list(read_documents(source))
+            except NotYaml as e:
+                print(f"ERROR {label}: not YAML: {e}")
+                failed = True
+                continue
+            for index, doc in documents:
                 where = f"{label} (document {index + 1})"
                 found = list(problems(doc, schemas))
                 for field, problem in found:

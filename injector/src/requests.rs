@@ -84,7 +84,12 @@ pub fn from_annotations(
     let requests = match validate_token_requests(items, SOURCE, allow_insecure_http) {
         Ok(requests) => requests,
         Err(errors) => {
-            problems.extend(errors.0.iter().map(|e| format!("{}: {}", e.field, e.problem)));
+            problems.extend(
+                errors
+                    .0
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.problem)),
+            );
             Vec::new()
         }
     };

@@ -261,7 +261,11 @@ impl Injector {
 pub fn refuse(uid: Option<&str>, message: &str) -> Reviewed {
     let mut response = AdmissionResponse::invalid(format!("flyte-auth-injector: {message}"));
     response.uid = uid.unwrap_or_default().to_string();
-    tracing::info!(outcome = Outcome::Invalid.as_str(), reason = message, "review refused");
+    tracing::info!(
+        outcome = Outcome::Invalid.as_str(),
+        reason = message,
+        "review refused"
+    );
     Reviewed {
         body: encode(response),
         outcome: Outcome::Invalid,
@@ -285,7 +289,9 @@ fn encode(response: AdmissionResponse) -> Vec<u8> {
     // kube-core writes the patch as an array of bytes; the documented wire form is base64.
     if let Some(patch) = value.pointer_mut("/response/patch") {
         let bytes: Vec<u8> = serde_json::from_value(patch.take()).unwrap_or_default();
-        *patch = base64::engine::general_purpose::STANDARD.encode(bytes).into();
+        *patch = base64::engine::general_purpose::STANDARD
+            .encode(bytes)
+            .into();
     }
     serde_json::to_vec(&value).unwrap_or_default()
 }

@@ -335,6 +335,9 @@ fn an_admin_mode_needs_its_settings_and_a_sidecar() {
     );
 }
 
+/// A change to a review.
+type Edit = Box<dyn FnOnce(&mut Value)>;
+
 /// The propeller pod with `edit` applied to its review.
 fn propeller_review(edit: impl FnOnce(&mut Value)) -> Value {
     let mut review = yaml_file(&fixtures().join("reviews/propeller-tokens/review.yaml"));
@@ -361,7 +364,6 @@ fn token_request_json(edit: impl FnOnce(&mut Value)) -> String {
 fn every_denial_names_the_problem_and_patches_nothing() {
     let injector = default_injector();
     let b32 = flyte_auth_proto::annotation::encode_text;
-    type Edit = Box<dyn FnOnce(&mut Value)>;
     let cases: Vec<(&str, Edit, &str)> = vec![
         (
             "not base32",
@@ -542,7 +544,7 @@ fn a_mode_the_injector_cannot_serve_is_denied_naming_what_is_missing() {
 #[test]
 fn reviews_that_are_not_ours_pass_untouched() {
     let injector = default_injector();
-    let cases: Vec<(&str, Box<dyn FnOnce(&mut Value)>, Outcome)> = vec![
+    let cases: Vec<(&str, Edit, Outcome)> = vec![
         (
             "not a pod",
             Box::new(|r| r["request"]["kind"]["kind"] = json!("Deployment")),

@@ -308,7 +308,12 @@ pub fn agent_bin() -> &'static str {
         }
         let exe = std::env::current_exe().unwrap();
         // target/<profile>/deps/<test> → target/<profile>/flyte-auth-agent
-        let bin = exe.parent().unwrap().parent().unwrap().join("flyte-auth-agent");
+        let bin = exe
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .join("flyte-auth-agent");
         assert!(
             bin.exists(),
             "{} is missing: run `cargo build -p flyte-auth-agent` (tests/run builds it)",

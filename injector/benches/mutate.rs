@@ -203,6 +203,8 @@ async fn call(
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))
         .unwrap();
+    // The previous response being read is not enough: the dispatcher takes a moment to be free.
+    send.ready().await.unwrap();
     let response = send.send_request(req).await.unwrap();
     assert_eq!(response.status(), 200);
     response

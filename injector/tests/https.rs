@@ -11,6 +11,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use base64::Engine as _;
 use bytes::Bytes;
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
@@ -237,6 +238,8 @@ impl Conn {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .unwrap();
+        // A read response does not mean the dispatcher is free for the next one yet.
+        self.send.ready().await.unwrap();
         let response = self.send.send_request(req).await.unwrap();
         let status = response.status().as_u16();
         let content_type = response
@@ -406,6 +409,70 @@ async fn a_review_over_https_gets_the_injectors_answer_on_kept_alive_connections
 
     server.shutdown.cancel();
     server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn init_certs_output_serves_a_patch_to_a_client_trusting_only_its_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(binary())
+        .args([
+            "init-certs",
+            "--service-name",
+            "flyte-auth-injector",
+            "--namespace",
+            "flyte",
+        ])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let mut config = Config::default();
+    config.server.cert_file = dir.path().join("tls.crt");
+    config.server.key_file = dir.path().join("tls.key");
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let injector = Arc::new(Injector::new(config));
+    let shutdown = CancellationToken::new();
+    let task = tokio::spawn(server::run(listener, injector.clone(), shutdown.clone()));
+
+    // The name the API server uses: the Service's DNS name.
+    let host = "flyte-auth-injector.flyte.svc";
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .resolve(host, addr)
+        .build()
+        .unwrap();
+    let url = format!("https://{host}:{}/mutate", addr.port());
+    let body = review("from-init-certs", true);
+    // The first tries may come before `run` has read the files.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match client.post(&url).body(body.clone()).send().await {
+            Ok(response) => break response,
+            Err(e) => assert!(Instant::now() < deadline, "not served: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(response.status(), 200);
+    let answer = parse(&response.bytes().await.unwrap());
+    assert_eq!(answer["response"]["uid"], "from-init-certs");
+    assert_eq!(answer["response"]["allowed"], true);
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    assert!(!patch.0.is_empty());
+
+    shutdown.cancel();
+    task.await.unwrap().unwrap();
 }
 
 #[tokio::test]

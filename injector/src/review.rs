@@ -95,28 +95,43 @@ impl Injector {
     /// Answers one AdmissionReview request body. Never panics on any input; a body that is not
     /// a review gets a review that refuses, naming the problem.
     pub fn review(&self, body: &[u8]) -> Reviewed {
-        let review: AdmissionReview<DynamicObject> = match serde_json::from_slice(body) {
-            Ok(review) => review,
-            Err(e) => {
-                return refuse(
-                    uid_of(body).as_deref(),
-                    &format!("the body is not an AdmissionReview: {e}"),
-                )
+        // One typed parse in the common case; a body whose object is not a Pod is read again
+        // untyped, to tell "not ours" (allowed) from "a Pod that does not parse" (denied).
+        match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
+            Ok(review) => match self.request_of(review) {
+                Ok(mut request) => {
+                    let pod = request
+                        .object
+                        .take()
+                        .ok_or("request.object is missing".to_string());
+                    self.answer(&request, pod)
+                }
+                Err(refused) => refused,
+            },
+            Err(typed_error) => {
+                match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
+                    Ok(review) => match self.request_of(review) {
+                        Ok(request) => self.answer(
+                            &request,
+                            Err(format!("request.object is not a Pod: {typed_error}")),
+                        ),
+                        Err(refused) => refused,
+                    },
+                    Err(e) => refuse(
+                        uid_of(body).as_deref(),
+                        &format!("the body is not an AdmissionReview: {e}"),
+                    ),
+                }
             }
-        };
-        if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
-            return refuse(
-                review.request.as_ref().map(|r| r.uid.as_str()),
-                &format!(
-                    "expected an AdmissionReview of {API_VERSION}, got kind {:?} of {:?}",
-                    review.types.kind, review.types.api_version
-                ),
-            );
         }
-        let request: AdmissionRequest<DynamicObject> = match review.try_into() {
-            Ok(request) => request,
-            Err(_) => return refuse(None, "the AdmissionReview has no request"),
-        };
+    }
+
+    /// Decides on one request, logging under its own span.
+    fn answer<T: kube_core::Resource>(
+        &self,
+        request: &AdmissionRequest<T>,
+        pod: Result<Pod, String>,
+    ) -> Reviewed {
         let span = tracing::info_span!(
             "review",
             uid = %request.uid,
@@ -124,46 +139,61 @@ impl Injector {
             pod = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let (response, outcome) = self.decide(&request, &span);
+        let (answer, outcome) = self.decide(request, pod, &span);
         match outcome {
             Outcome::Denied => {
-                tracing::info!(outcome = outcome.as_str(), reason = %response.result.message, "pod denied")
+                tracing::info!(outcome = outcome.as_str(), reason = %answer.response.result.message, "pod denied")
             }
             _ => tracing::debug!(outcome = outcome.as_str(), "reviewed"),
         }
         Reviewed {
-            body: encode(response),
+            body: encode(answer),
             outcome,
         }
     }
 
-    fn decide(
+    /// The request of a v1 review, or the refusal of anything else.
+    fn request_of<T: kube_core::Resource>(
         &self,
-        request: &AdmissionRequest<DynamicObject>,
+        review: AdmissionReview<T>,
+    ) -> Result<AdmissionRequest<T>, Reviewed> {
+        if review.types.api_version != API_VERSION || review.types.kind != "AdmissionReview" {
+            return Err(refuse(
+                review.request.as_ref().map(|r| r.uid.as_str()),
+                &format!(
+                    "expected an AdmissionReview of {API_VERSION}, got kind {:?} of {:?}",
+                    review.types.kind, review.types.api_version
+                ),
+            ));
+        }
+        review
+            .try_into()
+            .map_err(|_| refuse(None, "the AdmissionReview has no request"))
+    }
+
+    fn decide<T: kube_core::Resource>(
+        &self,
+        request: &AdmissionRequest<T>,
+        pod: Result<Pod, String>,
         span: &tracing::Span,
-    ) -> (AdmissionResponse, Outcome) {
-        let allow = AdmissionResponse::from(request);
+    ) -> (Answer, Outcome) {
+        let allow = Answer::from(AdmissionResponse::from(request));
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
         if !is_pod || request.sub_resource.is_some() || request.operation != Operation::Create {
             return (allow, Outcome::Skipped);
         }
         let deny = |problems: Vec<String>| {
             (
-                AdmissionResponse::from(request)
-                    .deny(format!("flyte-auth-injector: {}", problems.join("; "))),
+                Answer::from(
+                    AdmissionResponse::from(request)
+                        .deny(format!("flyte-auth-injector: {}", problems.join("; "))),
+                ),
                 Outcome::Denied,
             )
         };
-        let pod = match request
-            .object
-            .as_ref()
-            .map(serde_json::to_value)
-            .transpose()
-            .and_then(|v| v.map(serde_json::from_value::<Pod>).transpose())
-        {
-            Ok(Some(pod)) => pod,
-            Ok(None) => return deny(vec!["request.object is missing".into()]),
-            Err(e) => return deny(vec![format!("request.object is not a Pod: {e}")]),
+        let pod = match pod {
+            Ok(pod) => pod,
+            Err(problem) => return deny(vec![problem]),
         };
         let name = pod
             .metadata
@@ -197,26 +227,22 @@ impl Injector {
                 Err(problems) => return deny(problems),
             };
         if requests.is_empty() && admin.is_none() {
-            let mut response = allow;
-            response.warnings = Some(vec![format!(
+            let mut answer = allow;
+            answer.response.warnings = Some(vec![format!(
                 "{}={} is set but the pod has no token requests and no Admin proxy is configured; the auth agent was not added",
                 opt_in.label, opt_in.value
             )]);
-            return (response, Outcome::Unchanged);
+            return (answer, Outcome::Unchanged);
         }
         match mutate::mutate(&self.config, &pod, &requests, admin) {
             Err(problems) => deny(problems),
             Ok(mutation) => {
-                let warnings = mutation.warnings;
-                match allow.with_patch(mutation.patch) {
-                    Ok(mut response) => {
-                        if !warnings.is_empty() {
-                            response.warnings = Some(warnings);
-                        }
-                        (response, Outcome::Mutated)
-                    }
-                    Err(e) => deny(vec![format!("cannot encode the patch: {e}")]),
+                let mut answer = allow;
+                if !mutation.warnings.is_empty() {
+                    answer.response.warnings = Some(mutation.warnings);
                 }
+                answer.patch = Some(mutation.patch);
+                (answer, Outcome::Mutated)
             }
         }
     }
@@ -267,7 +293,7 @@ pub fn refuse(uid: Option<&str>, message: &str) -> Reviewed {
         "review refused"
     );
     Reviewed {
-        body: encode(response),
+        body: encode(Answer::from(response)),
         outcome: Outcome::Invalid,
     }
 }
@@ -279,19 +305,36 @@ fn uid_of(body: &[u8]) -> Option<String> {
     value.pointer("/request/uid")?.as_str().map(str::to_string)
 }
 
-/// The response as an `admission.k8s.io/v1` AdmissionReview.
-fn encode(response: AdmissionResponse) -> Vec<u8> {
-    let mut review = response.into_review();
+/// A response and the patch that goes with it.
+struct Answer {
+    response: AdmissionResponse,
+    patch: Option<json_patch::Patch>,
+}
+
+impl From<AdmissionResponse> for Answer {
+    fn from(response: AdmissionResponse) -> Self {
+        Self {
+            response,
+            patch: None,
+        }
+    }
+}
+
+/// The answer as an `admission.k8s.io/v1` AdmissionReview.
+fn encode(answer: Answer) -> Vec<u8> {
+    let mut review = answer.response.into_review();
     // `invalid()` answers v1beta1; this webhook is registered for v1 only.
     review.types.api_version = API_VERSION.into();
     review.types.kind = "AdmissionReview".into();
     let mut value = serde_json::to_value(&review).unwrap_or_default();
-    // kube-core writes the patch as an array of bytes; the documented wire form is base64.
-    if let Some(patch) = value.pointer_mut("/response/patch") {
-        let bytes: Vec<u8> = serde_json::from_value(patch.take()).unwrap_or_default();
-        *patch = base64::engine::general_purpose::STANDARD
+    // The documented wire form is a base64 string (kube-core's `with_patch` would write an array
+    // of byte values), so the patch is encoded here.
+    if let (Some(patch), Some(response)) = (answer.patch, value.get_mut("response")) {
+        let bytes = serde_json::to_vec(&patch).unwrap_or_default();
+        response["patch"] = base64::engine::general_purpose::STANDARD
             .encode(bytes)
             .into();
+        response["patchType"] = "JSONPatch".into();
     }
     serde_json::to_vec(&value).unwrap_or_default()
 }

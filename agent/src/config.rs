@@ -23,8 +23,8 @@ use url::Url;
 mod admin;
 
 pub use admin::{
-    admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls, CheckedAdmin,
-    MethodFilter,
+    admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls,
+    CheckedAdmin, MethodFilter,
 };
 
 use crate::cache::RefreshPolicy;

@@ -551,10 +551,7 @@ pub fn admin_section_env(
         ("auth_header", raw.auth_header.clone()),
         ("token_endpoint", raw.token_endpoint.clone()),
         ("audience", raw.audience.clone()),
-        (
-            "scopes",
-            raw.scopes.as_ref().map(|s| s.clone().joined(" ")),
-        ),
+        ("scopes", raw.scopes.as_ref().map(|s| s.clone().joined(" "))),
         ("mode", raw.mode.clone()),
         ("client_id", raw.client_id.clone()),
         (

@@ -84,6 +84,9 @@ pub async fn serve<A: Accept, H: Handler>(
 ) {
     let graceful = GracefulShutdown::new();
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    // With a timer, hyper closes an HTTP/1 connection that sends no complete request head within
+    // 30 s, so an idle or stalled client cannot hold a connection (and its task) forever.
+    builder.http1().timer(hyper_util::rt::TokioTimer::new());
     match protocols {
         Protocols::Http1 => builder = builder.http1_only(),
         Protocols::Http1And2 => {
@@ -305,5 +308,53 @@ impl Handler for SocketApi {
             ),
         };
         response.map(Either::Right)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    struct Nothing;
+
+    impl Handler for Nothing {
+        type Body = Full<Bytes>;
+        type BodyError = Infallible;
+        async fn handle(&self, _: Request<Incoming>) -> Response<Self::Body> {
+            Response::new(Full::new(Bytes::new()))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_client_that_never_sends_a_request_is_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.sock");
+        let listener = tokio::net::UnixListener::bind(&path).unwrap();
+        let shutdown = CancellationToken::new();
+        tokio::spawn(serve(
+            listener,
+            Arc::new(Nothing),
+            Protocols::Http1,
+            shutdown.clone(),
+            Duration::from_secs(1),
+        ));
+        let mut client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        // Half a request head, then silence: the (paused, auto-advancing) clock reaches hyper's
+        // header timeout, and the server closes the connection.
+        tokio::io::AsyncWriteExt::write_all(&mut client, b"GET / HTTP/1.1\r\n")
+            .await
+            .unwrap();
+        let start = tokio::time::Instant::now();
+        let mut rest = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(120), client.read_to_end(&mut rest)).await;
+        assert!(closed.is_ok(), "the connection is still open after 120 s");
+        assert!(
+            start.elapsed() >= Duration::from_secs(30),
+            "{:?}",
+            start.elapsed()
+        );
+        shutdown.cancel();
     }
 }

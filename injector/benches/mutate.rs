@@ -13,6 +13,8 @@
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
 mod common;
+#[path = "../tests/tls_client/mod.rs"]
+mod tls_client;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,7 +28,6 @@ use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -165,18 +166,7 @@ async fn connect(
     ca_pem: &str,
     addr: SocketAddr,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tls_client::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))

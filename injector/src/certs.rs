@@ -226,22 +226,11 @@ pub(crate) fn show(d: Duration) -> String {
 
 /// Rejects a name that cannot be a DNS label (RFC 1123), before it ends up in a SAN.
 fn dns_label(flag: &'static str, value: &str) -> Result<(), CertsError> {
-    let ok = !value.is_empty()
-        && value.len() <= 63
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !value.starts_with('-')
-        && !value.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(CertsError::InvalidArg {
-            flag,
-            value: value.to_owned(),
-            why: "must be a DNS label (lower-case letters, digits and '-', at most 63)",
-        })
-    }
+    crate::names::check_dns_label(value).map_err(|_| CertsError::InvalidArg {
+        flag,
+        value: value.to_owned(),
+        why: "must be a DNS label (lower-case letters, digits and '-', at most 63)",
+    })
 }
 
 /// Runs `init-certs`.

@@ -292,14 +292,14 @@ impl Config {
                 problem,
             })
         };
-        if let Err(e) = crate::mutate::check_label_key(&self.opt_in.label) {
+        if let Err(e) = crate::names::check_label_key(&self.opt_in.label) {
             err("opt_in.label", e);
         }
         if self.opt_in.value.is_empty() {
             err("opt_in.value", "is empty".into());
         }
         let agent = &self.agent;
-        if let Err(e) = crate::mutate::check_dns_label(&agent.name) {
+        if let Err(e) = crate::names::check_dns_label(&agent.name) {
             err("agent.name", e);
         }
         if agent.image.trim().is_empty() {

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod config;
 pub mod metrics;
 pub mod mutate;
+pub mod names;
 pub mod requests;
 pub mod review;
 pub mod server;

@@ -20,6 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
 use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, SA_TOKEN_FILE};
+use crate::names::{check_dns_label, check_env_name};
 use crate::requests::PodRequests;
 
 /// The annotation marking a pod the injector has already changed (value: the mode).
@@ -628,78 +629,4 @@ impl Ops {
 /// k8s-openapi types, strings and maps of strings always serialize.
 fn to_value(value: impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
-}
-
-/// Checks a Kubernetes label key (`[prefix/]name`).
-pub fn check_label_key(key: &str) -> Result<(), String> {
-    let (prefix, name) = match key.split_once('/') {
-        Some((prefix, name)) => (Some(prefix), name),
-        None => (None, key),
-    };
-    if let Some(prefix) = prefix {
-        check_dns_subdomain(prefix).map_err(|e| format!("{key:?}: its prefix {e}"))?;
-    }
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{key:?} is not a label key ([prefix/]name, name at most 63 characters of letters, digits, '-', '_', '.', starting and ending alphanumeric)"))
-    }
-}
-
-/// Checks a DNS-1123 label (container and volume names).
-pub fn check_dns_label(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a DNS-1123 label (at most 63 lower-case letters, digits and '-', not starting or ending with '-')"))
-    }
-}
-
-/// Checks a DNS-1123 subdomain (Secret names, label prefixes).
-pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)"))
-    }
-}
-
-/// Checks an env var name the way Kubernetes 1.30 does (`[-._a-zA-Z][-._a-zA-Z0-9]*`).
-fn check_env_name(name: &str) -> Result<(), String> {
-    let ok = name
-        .bytes()
-        .next()
-        .is_some_and(|b| b.is_ascii_alphabetic() || b"-._".contains(&b))
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!("{name:?} is not a valid env var name"))
-    }
 }

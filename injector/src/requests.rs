@@ -96,7 +96,7 @@ pub fn from_annotations(
     // The agent's rules say nothing of Kubernetes; the volume needs a Secret name and key.
     for (request, path) in requests.iter().zip(&paths) {
         let secret = &request.client_secret;
-        if let Err(e) = crate::mutate::check_dns_subdomain(&secret.group) {
+        if let Err(e) = crate::names::check_dns_subdomain(&secret.group) {
             problems.push(format!(
                 "{path}.client.clientSecret.group: is the Kubernetes Secret's name, but {e}"
             ));
@@ -105,7 +105,7 @@ pub fn from_annotations(
             problems.push(format!("{path}.client.clientSecret.key: {e}"));
         }
         if !secret.group_version.is_empty() {
-            if let Err(e) = crate::mutate::check_dns_label(&secret.group_version) {
+            if let Err(e) = crate::names::check_dns_label(&secret.group_version) {
                 problems.push(format!("{path}.client.clientSecret.groupVersion: {e}"));
             }
         }

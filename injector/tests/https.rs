@@ -3,6 +3,8 @@
 //! rotation by the kubelet's symlink swap, refusals, health, metrics and graceful shutdown.
 //! Waits are bounded polls for a condition, never fixed sleeps.
 
+mod tls_client;
+
 use std::future::Future;
 use std::io::BufRead as _;
 use std::net::SocketAddr;
@@ -18,7 +20,6 @@ use flyte_auth_injector::review::Injector;
 use flyte_auth_injector::server::{self, ServerError};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use rustls_pki_types::pem::PemObject as _;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -194,18 +195,7 @@ fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
 /// A TLS connection trusting only `ca_pem`, with a fresh client config so no session is resumed
 /// (a resumed session would report the certificate of the session it resumes).
 async fn tls_connect(ca_pem: &str, addr: SocketAddr) -> std::io::Result<TlsStream> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let config = tls_client::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)

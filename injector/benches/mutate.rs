@@ -10,11 +10,11 @@
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count.
 
+#[path = "../tests/api_server/mod.rs"]
+mod api_server;
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
 mod common;
-#[path = "../tests/tls_client/mod.rs"]
-mod tls_client;
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -28,102 +28,13 @@ use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 const IN_PROCESS: usize = 20_000;
 const OVER_HTTPS: usize = 3_000;
 const LOAD: usize = 5_000;
-
-/// A task pod review as the API server sends it for a propeller-created pod.
-fn review(uid: &str) -> Vec<u8> {
-    let requests: Vec<Value> = (1..=3)
-        .map(|i| {
-            json!({
-                "name": format!("t{i}"),
-                "type": "CLIENT_CREDENTIALS",
-                "client": {"clientId": format!("c{i}"), "clientSecret": {"group": format!("g{i}"), "key": "k"}},
-                "tokenEndpoint": "https://idp.example.com/token",
-            })
-        })
-        .collect();
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
-            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "flytesnacks-development",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller", "groups": ["system:serviceaccounts"]},
-            "dryRun": false,
-            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
-                    "namespace": "flytesnacks-development",
-                    "labels": {
-                        "domain": "development",
-                        "execution-id": "f7a1b2c3d4e5f6a7b8c9",
-                        "interruptible": "false",
-                        "node-id": "n0",
-                        "project": "flytesnacks",
-                        "shard-key": "21",
-                        "task-name": "workflows-example-fetch-data",
-                        "workflow-name": "workflows-example-wf",
-                        "flyte.org/auth-agent": "enabled",
-                    },
-                    "annotations": {
-                        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
-                        "flyte.org/token-requests": serde_json::to_string(&requests).unwrap(),
-                    },
-                    "ownerReferences": [{
-                        "apiVersion": "flyte.lyft.com/v1alpha1",
-                        "kind": "flyteworkflow",
-                        "name": "f7a1b2c3d4e5f6a7b8c9",
-                        "uid": "5d6e7f80-91a2-b3c4-d5e6-f708192a3b4c",
-                        "blockOwnerDeletion": true,
-                        "controller": true,
-                    }],
-                },
-                "spec": {
-                    "restartPolicy": "Never",
-                    "serviceAccountName": "default",
-                    "containers": [{
-                        "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
-                        "image": "cr.flyte.org/flyteorg/flytekit:py3.11-1.16.0",
-                        "args": ["pyflyte-fast-execute", "--additional-distribution", "s3://bucket/fast.tar.gz",
-                                 "--dest-dir", ".", "--", "pyflyte-execute", "--inputs", "s3://bucket/inputs.pb",
-                                 "--output-prefix", "s3://bucket/out", "--raw-output-data-prefix", "s3://bucket/raw",
-                                 "--resolver", "flytekit.core.python_auto_container.default_task_resolver", "--",
-                                 "task-module", "workflows.example", "task-name", "fetch_data"],
-                        "env": [
-                            {"name": "FLYTE_INTERNAL_EXECUTION_WORKFLOW", "value": "flytesnacks:development:workflows.example.wf"},
-                            {"name": "FLYTE_INTERNAL_EXECUTION_ID", "value": "f7a1b2c3d4e5f6a7b8c9"},
-                            {"name": "FLYTE_INTERNAL_EXECUTION_PROJECT", "value": "flytesnacks"},
-                            {"name": "FLYTE_INTERNAL_EXECUTION_DOMAIN", "value": "development"},
-                            {"name": "FLYTE_ATTEMPT_NUMBER", "value": "0"},
-                            {"name": "FLYTE_INTERNAL_TASK_PROJECT", "value": "flytesnacks"},
-                            {"name": "FLYTE_INTERNAL_TASK_DOMAIN", "value": "development"},
-                            {"name": "FLYTE_INTERNAL_TASK_NAME", "value": "workflows.example.fetch_data"},
-                            {"name": "FLYTE_INTERNAL_TASK_VERSION", "value": "v1"},
-                        ],
-                        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
-                        "terminationMessagePolicy": "FallbackToLogsOnError",
-                    }],
-                    "tolerations": [],
-                },
-            },
-        },
-    }))
-    .unwrap()
-}
 
 /// Per-call timings of `n` runs of `f` (after `n / 10` warm-up runs): sorted, plus the total.
 fn time(n: usize, mut f: impl FnMut()) -> (Vec<Duration>, Duration) {
@@ -166,7 +77,7 @@ async fn connect(
     ca_pem: &str,
     addr: SocketAddr,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let config = tls_client::client_config(ca_pem);
+    let config = api_server::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -229,7 +140,7 @@ async fn time_calls(
 
 fn main() {
     let rt = runtime();
-    let body = review("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0");
+    let body = api_server::review("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", true);
     let injector = Arc::new(Injector::new(Config::default()));
     let answer = injector.review(&body);
     println!(

@@ -3,7 +3,8 @@
 //! rotation by the kubelet's symlink swap, refusals, health, metrics and graceful shutdown.
 //! Waits are bounded polls for a condition, never fixed sleeps.
 
-mod tls_client;
+mod api_server;
+use api_server::review;
 
 use std::future::Future;
 use std::io::BufRead as _;
@@ -20,7 +21,7 @@ use flyte_auth_injector::review::Injector;
 use flyte_auth_injector::server::{self, ServerError};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -195,7 +196,7 @@ fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
 /// A TLS connection trusting only `ca_pem`, with a fresh client config so no session is resumed
 /// (a resumed session would report the certificate of the session it resumes).
 async fn tls_connect(ca_pem: &str, addr: SocketAddr) -> std::io::Result<TlsStream> {
-    let config = tls_client::client_config(ca_pem);
+    let config = api_server::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
@@ -274,64 +275,6 @@ async fn metrics(client: &reqwest::Client, server: &Server) -> String {
 }
 
 // ---- reviews ------------------------------------------------------------------------------
-
-/// A task pod as propeller creates it, opted in, with three token requests in the JSON
-/// annotation.
-fn review(uid: &str, opted_in: bool) -> Vec<u8> {
-    let requests: Vec<Value> = (1..=3)
-        .map(|i| {
-            json!({
-                "name": format!("t{i}"),
-                "type": "CLIENT_CREDENTIALS",
-                "client": {"clientId": format!("c{i}"), "clientSecret": {"group": format!("g{i}"), "key": "k"}},
-                "tokenEndpoint": "https://idp.example.com/token",
-            })
-        })
-        .collect();
-    let mut labels = json!({
-        "domain": "development",
-        "execution-id": "f7a1b2c3d4e5f6a7b8c9",
-        "node-id": "n0",
-        "project": "flytesnacks",
-        "task-name": "workflows-example-fetch-data",
-    });
-    if opted_in {
-        labels["flyte.org/auth-agent"] = "enabled".into();
-    }
-    serde_json::to_vec(&json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": uid,
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "flytesnacks-development",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
-            "object": {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
-                    "namespace": "flytesnacks-development",
-                    "labels": labels,
-                    "annotations": {"flyte.org/token-requests": serde_json::to_string(&requests).unwrap()},
-                },
-                "spec": {
-                    "restartPolicy": "Never",
-                    "containers": [{
-                        "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
-                        "image": "cr.flyte.org/flyteorg/flytekit:py3.11-1.16.0",
-                        "args": ["pyflyte-execute", "--inputs", "s3://bucket/inputs.pb"],
-                        "env": [{"name": "FLYTE_INTERNAL_EXECUTION_ID", "value": "f7a1b2c3d4e5f6a7b8c9"}],
-                        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
-                    }],
-                },
-            },
-        },
-    }))
-    .unwrap()
-}
 
 fn parse(body: &[u8]) -> Value {
     serde_json::from_slice(body)

@@ -1,0 +1,119 @@
+//! What the API server does as the webhook's client, shared by the HTTPS tests and the
+//! benchmark: TLS trusting only the webhook's CA, and the review it sends for a task pod.
+
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use rustls_pki_types::pem::PemObject as _;
+
+/// HTTP/1.1 over TLS 1.2/1.3, trusting only the certificates in `ca_pem`. A fresh config each
+/// time, so no TLS session is resumed across callers.
+pub fn client_config(ca_pem: &str) -> rustls::ClientConfig {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config
+}
+
+/// A task pod review as the API server sends it for a propeller-created pod with three token
+/// requests in the JSON annotation; `opted_in` adds the opt-in label.
+pub fn review(uid: &str, opted_in: bool) -> Vec<u8> {
+    let requests: Vec<Value> = (1..=3)
+        .map(|i| {
+            json!({
+                "name": format!("t{i}"),
+                "type": "CLIENT_CREDENTIALS",
+                "client": {"clientId": format!("c{i}"), "clientSecret": {"group": format!("g{i}"), "key": "k"}},
+                "tokenEndpoint": "https://idp.example.com/token",
+            })
+        })
+        .collect();
+    let mut review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": uid,
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+            "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "flytesnacks-development",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller", "groups": ["system:serviceaccounts"]},
+            "dryRun": false,
+            "options": {"apiVersion": "meta.k8s.io/v1", "kind": "CreateOptions"},
+            "object": {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {
+                    "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
+                    "namespace": "flytesnacks-development",
+                    "labels": {
+                        "domain": "development",
+                        "execution-id": "f7a1b2c3d4e5f6a7b8c9",
+                        "interruptible": "false",
+                        "node-id": "n0",
+                        "project": "flytesnacks",
+                        "shard-key": "21",
+                        "task-name": "workflows-example-fetch-data",
+                        "workflow-name": "workflows-example-wf",
+                    },
+                    "annotations": {
+                        "cluster-autoscaler.kubernetes.io/safe-to-evict": "false",
+                        "flyte.org/token-requests": serde_json::to_string(&requests).unwrap(),
+                    },
+                    "ownerReferences": [{
+                        "apiVersion": "flyte.lyft.com/v1alpha1",
+                        "kind": "flyteworkflow",
+                        "name": "f7a1b2c3d4e5f6a7b8c9",
+                        "uid": "5d6e7f80-91a2-b3c4-d5e6-f708192a3b4c",
+                        "blockOwnerDeletion": true,
+                        "controller": true,
+                    }],
+                },
+                "spec": {
+                    "restartPolicy": "Never",
+                    "serviceAccountName": "default",
+                    "containers": [{
+                        "name": "f7a1b2c3d4e5f6a7b8c9-n0-0",
+                        "image": "cr.flyte.org/flyteorg/flytekit:py3.11-1.16.0",
+                        "args": ["pyflyte-fast-execute", "--additional-distribution", "s3://bucket/fast.tar.gz",
+                                 "--dest-dir", ".", "--", "pyflyte-execute", "--inputs", "s3://bucket/inputs.pb",
+                                 "--output-prefix", "s3://bucket/out", "--raw-output-data-prefix", "s3://bucket/raw",
+                                 "--resolver", "flytekit.core.python_auto_container.default_task_resolver", "--",
+                                 "task-module", "workflows.example", "task-name", "fetch_data"],
+                        "env": [
+                            {"name": "FLYTE_INTERNAL_EXECUTION_WORKFLOW", "value": "flytesnacks:development:workflows.example.wf"},
+                            {"name": "FLYTE_INTERNAL_EXECUTION_ID", "value": "f7a1b2c3d4e5f6a7b8c9"},
+                            {"name": "FLYTE_INTERNAL_EXECUTION_PROJECT", "value": "flytesnacks"},
+                            {"name": "FLYTE_INTERNAL_EXECUTION_DOMAIN", "value": "development"},
+                            {"name": "FLYTE_ATTEMPT_NUMBER", "value": "0"},
+                            {"name": "FLYTE_INTERNAL_TASK_PROJECT", "value": "flytesnacks"},
+                            {"name": "FLYTE_INTERNAL_TASK_DOMAIN", "value": "development"},
+                            {"name": "FLYTE_INTERNAL_TASK_NAME", "value": "workflows.example.fetch_data"},
+                            {"name": "FLYTE_INTERNAL_TASK_VERSION", "value": "v1"},
+                        ],
+                        "resources": {"limits": {"cpu": "1", "memory": "1Gi"}, "requests": {"cpu": "1", "memory": "1Gi"}},
+                        "terminationMessagePolicy": "FallbackToLogsOnError",
+                    }],
+                    "tolerations": [],
+                },
+            },
+        },
+    });
+    if opted_in {
+        review["request"]["object"]["metadata"]["labels"]["flyte.org/auth-agent"] =
+            "enabled".into();
+    }
+    serde_json::to_vec(&review).unwrap()
+}

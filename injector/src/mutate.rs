@@ -96,7 +96,8 @@ pub fn mutate(
         secrets,
     };
     let volumes = volumes(&plan);
-    check_collisions(&plan, pod, &volumes, &mut problems);
+    let mounts = task_mounts(&plan);
+    check_collisions(&plan, pod, &volumes, &mounts, &mut problems);
     let agent = agent_container(&plan);
     if let Err(e) = check_dns_label(&agent.name) {
         problems.push(format!("agent.name in the injector config: {e}"));
@@ -119,7 +120,6 @@ pub fn mutate(
         None => ops.add(&["spec", "volumes"], &volumes),
     }
     let mut warnings = Vec::new();
-    let mounts = task_mounts(&plan);
     let env = task_env(&plan);
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     for (i, container) in containers.iter().enumerate() {
@@ -302,7 +302,13 @@ fn volumes(plan: &Plan<'_>) -> Vec<Volume> {
 
 /// Refuses names the pod already uses for something else: the agent container's, and every
 /// volume's, and mount paths a task container already mounts.
-fn check_collisions(plan: &Plan<'_>, pod: &Pod, volumes: &[Volume], problems: &mut Vec<String>) {
+fn check_collisions(
+    plan: &Plan<'_>,
+    pod: &Pod,
+    volumes: &[Volume],
+    mounts: &[VolumeMount],
+    problems: &mut Vec<String>,
+) {
     let Some(spec) = pod.spec.as_ref() else {
         problems.push("the pod has no spec".into());
         return;
@@ -322,7 +328,7 @@ fn check_collisions(plan: &Plan<'_>, pod: &Pod, volumes: &[Volume], problems: &m
         }
     }
     for container in &spec.containers {
-        for mount in task_mounts(plan) {
+        for mount in mounts {
             if container
                 .volume_mounts
                 .iter()

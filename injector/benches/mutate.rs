@@ -10,15 +10,15 @@
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count.
 
-#[path = "../tests/api_server/mod.rs"]
-mod api_server;
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
 mod common;
+#[path = "../tests/harness/mod.rs"]
+mod harness;
 
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -77,7 +77,7 @@ async fn connect(
     ca_pem: &str,
     addr: SocketAddr,
 ) -> hyper::client::conn::http1::SendRequest<Full<Bytes>> {
-    let config = api_server::client_config(ca_pem);
+    let config = harness::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await.unwrap();
     tcp.set_nodelay(true).unwrap();
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -140,7 +140,7 @@ async fn time_calls(
 
 fn main() {
     let rt = runtime();
-    let body = api_server::review("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", true);
+    let body = harness::review("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", true);
     let injector = Arc::new(Injector::new(Config::default()));
     let answer = injector.review(&body);
     println!(
@@ -255,36 +255,9 @@ fn binary_rss(
     body: &[u8],
     rt: &tokio::runtime::Runtime,
 ) -> (u64, u64, u64) {
-    let config = dir.join("config.yaml");
-    std::fs::write(
-        &config,
-        format!(
-            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
-            dir.join("tls.crt").display(),
-            dir.join("tls.key").display()
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_flyte-auth-injector"))
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("FLYTE_AUTH_INJECTOR_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = std::io::BufReader::new(child.stderr.take().unwrap());
-    let mut addr = None;
-    for line in std::io::BufRead::lines(stderr).take(50) {
-        let Ok(log) = serde_json::from_str::<Value>(&line.unwrap()) else {
-            continue;
-        };
-        if let Some(a) = log["fields"]["address"].as_str() {
-            addr = Some(a.parse::<SocketAddr>().unwrap());
-            break;
-        }
-    }
-    let addr = addr.expect("the binary logs the address it serves");
+    let config = harness::write_config(dir, &dir.join("tls.crt"), &dir.join("tls.key"));
+    let (mut child, addr) =
+        harness::spawn_serve(env!("CARGO_BIN_EXE_flyte-auth-injector"), &config);
     let pid = child.id();
     let body = Bytes::copy_from_slice(body);
     let idle = rt.block_on(async {

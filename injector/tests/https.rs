@@ -3,14 +3,13 @@
 //! rotation by the kubelet's symlink swap, refusals, health, metrics and graceful shutdown.
 //! Waits are bounded polls for a condition, never fixed sleeps.
 
-mod api_server;
-use api_server::review;
+mod harness;
+use harness::{review, spawn_serve, write_config};
 
 use std::future::Future;
-use std::io::BufRead as _;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -196,7 +195,7 @@ fn client(ca_pem: &str, addr: SocketAddr, http1_only: bool) -> reqwest::Client {
 /// A TLS connection trusting only `ca_pem`, with a fresh client config so no session is resumed
 /// (a resumed session would report the certificate of the session it resumes).
 async fn tls_connect(ca_pem: &str, addr: SocketAddr) -> std::io::Result<TlsStream> {
-    let config = api_server::client_config(ca_pem);
+    let config = harness::client_config(ca_pem);
     let tcp = TcpStream::connect(addr).await?;
     tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect("localhost".try_into().unwrap(), tcp)
@@ -794,54 +793,13 @@ fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_flyte-auth-injector")
 }
 
-fn write_config(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
-    let path = dir.join("config.yaml");
-    std::fs::write(
-        &path,
-        format!(
-            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
-            cert.display(),
-            key.display()
-        ),
-    )
-    .unwrap();
-    path
-}
-
 #[tokio::test]
 async fn the_binary_serves_and_exits_cleanly_on_sigterm() {
     let ca = Ca::new();
     let leaf = ca.leaf(2030);
     let secret = SecretDir::new(&leaf.cert_pem, &leaf.key_pem);
     let config = write_config(secret.dir.path(), &secret.cert(), &secret.key());
-    let mut child = Command::new(binary())
-        .args(["serve", "--config"])
-        .arg(&config)
-        .env("FLYTE_AUTH_INJECTOR_LOG_FORMAT", "json")
-        .env("RUST_LOG", "info")
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (lines_tx, lines) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stderr).lines() {
-            if lines_tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
-        }
-    });
-    let addr: SocketAddr = loop {
-        let line = lines
-            .recv_timeout(Duration::from_secs(10))
-            .expect("the binary logs the address it serves");
-        let Ok(log) = serde_json::from_str::<Value>(&line) else {
-            continue;
-        };
-        if let Some(addr) = log["fields"]["address"].as_str() {
-            break addr.parse().unwrap();
-        }
-    };
+    let (mut child, addr) = spawn_serve(binary(), &config);
     let client = client(&ca.pem(), addr, true);
     let response = client
         .get(format!("https://localhost:{}/readyz", addr.port()))

@@ -1,7 +1,12 @@
-//! What the API server does as the webhook's client, shared by the HTTPS tests and the
-//! benchmark: TLS trusting only the webhook's CA, and the review it sends for a task pod.
+//! Shared by the HTTPS tests and the benchmark: the injector binary started on loopback, and
+//! what the API server does as its client (TLS trusting only the webhook's CA, the review it
+//! sends for a task pod).
 
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -116,4 +121,53 @@ pub fn review(uid: &str, opted_in: bool) -> Vec<u8> {
             "enabled".into();
     }
     serde_json::to_vec(&review).unwrap()
+}
+
+/// A config serving on 127.0.0.1 (any port) with `cert` and `key`, written into `dir`.
+pub fn write_config(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
+    let path = dir.join("config.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
+            cert.display(),
+            key.display()
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// `bin serve --config config` with JSON logs, and the address it logs once it serves (waited
+/// for at most 10 s).
+pub fn spawn_serve(bin: &str, config: &Path) -> (Child, SocketAddr) {
+    let mut child = Command::new(bin)
+        .args(["serve", "--config"])
+        .arg(config)
+        .env("FLYTE_AUTH_INJECTOR_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (lines_tx, lines) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
+            if lines_tx.send(line.unwrap_or_default()).is_err() {
+                return;
+            }
+        }
+    });
+    let addr = loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the binary logs the address it serves");
+        let Ok(log) = serde_json::from_str::<Value>(&line) else {
+            continue;
+        };
+        if let Some(addr) = log["fields"]["address"].as_str() {
+            break addr.parse().unwrap();
+        }
+    };
+    (child, addr)
 }

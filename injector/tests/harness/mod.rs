@@ -152,10 +152,9 @@ pub fn spawn_serve(bin: &str, config: &Path) -> (Child, SocketAddr) {
     let stderr = child.stderr.take().unwrap();
     let (lines_tx, lines) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
+        // Drained for the process's whole life: a closed pipe would fail its later log writes.
         for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)) {
-            if lines_tx.send(line.unwrap_or_default()).is_err() {
-                return;
-            }
+            let _ = lines_tx.send(line.unwrap_or_default());
         }
     });
     let addr = loop {

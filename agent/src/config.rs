@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use flyte_auth_proto::flyteidl::core::secret::MountType;
 use flyte_auth_proto::flyteidl::core::{o_auth2_token_request, OAuth2TokenRequest, Secret};
 use serde::Deserialize;
 use url::Url;
@@ -30,37 +31,15 @@ pub use admin::{
 use crate::cache::RefreshPolicy;
 use crate::secret::{SecretResolver, SecretsConfig};
 
-/// Reads environment variables. Tests pass a `HashMap` instead of mutating the process
-/// environment, which would race with other tests.
-pub trait Env: Send + Sync {
-    /// The value of `key`, if set.
-    fn var(&self, key: &str) -> Option<String>;
-}
-
-/// The real process environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn var(&self, key: &str) -> Option<String> {
-        std::env::var(key).ok()
-    }
-}
-
-impl Env for HashMap<String, String> {
-    fn var(&self, key: &str) -> Option<String> {
-        self.get(key).cloned()
-    }
-}
-
-/// Env var: directory for token files.
-pub const ENV_TOKENS_PATH_PREFIX: &str = "FLYTE_TOKENS_PATH_PREFIX";
-/// Env var: the unix socket path.
-pub const ENV_SOCKET: &str = "FLYTE_AUTH_AGENT_SOCKET";
-/// Env var: token requests as a JSON array of flyteidl `OAuth2TokenRequest`.
-pub const ENV_TOKEN_REQUESTS: &str = "FLYTE_AUTH_AGENT_TOKEN_REQUESTS";
-/// Env var: the secrets directory.
-pub const ENV_SECRETS_DIR: &str = "FLYTE_SECRETS_DEFAULT_DIR";
+use crate::env::{
+    is_agent_owned, DEFAULT_HEALTH_PORT, DEFAULT_SECRETS_ENV_PREFIX, DEFAULT_SOCKET,
+    DEFAULT_TOKENS_DIR, ENV_ALLOW_INSECURE_HTTP, ENV_CA_FILE, ENV_FILE_MODE, ENV_HEALTH_ADDR,
+    ENV_IDP_TIMEOUT, ENV_LOG_FORMAT, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX,
+    ENV_SHUTDOWN_GRACE, ENV_SOCKET_MODE,
+};
+pub use crate::env::{
+    Env, ProcessEnv, ENV_SECRETS_DIR, ENV_SOCKET, ENV_TOKENS_PATH_PREFIX, ENV_TOKEN_REQUESTS,
+};
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -380,24 +359,23 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             .pick(Some(ENV_SECRETS_DIR), raw.secrets.default_dir)
             .map_or(defaults.default_dir, |(v, _)| v.into()),
         env_prefix: l
-            .pick(Some("FLYTE_SECRETS_ENV_PREFIX"), raw.secrets.env_prefix)
+            .pick(Some(ENV_SECRETS_ENV_PREFIX), raw.secrets.env_prefix)
             .map_or(defaults.env_prefix, |(v, _)| v),
         file_prefix: l
-            .pick(Some("FLYTE_SECRETS_FILE_PREFIX"), raw.secrets.file_prefix)
+            .pick(Some(ENV_SECRETS_FILE_PREFIX), raw.secrets.file_prefix)
             .map_or(defaults.file_prefix, |(v, _)| v),
     };
     let tokens_dir = l
         .pick(Some(ENV_TOKENS_PATH_PREFIX), raw.tokens_path_prefix)
-        .map_or_else(|| PathBuf::from("/var/run/flyte/tokens"), |(v, _)| v.into());
-    let socket_path = l.pick(Some(ENV_SOCKET), raw.socket).map_or_else(
-        || PathBuf::from("/var/run/flyte-auth-agent/agent.sock"),
-        |(v, _)| v.into(),
-    );
+        .map_or_else(|| PathBuf::from(DEFAULT_TOKENS_DIR), |(v, _)| v.into());
+    let socket_path = l
+        .pick(Some(ENV_SOCKET), raw.socket)
+        .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |(v, _)| v.into());
     let health_addr = l.parsed(
         "health_addr",
-        Some("FLYTE_AUTH_AGENT_HEALTH_ADDR"),
+        Some(ENV_HEALTH_ADDR),
         raw.health_addr,
-        SocketAddr::from(([0, 0, 0, 0], 9911)),
+        SocketAddr::from(([0, 0, 0, 0], DEFAULT_HEALTH_PORT)),
         |s| {
             s.parse()
                 .map_err(|_| format!("{s:?} is not an address like 0.0.0.0:9911"))
@@ -405,7 +383,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     );
     let log_format = l.parsed(
         "log_format",
-        Some("FLYTE_AUTH_AGENT_LOG_FORMAT"),
+        Some(ENV_LOG_FORMAT),
         raw.log_format,
         LogFormat::Text,
         |s| match s {
@@ -416,21 +394,21 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     );
     let file_mode = l.parsed(
         "file_mode",
-        Some("FLYTE_AUTH_AGENT_FILE_MODE"),
+        Some(ENV_FILE_MODE),
         raw.file_mode,
         0o644,
         parse_mode,
     );
     let socket_mode = l.parsed(
         "socket_mode",
-        Some("FLYTE_AUTH_AGENT_SOCKET_MODE"),
+        Some(ENV_SOCKET_MODE),
         raw.socket_mode,
         0o666,
         parse_mode,
     );
     let shutdown_grace = l.parsed(
         "shutdown_grace",
-        Some("FLYTE_AUTH_AGENT_SHUTDOWN_GRACE"),
+        Some(ENV_SHUTDOWN_GRACE),
         raw.shutdown_grace,
         Duration::from_secs(10),
         parse_duration,
@@ -438,14 +416,14 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let idp = IdpSettings {
         timeout: l.parsed(
             "idp.timeout",
-            Some("FLYTE_AUTH_AGENT_IDP_TIMEOUT"),
+            Some(ENV_IDP_TIMEOUT),
             raw.idp.timeout,
             Duration::from_secs(10),
             parse_duration,
         ),
         ca_file: l.parsed(
             "idp.ca_file",
-            Some("FLYTE_AUTH_AGENT_CA_FILE"),
+            Some(ENV_CA_FILE),
             raw.idp.ca_file,
             None,
             |s| match std::fs::metadata(s) {
@@ -455,7 +433,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
         ),
         allow_insecure_http: l.parsed(
             "idp.allow_insecure_http",
-            Some("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"),
+            Some(ENV_ALLOW_INSECURE_HTTP),
             raw.idp.allow_insecure_http.map(|b| b.to_string()),
             false,
             parse_bool,
@@ -796,6 +774,47 @@ fn take_type(
     }
 }
 
+/// The parts of a client secret reference the resolver would otherwise act on blindly: a mount
+/// requirement flyteidl defines, and a custom env var inside the secrets' env prefix, so that a
+/// token request can never make the agent read (and send to an IdP) one of its own settings.
+fn check_secret_ref(
+    secret: &Secret,
+    resolver: Option<&SecretResolver>,
+    field: &dyn Fn(&str) -> String,
+    source: &str,
+    l: &mut Loader<'_>,
+) {
+    if MountType::try_from(secret.mount_requirement).is_err() {
+        l.error(
+            source,
+            &field("client.clientSecret.mountRequirement"),
+            format!(
+                "{} is not ANY (0), ENV_VAR (1) or FILE (2)",
+                secret.mount_requirement
+            ),
+        );
+    }
+    let var = secret.env_var.as_str();
+    if var.is_empty() {
+        return;
+    }
+    let prefix = resolver.map_or(DEFAULT_SECRETS_ENV_PREFIX, SecretResolver::env_prefix);
+    let valid_name = var
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
+    let problem = if !valid_name {
+        format!("{var:?} is not an env var name (letters, digits, '_', '-', '.')")
+    } else if !var.starts_with(prefix) || var.len() == prefix.len() || is_agent_owned(var) {
+        format!(
+            "{var:?} must start with the secrets env prefix {prefix:?} \
+             (FLYTE_SECRETS_ENV_PREFIX): the agent's other env vars are its configuration"
+        )
+    } else {
+        return;
+    };
+    l.error(source, &field("client.clientSecret.envVar"), problem);
+}
+
 #[allow(clippy::too_many_arguments)]
 fn parse_token_request(
     value: serde_json::Value,
@@ -868,6 +887,7 @@ fn parse_token_request(
         }
         (_, discovery) => url(discovery, "idpDiscoveryEndpoint", l).map(Endpoint::Discovery),
     };
+    check_secret_ref(&client_secret, resolver, &|f| field(f), source, l);
     if client_secret.group.is_empty() {
         l.error(source, &field("client.clientSecret.group"), "is missing");
     } else if let Some(resolver) = resolver {

@@ -15,6 +15,7 @@ pub mod cache;
 pub mod client;
 pub mod config;
 pub mod dev;
+pub mod env;
 pub mod health;
 pub mod idp;
 pub mod metrics;

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use flyte_auth_agent::config::{Config, Env, LogFormat, ProcessEnv};
+use flyte_auth_agent::config::{Config, LogFormat};
+use flyte_auth_agent::env::{self, Env, ProcessEnv};
 use flyte_auth_agent::{Agent, BoundSocket};
 use tokio_util::sync::CancellationToken;
 
@@ -31,7 +32,7 @@ enum Command {
     /// Mint, refresh and serve the configured tokens.
     Serve {
         /// YAML configuration file (env overrides apply on top).
-        #[arg(long, env = "FLYTE_AUTH_AGENT_CONFIG")]
+        #[arg(long, env = env::ENV_CONFIG)]
         config: Option<PathBuf>,
         /// Init-only mode: fetch every token, write the files, exit.
         #[arg(long)]
@@ -51,8 +52,8 @@ enum Command {
         /// The agent's socket.
         #[arg(
             long,
-            env = "FLYTE_AUTH_AGENT_SOCKET",
-            default_value = "/var/run/flyte-auth-agent/agent.sock"
+            env = env::ENV_SOCKET,
+            default_value = env::DEFAULT_SOCKET
         )]
         socket: PathBuf,
         /// How long to wait for the agent's answer.
@@ -62,7 +63,7 @@ enum Command {
     /// Validate a configuration (reads secrets, makes no network call).
     Check {
         /// YAML configuration file.
-        #[arg(long, env = "FLYTE_AUTH_AGENT_CONFIG")]
+        #[arg(long, env = env::ENV_CONFIG)]
         config: Option<PathBuf>,
     },
     /// Run on an embedded OIDC issuer, with everything under a local directory.
@@ -210,7 +211,7 @@ async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 fn init_tracing(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+    let filter = tracing_subscriber::EnvFilter::try_from_env(env::ENV_LOG_FILTER)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use flyte_auth_proto::flyteidl::core::{secret::MountType, Secret};
 
-use crate::config::Env;
+use crate::env::Env;
 use crate::token::SecretString;
 
 /// Where secrets live: the `FLYTE_SECRETS_*` settings propeller's secret webhook sets.
@@ -34,8 +34,8 @@ pub struct SecretsConfig {
 impl Default for SecretsConfig {
     fn default() -> Self {
         Self {
-            default_dir: PathBuf::from("/etc/flyte/secrets"),
-            env_prefix: "_FSEC_".into(),
+            default_dir: PathBuf::from(crate::env::DEFAULT_SECRETS_DIR),
+            env_prefix: crate::env::DEFAULT_SECRETS_ENV_PREFIX.into(),
             file_prefix: String::new(),
         }
     }
@@ -88,6 +88,11 @@ impl std::fmt::Debug for SecretResolver {
 }
 
 impl SecretResolver {
+    /// The prefix of env-var secrets (`FLYTE_SECRETS_ENV_PREFIX`).
+    pub fn env_prefix(&self) -> &str {
+        &self.config.env_prefix
+    }
+
     /// A resolver over `config`, reading env vars through `env`.
     pub fn new(config: SecretsConfig, env: Arc<dyn Env>) -> Self {
         Self { config, env }

@@ -6,7 +6,12 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use flyte_auth_agent::config::{ENV_SOCKET, ENV_TOKEN_REQUESTS};
+use flyte_auth_agent::env::{
+    DEFAULT_SECRETS_ENV_PREFIX, ENV_ALLOW_INSECURE_HTTP, ENV_HEALTH_ADDR, ENV_LOG_FILTER,
+    ENV_LOG_FORMAT, ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX, ENV_SOCKET,
+    ENV_TOKEN_REQUESTS,
+};
+pub use flyte_auth_agent::env::{ENV_TOKENS_PATH_PREFIX, SOCKET_FILE};
 use flyte_auth_agent::secret::{SecretResolver, SecretsConfig};
 use flyte_auth_proto::flyteidl::core::{secret::MountType, Secret};
 use json_patch::jsonptr::PointerBuf;
@@ -25,16 +30,10 @@ use crate::requests::PodRequests;
 
 /// The annotation marking a pod the injector has already changed (value: the mode).
 pub const INJECTED_ANNOTATION: &str = "flyte.org/auth-agent-injected";
-/// The agent's socket file name inside the socket directory.
-pub const SOCKET_FILE: &str = "agent.sock";
 /// The env var flytekit reads Admin's endpoint from.
 pub const ENV_PLATFORM_URL: &str = "FLYTE_PLATFORM_URL";
 /// The env var that makes flytekit use plaintext (the unix socket).
 pub const ENV_PLATFORM_INSECURE: &str = "FLYTE_PLATFORM_INSECURE";
-/// The env var that tells a task where its token files are.
-pub const ENV_TOKENS_PATH_PREFIX: &str = "FLYTE_TOKENS_PATH_PREFIX";
-/// The env prefix flytekit (and the agent) look secrets up with.
-const SECRETS_ENV_PREFIX: &str = "_FSEC_";
 
 /// A pod's patch and what the requester should know about it.
 #[derive(Debug, Clone, Default)]
@@ -186,9 +185,21 @@ fn secret_mounts(
                 problems.push(format!("{what}: env var {e}"));
                 continue;
             }
-            mounts
-                .env
-                .insert(var, (secret.group.clone(), secret.key.clone()));
+            let source = (secret.group.clone(), secret.key.clone());
+            match mounts.env.get(&var) {
+                // Kubernetes keeps the last of two entries with one name: one secret would
+                // silently stand in for the other.
+                Some(first) if *first != source => {
+                    problems.push(format!(
+                        "{what}: env var {var:?} would hold both key {:?} of Secret {:?} and key {:?} of Secret {:?}",
+                        first.1, first.0, source.1, source.0
+                    ));
+                    continue;
+                }
+                _ => {
+                    mounts.env.insert(var, source);
+                }
+            }
             if secret.mount_requirement == MountType::EnvVar as i32 {
                 continue;
             }
@@ -213,7 +224,7 @@ fn resolver(config: &Config) -> SecretResolver {
     SecretResolver::new(
         SecretsConfig {
             default_dir: config.agent.secrets_dir.clone().into(),
-            env_prefix: SECRETS_ENV_PREFIX.into(),
+            env_prefix: DEFAULT_SECRETS_ENV_PREFIX.into(),
             file_prefix: String::new(),
         },
         Arc::new(std::collections::HashMap::<String, String>::new()),
@@ -466,22 +477,22 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
             serde_json::Value::Array(plan.requests.json.clone()).to_string(),
         ),
         value(ENV_TOKENS_PATH_PREFIX, agent.tokens_dir.clone()),
-        value("FLYTE_SECRETS_DEFAULT_DIR", agent.secrets_dir.clone()),
-        value("FLYTE_SECRETS_ENV_PREFIX", SECRETS_ENV_PREFIX.into()),
-        value("FLYTE_SECRETS_FILE_PREFIX", String::new()),
-        value("FLYTE_AUTH_AGENT_LOG_FORMAT", agent.log_format.clone()),
-        value("RUST_LOG", agent.log_level.clone()),
+        value(ENV_SECRETS_DIR, agent.secrets_dir.clone()),
+        value(ENV_SECRETS_ENV_PREFIX, DEFAULT_SECRETS_ENV_PREFIX.into()),
+        value(ENV_SECRETS_FILE_PREFIX, String::new()),
+        value(ENV_LOG_FORMAT, agent.log_format.clone()),
+        value(ENV_LOG_FILTER, agent.log_level.clone()),
     ];
     if plan.sidecar() {
         env.push(value(ENV_SOCKET, plan.socket_path()));
         env.push(value(
-            "FLYTE_AUTH_AGENT_HEALTH_ADDR",
+            ENV_HEALTH_ADDR,
             // The kubelet probes the pod IP; the health port serves no token.
             format!("0.0.0.0:{}", agent.health_port),
         ));
     }
     if agent.allow_insecure_http {
-        env.push(value("FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP", "true".into()));
+        env.push(value(ENV_ALLOW_INSECURE_HTTP, "true".into()));
     }
     for (var, (group, key)) in &plan.secrets.env {
         env.push(EnvVar {

@@ -612,3 +612,40 @@ fn an_admin_section_for_an_agent_elsewhere_is_checked_and_carried_as_env() {
         .all(|(k, _)| k != "FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE"));
     assert_eq!(checked.client_secret.unwrap().group, "g");
 }
+
+#[test]
+fn a_secret_reference_cannot_point_at_the_agents_settings() {
+    let f = Fixture::new();
+    let with_secret =
+        |secret: &str| request("api").replace(r#"{"group":"app","key":"secret"}"#, secret);
+    let cases = [
+        (r#"{"group":"app","key":"secret","mountRequirement":99}"#, "client.clientSecret.mountRequirement: 99 is not ANY (0), ENV_VAR (1) or FILE (2)"),
+        (r#"{"group":"app","key":"secret","envVar":"FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET"}"#, "client.clientSecret.envVar: \"FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET\" must start with the secrets env prefix \"_FSEC_\""),
+        (r#"{"group":"app","key":"secret","envVar":"HOME"}"#, "\"HOME\" must start with the secrets env prefix"),
+        (r#"{"group":"app","key":"secret","envVar":"_FSEC_A B"}"#, "\"_FSEC_A B\" is not an env var name"),
+    ];
+    for (secret, expected) in cases {
+        let errors = messages(
+            f.load_json(&format!("[{}]", with_secret(secret)))
+                .unwrap_err(),
+        );
+        assert!(
+            errors.iter().any(|e| e.contains(expected)),
+            "{secret}: {errors:?}"
+        );
+    }
+    // The prefix is the configured one.
+    let env = f.env(&[
+        (
+            ENV_TOKEN_REQUESTS,
+            &format!(
+                "[{}]",
+                with_secret(r#"{"group":"app","key":"secret","envVar":"MY_APP_SECRET"}"#)
+            ),
+        ),
+        ("FLYTE_SECRETS_ENV_PREFIX", "MY_"),
+        ("MY_APP_SECRET", "value"),
+    ]);
+    let c = Config::load(None, env).unwrap();
+    assert_eq!(c.token_requests[0].client_secret.env_var, "MY_APP_SECRET");
+}

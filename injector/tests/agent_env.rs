@@ -4,8 +4,13 @@
 //! Every env var the injector puts on the agent is either one of the agent's settings (from the
 //! agent crate's env contract) or a secret reference inside the prefix, each exactly once.
 
+#[allow(dead_code)] // The harness also serves the HTTPS tests and the bench.
+mod harness;
+
 use std::collections::BTreeSet;
 use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use flyte_auth_agent::env::{is_agent_owned, DEFAULT_SECRETS_ENV_PREFIX, ENV_TOKEN_REQUESTS};
@@ -197,5 +202,81 @@ fn the_agents_env_is_its_settings_and_prefixed_secrets_each_once() {
     assert!(
         seen.contains("_FSEC_CUSTOM") && seen.contains("_FSEC_B-OAUTH_KEY"),
         "{seen:?}"
+    );
+}
+
+/// The same denial from the real binary over HTTPS, as the API server would get it: today's
+/// main patched this pod, and Kubernetes (which keeps the last of two env entries with one name)
+/// would have started the agent with the pod's secret as its token requests.
+#[test]
+fn the_binary_denies_a_pod_that_sets_the_agents_env() {
+    let dir = tempfile::tempdir().unwrap();
+    let bin = env!("CARGO_BIN_EXE_flyte-auth-injector");
+    let certs = Command::new(bin)
+        .args([
+            "init-certs",
+            "--service-name",
+            "flyte-auth-injector",
+            "--namespace",
+            "flyte",
+        ])
+        .arg("--cert-dir")
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        certs.status.success(),
+        "{}",
+        String::from_utf8_lossy(&certs.stderr)
+    );
+    let config = harness::write_config(
+        dir.path(),
+        &dir.path().join("tls.crt"),
+        &dir.path().join("tls.key"),
+    );
+    let (mut child, addr) = harness::spawn_serve(bin, &config);
+
+    let mut review: Value = serde_json::from_slice(&harness::review("steer", true)).unwrap();
+    let requests = json!([request(
+        "api",
+        "api-oauth",
+        "secret",
+        json!({"envVar": ENV_TOKEN_REQUESTS})
+    )]);
+    review["request"]["object"]["metadata"]["annotations"]["flyte.org/token-requests"] =
+        json!(requests.to_string());
+    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
+    let host = "flyte-auth-injector.flyte.svc";
+    let client = reqwest::blocking::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .resolve(host, addr)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let url = format!("https://{host}:{}/mutate", addr.port());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let response = loop {
+        match client
+            .post(&url)
+            .body(serde_json::to_vec(&review).unwrap())
+            .send()
+        {
+            Ok(response) => break response,
+            Err(e) => assert!(Instant::now() < deadline, "not served: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let answer: Value = response.json().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(answer["response"]["uid"], "steer");
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    assert!(answer["response"].get("patch").is_none());
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("client.clientSecret.envVar: \"FLYTE_AUTH_AGENT_TOKEN_REQUESTS\" must start with the secrets env prefix"),
+        "{message}"
     );
 }

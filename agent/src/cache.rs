@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::TokenRequest;
-use crate::idp::{Idp, IdpError};
+use crate::idp::{Idp, IdpError, Lifetimes};
 use crate::metrics::{Metrics, NameMetrics};
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
@@ -36,6 +36,10 @@ use crate::token::Token;
 
 /// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
 pub const ADMIN: &str = ".admin";
+
+/// A wait that stands for "not in this process's lifetime" when a longer one cannot be added to
+/// the clock (thirty years, as tokio's own far future).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Mints tokens for one name: reads whatever credential it needs and asks the IdP.
 pub trait Minter: Send + Sync {
@@ -89,6 +93,9 @@ pub struct RefreshPolicy {
     pub jitter: f64,
     /// Lifetime assumed when the IdP states none and the token is not a JWT with `exp`.
     pub default_lifetime: Duration,
+    /// Longest lifetime believed: a longer `expires_in` or JWT `exp` is cut to it, so a broken
+    /// IdP cannot make the agent keep a token for centuries (or overflow its clock arithmetic).
+    pub max_lifetime: Duration,
     /// First back-off after a failure.
     pub min_backoff: Duration,
     /// Longest back-off.
@@ -101,6 +108,7 @@ impl Default for RefreshPolicy {
             at_fraction: 0.75,
             jitter: 0.1,
             default_lifetime: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(365 * 24 * 3600),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
         }
@@ -108,6 +116,14 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
+    /// The lifetimes the IdP client applies to what it mints.
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            default: self.default_lifetime,
+            max: self.max_lifetime,
+        }
+    }
+
     /// Time after issue at which to refresh a token of `lifetime`; `draw` is uniform in [0, 1).
     pub fn refresh_after(&self, lifetime: Duration, draw: f64) -> Duration {
         lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
@@ -139,6 +155,15 @@ pub enum MintError {
 }
 
 impl MintError {
+    /// Whether retrying cannot help without a configuration change (see
+    /// [`IdpError::is_permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Idp(e) => e.is_permanent(),
+            Self::File(_) => false,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Idp(e) => e.retry_after(),
@@ -474,7 +499,9 @@ impl TokenCache {
                 Err(e) => {
                     let delay = self.policy.backoff(backoff.failures, rand::random(), e.retry_after());
                     backoff.failures = backoff.failures.saturating_add(1);
-                    backoff.not_before = Some(Instant::now() + delay);
+                    // Checked: a configured max_backoff of centuries must not overflow the clock.
+                    let now = Instant::now();
+                    backoff.not_before = Some(now.checked_add(delay).unwrap_or(now + FAR_FUTURE));
                     backoff.last_error = Some(e.clone());
                     tracing::warn!(error = %e, retry_in = %format!("{:.3}s", delay.as_secs_f64()), "token request failed");
                 }
@@ -538,7 +565,9 @@ impl TokenCache {
         }
     }
 
-    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`).
+    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`). A permanent refusal
+    /// (a wrong client secret, an unknown client or scope) ends it at once: an init container
+    /// that waits out its timeout for an answer that cannot change only hides the reason.
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
         let slot = self.slot(name)?;
         loop {
@@ -546,7 +575,7 @@ impl TokenCache {
                 Ok(token) => return Ok(token),
                 Err(reason) => {
                     let retry_at = lock(&slot.backoff).not_before.unwrap_or_else(Instant::now);
-                    if retry_at >= deadline {
+                    if reason.is_permanent() || retry_at >= deadline {
                         return Err(GetError::Unavailable {
                             name: name.to_string(),
                             reason,

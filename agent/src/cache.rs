@@ -243,7 +243,8 @@ struct Slot {
 enum Want {
     /// A reader: any fresh token will do; respect the back-off.
     Fresh,
-    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did.
+    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did;
+    /// respect the back-off.
     Replace { seen: Option<SystemTime> },
     /// A peer refused the token issued at `seen`: replace it unless someone already did, but
     /// respect the back-off, so a peer that refuses every token cannot make us hammer the IdP.
@@ -441,7 +442,7 @@ impl TokenCache {
     }
 
     /// The body of one serialized computation for a name: keep `current` if it will do, else
-    /// mint, unless a reader arrives during the name's back-off.
+    /// mint, unless the name is in its back-off.
     // Boxed with an explicit lifetime: moka's higher-ranked closure bound otherwise keeps the
     // compiler from proving the future `Send`.
     fn compute<'a>(
@@ -463,7 +464,10 @@ impl TokenCache {
             if usable {
                 return Ok(Op::Nop);
             }
-            if let Want::Fresh | Want::Renew { .. } = want {
+            // Every kind of fetch respects the back-off, the refresher's too: a reader may have
+            // retried (and failed) while the refresher slept, and the refresher must then sleep
+            // again rather than call the IdP a second time at once.
+            {
                 let b = lock(&slot.backoff);
                 if let (Some(until), Some(err)) = (b.not_before, &b.last_error) {
                     if Instant::now() < until {

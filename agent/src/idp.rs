@@ -625,7 +625,8 @@ fn reqwest_error(e: reqwest::Error) -> Transport {
         reason = s.to_string();
         source = s.source();
     }
-    Transport::Failed(reason)
+    // A TLS failure can quote the peer's certificate (the names it is valid for): the IdP's words.
+    Transport::Failed(clean_text(&reason))
 }
 
 /// A JSON error's path and category, without the offending value (it may be a token).

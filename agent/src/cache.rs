@@ -595,6 +595,110 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::config::IdpSettings;
+    use crate::secret::SecretsConfig;
+
+    /// A minter that always gives the same answer and counts the calls.
+    struct Scripted {
+        calls: Arc<AtomicUsize>,
+        answer: fn() -> Result<Token, IdpError>,
+    }
+
+    impl Minter for Scripted {
+        fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = (self.answer)();
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// A cache holding only the Admin credential, minted by `answer`; and its call counter.
+    fn scripted_cache(
+        answer: fn() -> Result<Token, IdpError>,
+    ) -> (TokenCache, Arc<AtomicUsize>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let minter = Scripted {
+            calls: calls.clone(),
+            answer,
+        };
+        let policy = RefreshPolicy::default();
+        let settings = IdpSettings {
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow_insecure_http: false,
+        };
+        let entries = TokenCache::entries(1);
+        let cache = TokenCache::new(
+            Vec::new(),
+            Some(Box::new(minter)),
+            Arc::new(Idp::new(&settings, policy.lifetimes()).unwrap()),
+            SecretResolver::new(
+                SecretsConfig::default(),
+                Arc::new(HashMap::<String, String>::new()),
+            ),
+            Arc::new(Sink::open(dir.path(), 0o644).unwrap()),
+            entries.clone(),
+            Arc::new(Metrics::new(entries)),
+            policy,
+        );
+        (cache, calls, dir)
+    }
+
+    fn overloaded() -> Result<Token, IdpError> {
+        Err(IdpError::Status {
+            url: "https://idp/token".into(),
+            status: 503,
+            retry_after: None,
+        })
+    }
+
+    fn wrong_secret() -> Result<Token, IdpError> {
+        Err(IdpError::Rejected {
+            url: "https://idp/token".into(),
+            status: 401,
+            error: "invalid_client".into(),
+            description: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_respects_a_back_off_a_reader_started() {
+        let (cache, calls, _dir) = scripted_cache(overloaded);
+        assert!(cache.admin().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The refresher's fetch during that back-off gets the error, not a second IdP call.
+        let slot = cache.slot(ADMIN).unwrap();
+        let err = cache.fetch(slot, Want::Replace { seen: None }).await;
+        assert!(err.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetch_until_stops_at_a_permanent_refusal() {
+        let (cache, calls, _dir) = scripted_cache(wrong_secret);
+        let start = Instant::now();
+        let err = cache
+            .fetch_until(ADMIN, start + Duration::from_secs(300))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(Instant::now(), start, "no waiting");
+        assert!(err.to_string().contains("invalid_client"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetch_until_retries_transient_failures_until_the_deadline() {
+        let (cache, calls, _dir) = scripted_cache(overloaded);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        assert!(cache.fetch_until(ADMIN, deadline).await.is_err());
+        // Back-offs of 0.5–1, 1–2, 2–4, 4–8, 8–16, 16–32 s fit 60 s at least five times.
+        assert!(calls.load(Ordering::SeqCst) >= 5, "{calls:?}");
+        assert!(Instant::now() > start + Duration::from_secs(15));
+    }
 
     #[test]
     fn refresh_point_is_a_jittered_fraction_of_the_lifetime() {

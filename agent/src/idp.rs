@@ -1,6 +1,7 @@
 //! Talks to identity providers: OIDC discovery (`openidconnect`, issuer match enforced, metadata
-//! cached per discovery URL) and the OAuth2 client-credentials grant (`oauth2`), with
-//! `client_secret_basic`, `client_secret_post` or `private_key_jwt` client authentication.
+//! cached per discovery URL) and the token endpoint (RFC 6749 client credentials or RFC 8693 token
+//! exchange), with `client_secret_basic`, `client_secret_post`, `private_key_jwt` or a pre-made
+//! client assertion.
 //!
 //! Every call goes through one `reqwest` client: rustls with the webpki roots plus an optional CA
 //! bundle, a timeout on connect and on the whole exchange, no redirects (a token endpoint that
@@ -566,8 +567,8 @@ fn token_request(
     Ok(request.body(form.finish().into_bytes()))
 }
 
-/// The HTTP client handed to the OAuth2 crates for one exchange: it sends through the agent's
-/// client and remembers the last status and `Retry-After`, which the crates' errors drop.
+/// The HTTP client handed to `openidconnect` for one discovery: it sends through the agent's
+/// client and remembers the last status and `Retry-After`, which the crate's errors drop.
 struct Recorder<'a> {
     idp: &'a Idp,
     seen: Mutex<Option<(StatusCode, Option<Duration>)>>,
@@ -607,7 +608,7 @@ impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
     }
 }
 
-/// The error type handed to the OAuth2 crates.
+/// The error type handed to `openidconnect`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(Transport);

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::config::TokenRequest;
-use crate::idp::{Idp, IdpError};
+use crate::idp::{Idp, IdpError, Lifetimes};
 use crate::metrics::{Metrics, NameMetrics};
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
@@ -36,6 +36,10 @@ use crate::token::Token;
 
 /// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
 pub const ADMIN: &str = ".admin";
+
+/// A wait that stands for "not in this process's lifetime" when a longer one cannot be added to
+/// the clock (thirty years, as tokio's own far future).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Mints tokens for one name: reads whatever credential it needs and asks the IdP.
 pub trait Minter: Send + Sync {
@@ -89,6 +93,9 @@ pub struct RefreshPolicy {
     pub jitter: f64,
     /// Lifetime assumed when the IdP states none and the token is not a JWT with `exp`.
     pub default_lifetime: Duration,
+    /// Longest lifetime believed: a longer `expires_in` or JWT `exp` is cut to it, so a broken
+    /// IdP cannot make the agent keep a token for centuries (or overflow its clock arithmetic).
+    pub max_lifetime: Duration,
     /// First back-off after a failure.
     pub min_backoff: Duration,
     /// Longest back-off.
@@ -101,6 +108,7 @@ impl Default for RefreshPolicy {
             at_fraction: 0.75,
             jitter: 0.1,
             default_lifetime: Duration::from_secs(300),
+            max_lifetime: Duration::from_secs(365 * 24 * 3600),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
         }
@@ -108,6 +116,14 @@ impl Default for RefreshPolicy {
 }
 
 impl RefreshPolicy {
+    /// The lifetimes the IdP client applies to what it mints.
+    pub fn lifetimes(&self) -> Lifetimes {
+        Lifetimes {
+            default: self.default_lifetime,
+            max: self.max_lifetime,
+        }
+    }
+
     /// Time after issue at which to refresh a token of `lifetime`; `draw` is uniform in [0, 1).
     pub fn refresh_after(&self, lifetime: Duration, draw: f64) -> Duration {
         lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
@@ -139,6 +155,15 @@ pub enum MintError {
 }
 
 impl MintError {
+    /// Whether retrying cannot help without a configuration change (see
+    /// [`IdpError::is_permanent`]).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Idp(e) => e.is_permanent(),
+            Self::File(_) => false,
+        }
+    }
+
     fn retry_after(&self) -> Option<Duration> {
         match self {
             Self::Idp(e) => e.retry_after(),
@@ -218,7 +243,8 @@ struct Slot {
 enum Want {
     /// A reader: any fresh token will do; respect the back-off.
     Fresh,
-    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did.
+    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did;
+    /// respect the back-off.
     Replace { seen: Option<SystemTime> },
     /// A peer refused the token issued at `seen`: replace it unless someone already did, but
     /// respect the back-off, so a peer that refuses every token cannot make us hammer the IdP.
@@ -416,7 +442,7 @@ impl TokenCache {
     }
 
     /// The body of one serialized computation for a name: keep `current` if it will do, else
-    /// mint, unless a reader arrives during the name's back-off.
+    /// mint, unless the name is in its back-off.
     // Boxed with an explicit lifetime: moka's higher-ranked closure bound otherwise keeps the
     // compiler from proving the future `Send`.
     fn compute<'a>(
@@ -438,7 +464,10 @@ impl TokenCache {
             if usable {
                 return Ok(Op::Nop);
             }
-            if let Want::Fresh | Want::Renew { .. } = want {
+            // Every kind of fetch respects the back-off, the refresher's too: a reader may have
+            // retried (and failed) while the refresher slept, and the refresher must then sleep
+            // again rather than call the IdP a second time at once.
+            {
                 let b = lock(&slot.backoff);
                 if let (Some(until), Some(err)) = (b.not_before, &b.last_error) {
                     if Instant::now() < until {
@@ -474,7 +503,9 @@ impl TokenCache {
                 Err(e) => {
                     let delay = self.policy.backoff(backoff.failures, rand::random(), e.retry_after());
                     backoff.failures = backoff.failures.saturating_add(1);
-                    backoff.not_before = Some(Instant::now() + delay);
+                    // Checked: a configured max_backoff of centuries must not overflow the clock.
+                    let now = Instant::now();
+                    backoff.not_before = Some(now.checked_add(delay).unwrap_or(now + FAR_FUTURE));
                     backoff.last_error = Some(e.clone());
                     tracing::warn!(error = %e, retry_in = %format!("{:.3}s", delay.as_secs_f64()), "token request failed");
                 }
@@ -538,7 +569,9 @@ impl TokenCache {
         }
     }
 
-    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`).
+    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`). A permanent refusal
+    /// (a wrong client secret, an unknown client or scope) ends it at once: an init container
+    /// that waits out its timeout for an answer that cannot change only hides the reason.
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
         let slot = self.slot(name)?;
         loop {
@@ -546,7 +579,7 @@ impl TokenCache {
                 Ok(token) => return Ok(token),
                 Err(reason) => {
                     let retry_at = lock(&slot.backoff).not_before.unwrap_or_else(Instant::now);
-                    if retry_at >= deadline {
+                    if reason.is_permanent() || retry_at >= deadline {
                         return Err(GetError::Unavailable {
                             name: name.to_string(),
                             reason,
@@ -562,6 +595,110 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use crate::config::IdpSettings;
+    use crate::secret::SecretsConfig;
+
+    /// A minter that always gives the same answer and counts the calls.
+    struct Scripted {
+        calls: Arc<AtomicUsize>,
+        answer: fn() -> Result<Token, IdpError>,
+    }
+
+    impl Minter for Scripted {
+        fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
+            self.calls.fetch_add(1, Ordering::SeqCst);
+            let answer = (self.answer)();
+            Box::pin(async move { answer })
+        }
+    }
+
+    /// A cache holding only the Admin credential, minted by `answer`; and its call counter.
+    fn scripted_cache(
+        answer: fn() -> Result<Token, IdpError>,
+    ) -> (TokenCache, Arc<AtomicUsize>, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let calls = Arc::new(AtomicUsize::new(0));
+        let minter = Scripted {
+            calls: calls.clone(),
+            answer,
+        };
+        let policy = RefreshPolicy::default();
+        let settings = IdpSettings {
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow_insecure_http: false,
+        };
+        let entries = TokenCache::entries(1);
+        let cache = TokenCache::new(
+            Vec::new(),
+            Some(Box::new(minter)),
+            Arc::new(Idp::new(&settings, policy.lifetimes()).unwrap()),
+            SecretResolver::new(
+                SecretsConfig::default(),
+                Arc::new(HashMap::<String, String>::new()),
+            ),
+            Arc::new(Sink::open(dir.path(), 0o644).unwrap()),
+            entries.clone(),
+            Arc::new(Metrics::new(entries)),
+            policy,
+        );
+        (cache, calls, dir)
+    }
+
+    fn overloaded() -> Result<Token, IdpError> {
+        Err(IdpError::Status {
+            url: "https://idp/token".into(),
+            status: 503,
+            retry_after: None,
+        })
+    }
+
+    fn wrong_secret() -> Result<Token, IdpError> {
+        Err(IdpError::Rejected {
+            url: "https://idp/token".into(),
+            status: 401,
+            error: "invalid_client".into(),
+            description: None,
+        })
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_refresher_respects_a_back_off_a_reader_started() {
+        let (cache, calls, _dir) = scripted_cache(overloaded);
+        assert!(cache.admin().await.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        // The refresher's fetch during that back-off gets the error, not a second IdP call.
+        let slot = cache.slot(ADMIN).unwrap();
+        let err = cache.fetch(slot, Want::Replace { seen: None }).await;
+        assert!(err.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetch_until_stops_at_a_permanent_refusal() {
+        let (cache, calls, _dir) = scripted_cache(wrong_secret);
+        let start = Instant::now();
+        let err = cache
+            .fetch_until(ADMIN, start + Duration::from_secs(300))
+            .await
+            .unwrap_err();
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(Instant::now(), start, "no waiting");
+        assert!(err.to_string().contains("invalid_client"), "{err}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn fetch_until_retries_transient_failures_until_the_deadline() {
+        let (cache, calls, _dir) = scripted_cache(overloaded);
+        let start = Instant::now();
+        let deadline = start + Duration::from_secs(60);
+        assert!(cache.fetch_until(ADMIN, deadline).await.is_err());
+        // Back-offs of 0.5–1, 1–2, 2–4, 4–8, 8–16, 16–32 s fit 60 s at least five times.
+        assert!(calls.load(Ordering::SeqCst) >= 5, "{calls:?}");
+        assert!(Instant::now() > start + Duration::from_secs(15));
+    }
 
     #[test]
     fn refresh_point_is_a_jittered_fraction_of_the_lifetime() {

@@ -223,6 +223,7 @@ struct RawRefresh {
     at_fraction: Option<f64>,
     jitter: Option<f64>,
     default_lifetime: Option<String>,
+    max_lifetime: Option<String>,
     min_backoff: Option<String>,
     max_backoff: Option<String>,
 }
@@ -491,6 +492,9 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     }
 }
 
+/// The largest `refresh.max_lifetime` accepted.
+const MAX_MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
 fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
     let d = RefreshPolicy::default();
     let fraction = |v: Option<f64>| v.map(|f| f.to_string());
@@ -516,6 +520,13 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             d.default_lifetime,
             parse_duration,
         ),
+        max_lifetime: l.parsed(
+            "refresh.max_lifetime",
+            None,
+            raw.max_lifetime,
+            d.max_lifetime,
+            parse_duration,
+        ),
         min_backoff: l.parsed(
             "refresh.min_backoff",
             None,
@@ -537,6 +548,22 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             &src,
             "refresh.jitter",
             "must not exceed refresh.at_fraction",
+        );
+    }
+    // Bounded above so that now + max_lifetime is always a time the agent can write down.
+    if policy.max_lifetime.is_zero() || policy.max_lifetime > MAX_MAX_LIFETIME {
+        let src = l.file_source.clone();
+        l.error(
+            &src,
+            "refresh.max_lifetime",
+            "must be above zero and at most 100 years",
+        );
+    } else if policy.default_lifetime > policy.max_lifetime {
+        let src = l.file_source.clone();
+        l.error(
+            &src,
+            "refresh.default_lifetime",
+            "must not exceed refresh.max_lifetime",
         );
     }
     if policy.min_backoff.is_zero() || policy.min_backoff > policy.max_backoff {

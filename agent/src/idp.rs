@@ -1,12 +1,26 @@
 //! Talks to identity providers: OIDC discovery (`openidconnect`, issuer match enforced, metadata
-//! cached per discovery URL) and the OAuth2 client-credentials grant (`oauth2`), with
-//! `client_secret_basic`, `client_secret_post` or `private_key_jwt` client authentication.
+//! cached per discovery URL) and the token endpoint (RFC 6749 client credentials or RFC 8693 token
+//! exchange), with `client_secret_basic`, `client_secret_post`, `private_key_jwt` or a pre-made
+//! client assertion.
 //!
 //! Every call goes through one `reqwest` client: rustls with the webpki roots plus an optional CA
 //! bundle, a timeout on connect and on the whole exchange, no redirects (a token endpoint that
 //! redirects is misconfigured, and following it could send credentials elsewhere), and a cap on
 //! response size. Errors say which URL failed and how, and never carry a response body: an IdP's
 //! body can echo what it was sent.
+//!
+//! The IdP is trusted to issue tokens, not to be well-formed, so its answers are parsed defensively
+//! by one pure function, [`token_from_response`], for every grant: `expires_in` may be a number or
+//! a numeric string and is clamped to the configured maximum lifetime, as is a JWT `exp`; a token
+//! that is already expired, or whose value is not RFC 6750 `token68`, is an error (and so backs
+//! off like any failure) rather than a file; the IdP's own words (`error`, `error_description`, a
+//! discovery complaint) are stripped of control characters and cut to [`MAX_IDP_TEXT`] characters
+//! before they reach a log line, a 503 body or the status listing. No time arithmetic on an IdP's
+//! numbers can overflow.
+//!
+//! The token request's form is built here too, for both grants: `oauth2` 5 keeps its request
+//! builder private and parses answers with its own strict types (`expires_in` only as a number,
+//! HTTP 200 only), so the crate is used for its HTTP client trait (discovery) alone.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,24 +30,38 @@ use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicTokenResponse, BasicTokenType};
-use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse,
-    RequestTokenError, Scope, TokenResponse, TokenUrl,
-};
+use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 use openidconnect::core::CoreProviderMetadata;
 use openidconnect::{DiscoveryError, IssuerUrl};
 use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::config::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
-use crate::token::{jwt_expiry, SecretString, Token};
+use crate::token::{jwt_exp, SecretString, Token};
 
 /// Largest IdP response read; discovery documents and token responses are a few kB.
 const MAX_BODY: usize = 1 << 20;
 /// A `Retry-After` longer than this is clamped: an IdP cannot park the agent for hours.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(300);
 const DISCOVERY_SUFFIX: &str = "/.well-known/openid-configuration";
+/// Longest access token accepted. Real tokens are a few kB (a JWT with many claims perhaps 10);
+/// anything longer is a broken IdP, and would be copied into every file, header and response.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
+/// Most characters of the IdP's own text (`error`, `error_description`, a discovery complaint)
+/// that the agent repeats in logs, 503 bodies and the status listing.
+pub const MAX_IDP_TEXT: usize = 256;
+/// Longest `token_type` accepted (`Bearer`, `DPoP`, `N_A`, or a URI).
+const MAX_TOKEN_TYPE_LEN: usize = 128;
+/// OAuth2 error codes that name the client's own request or credentials: trying again with the
+/// same configuration gives the same answer (RFC 6749 §5.2).
+const PERMANENT_ERRORS: [&str; 4] = [
+    "invalid_client",
+    "unauthorized_client",
+    "invalid_scope",
+    "invalid_grant",
+];
+/// OAuth2 error codes that say "later", whatever the HTTP status they come with.
+const TRANSIENT_ERRORS: [&str; 2] = ["temporarily_unavailable", "slow_down"];
 
 /// Why a token could not be had from the IdP.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -121,6 +149,21 @@ impl IdpError {
         match self {
             Self::Status { retry_after, .. } => *retry_after,
             _ => None,
+        }
+    }
+
+    /// Whether the IdP refused the request itself, so that asking again with the same
+    /// configuration gets the same answer: an OAuth2 error naming the client, scope or grant, or
+    /// HTTP 400/401/403. Overload (429), server errors and transport failures are transient.
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            Self::Rejected { status, error, .. } => {
+                !TRANSIENT_ERRORS.contains(&error.as_str())
+                    && (matches!(*status, 400 | 401 | 403)
+                        || PERMANENT_ERRORS.contains(&error.as_str()))
+            }
+            Self::Status { status, .. } => matches!(*status, 400 | 401 | 403),
+            _ => false,
         }
     }
 
@@ -260,12 +303,18 @@ impl Exchange<'_> {
     }
 }
 
-type TokenResult =
-    Result<BasicTokenResponse, RequestTokenError<TransportError, BasicErrorResponse>>;
-
 #[derive(Debug)]
 struct Metadata {
     token_endpoint: Url,
+}
+
+/// How long a token lives when the IdP does not say, and at most whatever it says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lifetimes {
+    /// Assumed when neither `expires_in` nor a JWT `exp` states a lifetime.
+    pub default: Duration,
+    /// The longest lifetime believed: longer `expires_in` or `exp` values are cut to it.
+    pub max: Duration,
 }
 
 /// The client for every IdP this agent talks to.
@@ -273,7 +322,7 @@ pub struct Idp {
     http: reqwest::Client,
     timeout: Duration,
     allow_insecure_http: bool,
-    default_lifetime: Duration,
+    lifetimes: Lifetimes,
     discovered: Mutex<HashMap<Url, Arc<OnceCell<Arc<Metadata>>>>>,
 }
 
@@ -294,8 +343,8 @@ pub enum BuildError {
 }
 
 impl Idp {
-    /// Builds the client. `default_lifetime` is assumed for tokens that state no expiry.
-    pub fn new(settings: &IdpSettings, default_lifetime: Duration) -> Result<Self, BuildError> {
+    /// Builds the client; `lifetimes` bounds the lifetime of every token it mints.
+    pub fn new(settings: &IdpSettings, lifetimes: Lifetimes) -> Result<Self, BuildError> {
         let mut builder = reqwest::Client::builder()
             .use_rustls_tls()
             .timeout(settings.timeout)
@@ -324,7 +373,7 @@ impl Idp {
             http,
             timeout: settings.timeout,
             allow_insecure_http: settings.allow_insecure_http,
-            default_lifetime,
+            lifetimes,
             discovered: Mutex::default(),
         })
     }
@@ -350,153 +399,16 @@ impl Idp {
     /// Performs one token exchange: any grant, any client authentication.
     pub async fn exchange(&self, x: &Exchange<'_>) -> Result<Token, IdpError> {
         let token_url = self.token_endpoint(x.endpoint).await?;
-        let url_str = token_url.to_string();
-        let call = Recorder::new(self);
+        let request = token_request(x, &token_url)?.map_err(|e| IdpError::Malformed {
+            url: token_url.to_string(),
+            detail: format!("cannot build the token request: {e}"),
+        })?;
         let issued_at = SystemTime::now();
-        let result = match &x.grant {
-            Grant::ClientCredentials => self.client_credentials(x, &token_url, &call).await?,
-            Grant::TokenExchange { subject_token } => {
-                self.token_exchange(x, subject_token, &token_url, &call)
-                    .await?
-            }
-        };
-        let (status, retry_after) = call.seen().unwrap_or((StatusCode::OK, None));
-        let response = result.map_err(|e| self.token_error(e, &url_str, status, retry_after))?;
-
-        let access_token = response.access_token().secret();
-        if access_token.is_empty() {
-            return Err(IdpError::Malformed {
-                url: url_str,
-                detail: "access_token is empty".into(),
-            });
-        }
-        let expires_at = expiry(
-            issued_at,
-            response.expires_in(),
-            access_token,
-            self.default_lifetime,
-        );
-        let token_type = match response.token_type() {
-            BasicTokenType::Bearer => "Bearer".to_string(),
-            BasicTokenType::Mac => "MAC".to_string(),
-            BasicTokenType::Extension(other) => other.clone(),
-        };
-        Ok(Token {
-            access_token: SecretString::new(access_token.as_str()),
-            token_type,
-            issued_at,
-            expires_at,
-        })
-    }
-
-    /// The client-credentials grant, through the `oauth2` crate.
-    async fn client_credentials(
-        &self,
-        x: &Exchange<'_>,
-        token_url: &Url,
-        call: &Recorder<'_>,
-    ) -> Result<TokenResult, IdpError> {
-        let client = BasicClient::new(ClientId::new(x.client_id.to_string()))
-            .set_token_uri(TokenUrl::from_url(token_url.clone()));
-        let secret = || ClientSecret::new(x.credential().expose().to_string());
-        let client = match x.client_auth {
-            ClientAuth::ClientSecretBasic => client
-                .set_client_secret(secret())
-                .set_auth_type(AuthType::BasicAuth),
-            ClientAuth::ClientSecretPost => client
-                .set_client_secret(secret())
-                .set_auth_type(AuthType::RequestBody),
-            // No client secret: the crate then sends client_id in the body, and the assertion
-            // (if any) authenticates it.
-            ClientAuth::PrivateKeyJwt | ClientAuth::JwtBearer | ClientAuth::None => {
-                client.set_auth_type(AuthType::RequestBody)
-            }
-        };
-        let mut exchange = client
-            .exchange_client_credentials()
-            .add_scopes(x.scopes.iter().cloned().map(Scope::new));
-        if let Some(audience) = x.audience {
-            exchange = exchange.add_extra_param("audience", audience.to_string());
-        }
-        if let Some(assertion) = x.assertion(token_url.as_str())? {
-            exchange = exchange
-                .add_extra_param("client_assertion_type", CLIENT_ASSERTION_TYPE)
-                .add_extra_param("client_assertion", assertion);
-        }
-        Ok(exchange.request_async(call).await)
-    }
-
-    /// RFC 8693 token exchange. The `oauth2` crate has no such grant, so the form is built here;
-    /// the response and error bodies are parsed with the crate's own types, as for any grant.
-    async fn token_exchange(
-        &self,
-        x: &Exchange<'_>,
-        subject_token: &SecretString,
-        token_url: &Url,
-        call: &Recorder<'_>,
-    ) -> Result<TokenResult, IdpError> {
-        let request = match token_exchange_request(x, subject_token, token_url)? {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(RequestTokenError::Other(e.to_string()))),
-        };
-        let response = match call.call(request).await {
-            Ok(r) => r,
-            Err(e) => return Ok(Err(RequestTokenError::Request(e))),
-        };
-        let body = response.body();
-        fn parse<T: serde::de::DeserializeOwned>(
-            body: &[u8],
-        ) -> Result<T, serde_path_to_error::Error<serde_json::Error>> {
-            serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(body))
-        }
-        Ok(if response.status().is_success() {
-            parse::<BasicTokenResponse>(body).map_err(|e| RequestTokenError::Parse(e, Vec::new()))
-        } else {
-            match parse::<BasicErrorResponse>(body) {
-                Ok(error) => Err(RequestTokenError::ServerResponse(error)),
-                Err(_) => Err(RequestTokenError::Other(format!(
-                    "HTTP {}",
-                    response.status().as_u16()
-                ))),
-            }
-        })
-    }
-
-    fn token_error(
-        &self,
-        err: RequestTokenError<TransportError, BasicErrorResponse>,
-        url: &str,
-        status: StatusCode,
-        retry_after: Option<Duration>,
-    ) -> IdpError {
-        let url = url.to_string();
-        // Overload and server errors are about when to come back, whatever the body says (some
-        // IdPs send an OAuth2 error JSON with a 429), so they keep their Retry-After.
-        let overloaded = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
-        match err {
-            RequestTokenError::Request(t) => self.transport_error(t.0, url),
-            _ if overloaded => IdpError::Status {
-                url,
-                status: status.as_u16(),
-                retry_after,
-            },
-            RequestTokenError::ServerResponse(e) => IdpError::Rejected {
-                url,
-                status: status.as_u16(),
-                error: e.error().to_string(),
-                description: e.error_description().cloned(),
-            },
-            _ if !status.is_success() => IdpError::Status {
-                url,
-                status: status.as_u16(),
-                retry_after,
-            },
-            RequestTokenError::Parse(e, _body) => IdpError::Malformed {
-                url,
-                detail: describe_json_error(&e),
-            },
-            RequestTokenError::Other(detail) => IdpError::Malformed { url, detail },
-        }
+        let response = self
+            .send(request)
+            .await
+            .map_err(|t| self.transport_error(t, token_url.to_string()))?;
+        token_from_response(token_url.as_str(), &response, issued_at, self.lifetimes)
     }
 
     fn transport_error(&self, t: Transport, url: String) -> IdpError {
@@ -534,9 +446,10 @@ impl Idp {
             .strip_suffix(DISCOVERY_SUFFIX)
             .unwrap_or(text.trim_end_matches('/'));
         let discovery_url = format!("{issuer}{DISCOVERY_SUFFIX}");
+        // Details can quote the document (a wrong issuer), so they are the IdP's words.
         let failed = |detail: String| IdpError::Discovery {
             url: discovery_url.clone(),
-            detail,
+            detail: clean_text(&detail),
         };
         let issuer = IssuerUrl::new(issuer.to_string()).map_err(|e| failed(e.to_string()))?;
         let call = Recorder::new(self);
@@ -595,17 +508,24 @@ impl Idp {
     }
 }
 
-/// The HTTP request of an RFC 8693 token exchange.
-fn token_exchange_request(
+/// The HTTP request of one token exchange: RFC 6749 §4.4 client credentials or RFC 8693 token
+/// exchange, with the client authentication `x` asks for.
+fn token_request(
     x: &Exchange<'_>,
-    subject_token: &SecretString,
     token_url: &Url,
 ) -> Result<Result<HttpRequest, http::Error>, IdpError> {
     let assertion = x.assertion(token_url.as_str())?;
     let mut form = url::form_urlencoded::Serializer::new(String::new());
-    form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
-        .append_pair("subject_token", subject_token.expose())
-        .append_pair("subject_token_type", JWT_TOKEN_TYPE);
+    match &x.grant {
+        Grant::ClientCredentials => {
+            form.append_pair("grant_type", "client_credentials");
+        }
+        Grant::TokenExchange { subject_token } => {
+            form.append_pair("grant_type", TOKEN_EXCHANGE_GRANT)
+                .append_pair("subject_token", subject_token.expose())
+                .append_pair("subject_token_type", JWT_TOKEN_TYPE);
+        }
+    }
     if !x.scopes.is_empty() {
         form.append_pair("scope", &x.scopes.join(" "));
     }
@@ -647,8 +567,8 @@ fn token_exchange_request(
     Ok(request.body(form.finish().into_bytes()))
 }
 
-/// The HTTP client handed to the OAuth2 crates for one exchange: it sends through the agent's
-/// client and remembers the last status and `Retry-After`, which the crates' errors drop.
+/// The HTTP client handed to `openidconnect` for one discovery: it sends through the agent's
+/// client and remembers the last status and `Retry-After`, which the crate's errors drop.
 struct Recorder<'a> {
     idp: &'a Idp,
     seen: Mutex<Option<(StatusCode, Option<Duration>)>>,
@@ -688,7 +608,7 @@ impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
     }
 }
 
-/// The error type handed to the OAuth2 crates.
+/// The error type handed to `openidconnect`.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 struct TransportError(Transport);
@@ -706,7 +626,8 @@ fn reqwest_error(e: reqwest::Error) -> Transport {
         reason = s.to_string();
         source = s.source();
     }
-    Transport::Failed(reason)
+    // A TLS failure can quote the peer's certificate (the names it is valid for): the IdP's words.
+    Transport::Failed(clean_text(&reason))
 }
 
 /// A JSON error's path and category, without the offending value (it may be a token).
@@ -718,6 +639,14 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
         Category::Data => "unexpected value",
         Category::Io => "read error",
     };
+    // serde names a missing field by our own struct's field name, never by a value.
+    let message = e.inner().to_string();
+    if let Some(field) = message
+        .strip_prefix("missing field `")
+        .and_then(|m| m.split('`').next())
+    {
+        return format!("missing field {field}");
+    }
     let path = e.path().to_string();
     if path == "." {
         what.to_string()
@@ -726,19 +655,263 @@ fn describe_json_error(e: &serde_path_to_error::Error<serde_json::Error>) -> Str
     }
 }
 
-/// When a token expires: `expires_in` if the IdP sent a positive one, else the JWT's `exp`, else
-/// `default_lifetime` after issue.
-pub fn expiry(
+/// Turns a token endpoint's answer into a token, or into an error that names the problem without
+/// quoting a token. This is the whole of the agent's trust in an IdP answer:
+///
+/// - 429 and 5xx are [`IdpError::Status`] with their `Retry-After` (some IdPs add an OAuth2 error
+///   body to a 429; it is about when to come back all the same);
+/// - other non-2xx answers are [`IdpError::Rejected`] when the body is an OAuth2 error (its
+///   `error` and `error_description` cleaned by [`clean_text`]), else [`IdpError::Status`];
+/// - a 2xx answer must be a JSON object with a string `access_token` in RFC 6750 `token68` syntax
+///   of at most [`MAX_TOKEN_LEN`] bytes and a `token_type`; `expires_in` may be absent, a
+///   non-negative number or a string holding one, and is cut to `lifetimes.max`;
+/// - the lifetime is the shorter of `expires_in` and the JWT `exp` (when the token is a JWT
+///   with one), else `lifetimes.default`, never above `lifetimes.max`; a token whose `exp` is not
+///   after `issued_at` is an error.
+pub fn token_from_response(
+    url: &str,
+    response: &HttpResponse,
+    issued_at: SystemTime,
+    lifetimes: Lifetimes,
+) -> Result<Token, IdpError> {
+    let status = response.status();
+    let malformed = |detail: String| IdpError::Malformed {
+        url: url.to_string(),
+        detail,
+    };
+    if status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error() {
+        return Err(IdpError::Status {
+            url: url.to_string(),
+            status: status.as_u16(),
+            retry_after: retry_after(response),
+        });
+    }
+    if !status.is_success() {
+        return Err(match serde_json::from_slice::<WireError>(response.body()) {
+            Ok(e) => IdpError::Rejected {
+                url: url.to_string(),
+                status: status.as_u16(),
+                error: clean_text(&e.error),
+                description: e
+                    .error_description
+                    .as_ref()
+                    .and_then(|d| d.as_str())
+                    .map(clean_text)
+                    .filter(|d| !d.is_empty()),
+            },
+            Err(_) => IdpError::Status {
+                url: url.to_string(),
+                status: status.as_u16(),
+                retry_after: retry_after(response),
+            },
+        });
+    }
+    let wire: WireToken = serde_path_to_error::deserialize(
+        &mut serde_json::Deserializer::from_slice(response.body()),
+    )
+    .map_err(|e| malformed(describe_json_error(&e)))?;
+    check_token68(&wire.access_token).map_err(malformed)?;
+    let token_type = token_type(&wire.token_type).map_err(malformed)?;
+    let expires_in = expires_in(wire.expires_in.as_ref()).map_err(malformed)?;
+    let lifetime = lifetime(
+        issued_at,
+        expires_in,
+        jwt_exp(&wire.access_token),
+        lifetimes,
+    )
+    .map_err(malformed)?;
+    let expires_at = issued_at.checked_add(lifetime).ok_or_else(|| {
+        malformed("the token's expiry is beyond what this system's clock can hold".into())
+    })?;
+    Ok(Token {
+        access_token: SecretString::new(wire.access_token),
+        token_type,
+        issued_at,
+        expires_at,
+    })
+}
+
+/// The fields of a token response the agent reads, each typed as loosely as an IdP may send it;
+/// [`token_from_response`] then checks them.
+#[derive(serde::Deserialize)]
+struct WireToken {
+    access_token: String,
+    token_type: String,
+    #[serde(default)]
+    expires_in: Option<serde_json::Value>,
+}
+
+/// An RFC 6749 §5.2 error response; a description that is not a string is ignored.
+#[derive(serde::Deserialize)]
+struct WireError {
+    error: String,
+    #[serde(default)]
+    error_description: Option<serde_json::Value>,
+}
+
+fn retry_after(response: &HttpResponse) -> Option<Duration> {
+    response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(parse_retry_after)
+}
+
+/// Whether `token` is an RFC 6750 §2.1 `b64token` (`token68`): `[A-Za-z0-9-._~+/]+=*`, at most
+/// [`MAX_TOKEN_LEN`] bytes. A value outside it (a newline, a control character, a space) could
+/// split a header or a line of the token file, so it is never written or served.
+pub fn check_token68(token: &str) -> Result<(), String> {
+    const WHAT: &str = "access_token is not an RFC 6750 token68 value";
+    if token.is_empty() {
+        return Err("access_token is empty".into());
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(format!(
+            "access_token is {} bytes, more than the {MAX_TOKEN_LEN} accepted",
+            token.len()
+        ));
+    }
+    let bytes = token.as_bytes();
+    let body = bytes.iter().rposition(|&b| b != b'=').map_or(0, |i| i + 1);
+    if body == 0 {
+        return Err(format!("{WHAT}: it is only padding"));
+    }
+    let allowed = |b: &u8| b.is_ascii_alphanumeric() || b"-._~+/".contains(b);
+    match bytes[..body].iter().position(|b| !allowed(b)) {
+        // The position, never the character: the rest of the value may be a real token.
+        Some(i) => Err(format!("{WHAT}: byte {i} is not allowed")),
+        None => Ok(()),
+    }
+}
+
+/// `token_type`, with the registered names in their usual spelling (RFC 6749 §7.1 makes it
+/// case-insensitive) and anything else only if it is a short run of visible ASCII.
+fn token_type(raw: &str) -> Result<String, String> {
+    if raw.eq_ignore_ascii_case("bearer") {
+        return Ok("Bearer".into());
+    }
+    if raw.eq_ignore_ascii_case("mac") {
+        return Ok("MAC".into());
+    }
+    if raw.is_empty()
+        || raw.len() > MAX_TOKEN_TYPE_LEN
+        || !raw.bytes().all(|b| b.is_ascii_graphic())
+    {
+        return Err(format!(
+            "token_type is not a token type name (1 to {MAX_TOKEN_TYPE_LEN} visible ASCII characters)"
+        ));
+    }
+    Ok(raw.to_string())
+}
+
+/// `expires_in` as the IdP sent it: absent, `null` and `0` state nothing; a non-negative number,
+/// or a string holding one (some IdPs send `"3600"`), is whole seconds (a fraction is dropped,
+/// a huge value saturates and is cut later). Anything else is an error naming its type.
+fn expires_in(value: Option<&serde_json::Value>) -> Result<Option<Duration>, String> {
+    use serde_json::Value;
+    let secs = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Number(n)) => number_secs(n.as_u64(), n.as_f64()),
+        Some(Value::String(s)) => {
+            let s = s.trim();
+            match s.parse::<u64>() {
+                Ok(u) => Ok(u),
+                // `f64::from_str` also takes "inf" and "NaN"; `number_secs` refuses them.
+                Err(_) => match s.parse::<f64>() {
+                    Ok(f) => number_secs(None, Some(f)),
+                    Err(_) => Err("expires_in is a string that is not a number".to_string()),
+                },
+            }
+        }
+        Some(other) => Err(format!("expires_in is {}, not a number", json_type(other))),
+    }?;
+    Ok((secs > 0).then(|| Duration::from_secs(secs)))
+}
+
+fn number_secs(int: Option<u64>, float: Option<f64>) -> Result<u64, String> {
+    match (int, float) {
+        (Some(u), _) => Ok(u),
+        (None, Some(f)) if f.is_finite() && f >= 0.0 => Ok(f as u64),
+        (None, Some(f)) if f < 0.0 => Err(format!("expires_in is negative ({f})")),
+        _ => Err("expires_in is not a finite number".into()),
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// How long a token minted at `issued_at` is valid: the shorter of `expires_in` and the time left
+/// until the JWT's `exp`, else `lifetimes.default`, and never more than `lifetimes.max`. A JWT
+/// whose `exp` is not after `issued_at` is an error: handing it out would only make every
+/// reader's call fail, and refreshing it at once would hammer the IdP.
+fn lifetime(
     issued_at: SystemTime,
     expires_in: Option<Duration>,
-    token: &str,
-    default_lifetime: Duration,
-) -> SystemTime {
-    expires_in
-        .filter(|d| !d.is_zero())
-        .map(|d| issued_at + d)
-        .or_else(|| jwt_expiry(token))
-        .unwrap_or(issued_at + default_lifetime)
+    jwt_exp: Option<i64>,
+    lifetimes: Lifetimes,
+) -> Result<Duration, String> {
+    let until_exp = match jwt_exp {
+        None => None,
+        Some(exp) => {
+            // Nanoseconds in i128: any i64 `exp` and any clock reading fit, so nothing overflows.
+            const NANOS: i128 = 1_000_000_000;
+            let now = match issued_at.duration_since(UNIX_EPOCH) {
+                Ok(d) => d.as_nanos() as i128,
+                Err(e) => -(e.duration().as_nanos() as i128),
+            };
+            let left = i128::from(exp) * NANOS - now;
+            if left <= 0 {
+                return Err(format!(
+                    "the access token was already expired when issued (its exp is {} s in the past)",
+                    (-left) / NANOS
+                ));
+            }
+            // left < 2^63 s, so the seconds fit a u64 and the remainder a u32.
+            Some(Duration::new((left / NANOS) as u64, (left % NANOS) as u32))
+        }
+    };
+    let stated = match (expires_in, until_exp) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(d), None) | (None, Some(d)) => d,
+        (None, None) => lifetimes.default,
+    };
+    Ok(stated.min(lifetimes.max))
+}
+
+/// The IdP's own words made fit to repeat: control and invisible formatting characters (line
+/// breaks, escape sequences, bidi overrides) dropped, line breaks and tabs becoming spaces, and
+/// at most [`MAX_IDP_TEXT`] characters (the last one `…` when it was cut).
+pub fn clean_text(text: &str) -> String {
+    let invisible = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+    };
+    let mut out = String::new();
+    let mut count = 0;
+    for c in text.chars() {
+        let c = match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if invisible(c) => continue,
+            c => c,
+        };
+        if count == MAX_IDP_TEXT {
+            out.pop();
+            out.push('…');
+            break;
+        }
+        out.push(c);
+        count += 1;
+    }
+    out
 }
 
 /// Parses `Retry-After`: delay-seconds or an HTTP date.
@@ -774,69 +947,293 @@ mod tests {
         );
     }
 
-    #[test]
-    fn expiry_prefers_expires_in_then_jwt_exp_then_the_default() {
-        use base64::Engine as _;
+    const LIFETIMES: Lifetimes = Lifetimes {
+        default: Duration::from_secs(300),
+        max: Duration::from_secs(365 * 86_400),
+    };
+
+    fn jwt(claims: &str) -> String {
         let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
-        let jwt = format!("{}.{}.sig", b64("{}"), b64(r#"{"exp":2000}"#));
-        let at = UNIX_EPOCH + Duration::from_secs(1000);
-        let default = Duration::from_secs(300);
-        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs();
-        assert_eq!(
-            secs(expiry(at, Some(Duration::from_secs(60)), &jwt, default)),
-            1060
-        );
-        assert_eq!(secs(expiry(at, None, &jwt, default)), 2000);
-        assert_eq!(secs(expiry(at, Some(Duration::ZERO), &jwt, default)), 2000);
-        assert_eq!(secs(expiry(at, None, "opaque", default)), 1300);
+        format!("{}.{}.sig", b64(r#"{"alg":"RS256"}"#), b64(claims))
     }
 
-    fn classify(status: u16, body: &str, retry_after: Option<Duration>) -> IdpError {
-        let idp = Idp::new(
-            &IdpSettings {
-                timeout: Duration::from_secs(1),
-                ca_file: None,
-                allow_insecure_http: false,
-            },
-            Duration::from_secs(60),
-        )
-        .unwrap();
-        let err = match serde_path_to_error::deserialize::<_, BasicErrorResponse>(
-            &mut serde_json::Deserializer::from_str(body),
-        ) {
-            Ok(e) => RequestTokenError::ServerResponse(e),
-            Err(e) => RequestTokenError::Parse(e, body.as_bytes().to_vec()),
-        };
-        idp.token_error(
-            err,
+    fn answer(status: u16, headers: &[(&str, &str)], body: &str) -> HttpResponse {
+        let mut r = http::Response::builder().status(status);
+        for (k, v) in headers {
+            r = r.header(*k, *v);
+        }
+        r.body(body.as_bytes().to_vec()).unwrap()
+    }
+
+    fn parse_at(at: SystemTime, status: u16, body: &str) -> Result<Token, IdpError> {
+        token_from_response(
             "https://idp/token",
-            StatusCode::from_u16(status).unwrap(),
-            retry_after,
+            &answer(status, &[], body),
+            at,
+            LIFETIMES,
         )
+    }
+
+    fn parse(status: u16, body: &str) -> Result<Token, IdpError> {
+        parse_at(UNIX_EPOCH + Duration::from_secs(1000), status, body)
+    }
+
+    fn lifetime_secs(body: &str) -> u64 {
+        match parse(200, body) {
+            Ok(t) => t.lifetime().as_secs(),
+            Err(e) => panic!("{body}: {e}"),
+        }
+    }
+
+    fn malformed(body: &str) -> String {
+        match parse(200, body) {
+            Err(IdpError::Malformed { detail, .. }) => detail,
+            other => panic!("{body}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn lifetime_is_the_shorter_of_expires_in_and_jwt_exp_else_the_default() {
+        let exp2000 = jwt(r#"{"exp":2000}"#);
+        let body = |token: &str, expires_in: &str| {
+            format!(r#"{{"access_token":"{token}","token_type":"Bearer"{expires_in}}}"#)
+        };
+        assert_eq!(lifetime_secs(&body(&exp2000, r#","expires_in":60"#)), 60);
+        assert_eq!(
+            lifetime_secs(&body(&exp2000, r#","expires_in":5000"#)),
+            1000
+        );
+        assert_eq!(lifetime_secs(&body(&exp2000, "")), 1000);
+        assert_eq!(lifetime_secs(&body(&exp2000, r#","expires_in":0"#)), 1000);
+        assert_eq!(lifetime_secs(&body("opaque", "")), 300);
+        assert_eq!(lifetime_secs(&body("opaque", r#","expires_in":null"#)), 300);
+    }
+
+    #[test]
+    fn expires_in_may_be_a_numeric_string_and_is_clamped() {
+        let year = LIFETIMES.max.as_secs();
+        for (expires_in, secs) in [
+            ("3600", 3600),
+            (r#""3600""#, 3600),
+            (r#"" 3600 ""#, 3600),
+            ("3600.9", 3600),
+            (r#""3600.9""#, 3600),
+            ("9223372036854775808", year),
+            ("18446744073709551615", year),
+            ("1e300", year),
+            (r#""1e300""#, year),
+            ("1000000000000", year),
+        ] {
+            let body = format!(
+                r#"{{"access_token":"t","token_type":"bearer","expires_in":{expires_in}}}"#
+            );
+            assert_eq!(lifetime_secs(&body), secs, "{expires_in}");
+        }
+    }
+
+    #[test]
+    fn bad_expires_in_is_named() {
+        for (expires_in, detail) in [
+            ("-5", "expires_in is negative (-5)"),
+            ("-0.5", "expires_in is negative (-0.5)"),
+            (r#""soon""#, "expires_in is a string that is not a number"),
+            (r#""inf""#, "expires_in is not a finite number"),
+            (r#""-1""#, "expires_in is negative (-1)"),
+            ("true", "expires_in is a boolean, not a number"),
+            ("[1]", "expires_in is an array, not a number"),
+            ("{}", "expires_in is an object, not a number"),
+        ] {
+            let body = format!(
+                r#"{{"access_token":"t","token_type":"Bearer","expires_in":{expires_in}}}"#
+            );
+            assert_eq!(malformed(&body), detail, "{expires_in}");
+        }
+    }
+
+    #[test]
+    fn huge_jwt_exp_is_clamped_not_a_crash() {
+        for exp in ["18446744073709551615", "9223372036854775807", "1e308"] {
+            let token = jwt(&format!(r#"{{"exp":{exp}}}"#));
+            let body = format!(r#"{{"access_token":"{token}","token_type":"Bearer"}}"#);
+            assert_eq!(lifetime_secs(&body), LIFETIMES.max.as_secs(), "{exp}");
+        }
+    }
+
+    #[test]
+    fn a_token_expired_when_minted_is_an_error() {
+        for (claims, expires_in) in [
+            (r#"{"exp":999}"#, ""),
+            (r#"{"exp":1000}"#, ""),
+            (r#"{"exp":-9223372036854775808}"#, ""),
+            (r#"{"exp":10}"#, r#","expires_in":0"#),
+            (r#"{"exp":10}"#, r#","expires_in":3600"#),
+        ] {
+            let body = format!(
+                r#"{{"access_token":"{}","token_type":"Bearer"{expires_in}}}"#,
+                jwt(claims)
+            );
+            let detail = malformed(&body);
+            assert!(
+                detail.contains("already expired when issued"),
+                "{claims}: {detail}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_token68_values_are_accepted() {
+        for ok in ["abc", "a-b.c_d~e+f/g", "YWJj==", "eyJ.eyJ.sig"] {
+            assert_eq!(check_token68(ok), Ok(()), "{ok}");
+        }
+        for (bad, detail) in [
+            ("", "access_token is empty"),
+            (
+                "==",
+                "access_token is not an RFC 6750 token68 value: it is only padding",
+            ),
+            (
+                "abc\n",
+                "access_token is not an RFC 6750 token68 value: byte 3 is not allowed",
+            ),
+            (
+                "a b",
+                "access_token is not an RFC 6750 token68 value: byte 1 is not allowed",
+            ),
+            (
+                "a=b",
+                "access_token is not an RFC 6750 token68 value: byte 1 is not allowed",
+            ),
+            (
+                "\u{1b}[31m",
+                "access_token is not an RFC 6750 token68 value: byte 0 is not allowed",
+            ),
+            (
+                "tök",
+                "access_token is not an RFC 6750 token68 value: byte 1 is not allowed",
+            ),
+        ] {
+            assert_eq!(check_token68(bad).unwrap_err(), detail, "{bad:?}");
+        }
+        let long = "a".repeat(MAX_TOKEN_LEN + 1);
+        assert!(check_token68(&long)
+            .unwrap_err()
+            .contains("more than the 65536"));
+        assert_eq!(check_token68(&"a".repeat(MAX_TOKEN_LEN)), Ok(()));
+        // Through the parser: a JSON-escaped newline is refused and the value is not quoted.
+        let detail = malformed(r#"{"access_token":"secret-part\nmore","token_type":"Bearer"}"#);
+        assert!(
+            detail.contains("byte 11") && !detail.contains("secret-part"),
+            "{detail}"
+        );
+    }
+
+    #[test]
+    fn token_type_is_normalised_or_refused() {
+        let token_type = |t: &str| {
+            parse(
+                200,
+                &format!(r#"{{"access_token":"t","token_type":"{t}"}}"#),
+            )
+            .map(|t| t.token_type)
+        };
+        assert_eq!(token_type("bearer").unwrap(), "Bearer");
+        assert_eq!(token_type("BEARER").unwrap(), "Bearer");
+        assert_eq!(token_type("DPoP").unwrap(), "DPoP");
+        assert!(token_type("a b").is_err());
+        assert!(token_type("").is_err());
+        assert!(token_type("\\u001b[2J").is_err());
+    }
+
+    #[test]
+    fn idp_text_is_cleaned_and_bounded() {
+        assert_eq!(clean_text("no such client"), "no such client");
+        assert_eq!(clean_text("a\nb\tc\u{1b}[2Jd\u{202E}e\u{7f}"), "a b c[2Jde");
+        let long = clean_text(&"\u{7}x".repeat(10_000));
+        assert_eq!(long.chars().count(), MAX_IDP_TEXT);
+        assert!(long.ends_with('…'));
+        assert_eq!(
+            clean_text(&"y".repeat(MAX_IDP_TEXT)),
+            "y".repeat(MAX_IDP_TEXT)
+        );
+        // A 10 kB description full of control characters, as a 400 answer.
+        let description = "\u{1b}[31mevil\r\n".repeat(1000);
+        let body =
+            serde_json::json!({"error": "invalid_client\u{0}", "error_description": description});
+        let e = parse(400, &body.to_string()).unwrap_err();
+        let text = e.to_string();
+        assert!(text.chars().all(|c| !c.is_control()), "{text:?}");
+        match &e {
+            IdpError::Rejected {
+                error, description, ..
+            } => {
+                assert_eq!(error, "invalid_client");
+                assert_eq!(
+                    description.as_deref().unwrap().chars().count(),
+                    MAX_IDP_TEXT
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(e.is_permanent());
     }
 
     #[test]
     fn token_errors_keep_retry_after_and_oauth_codes() {
-        let wait = Some(Duration::from_secs(4));
-        let e = classify(429, r#"{"error":"slow_down"}"#, wait);
-        assert_eq!(e.retry_after(), wait, "{e}");
+        let wait = &[("Retry-After", "4")];
+        let r = |status, headers, body| {
+            token_from_response(
+                "https://idp/token",
+                &answer(status, headers, body),
+                SystemTime::now(),
+                LIFETIMES,
+            )
+            .unwrap_err()
+        };
+        let e = r(429, wait, r#"{"error":"slow_down"}"#);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(4)), "{e}");
         assert_eq!(
             e.to_string(),
             "https://idp/token answered HTTP 429 (Retry-After 4s)"
         );
-        let e = classify(503, "<html>busy</html>", None);
+        assert!(!e.is_permanent());
+        let e = r(503, &[], "<html>busy</html>");
         assert!(matches!(e, IdpError::Status { status: 503, .. }), "{e}");
-        let e = classify(
+        assert!(!e.is_permanent());
+        let e = r(
             401,
+            &[],
             r#"{"error":"invalid_client","error_description":"no such client"}"#,
-            None,
         );
         assert_eq!(
             e.to_string(),
             "https://idp/token refused the token request (HTTP 401): invalid_client: no such client"
         );
-        let e = classify(400, "not json", None);
+        assert!(e.is_permanent());
+        let e = r(400, &[], "not json");
         assert_eq!(e.to_string(), "https://idp/token answered HTTP 400");
+        assert!(e.is_permanent());
+        // An OAuth2 code that names the client is permanent whatever the status…
+        assert!(r(404, &[], r#"{"error":"invalid_grant"}"#).is_permanent());
+        // …and one that says "later" is not, even with a 400.
+        assert!(!r(400, &[], r#"{"error":"temporarily_unavailable"}"#).is_permanent());
+        assert!(!r(404, &[], "").is_permanent());
+    }
+
+    #[test]
+    fn success_bodies_must_be_token_responses() {
+        assert_eq!(malformed("not json"), "invalid JSON");
+        assert_eq!(
+            malformed(r#"{"token_type":"Bearer"}"#),
+            "missing field access_token"
+        );
+        assert_eq!(
+            malformed(r#"{"access_token":"t"}"#),
+            "missing field token_type"
+        );
+        assert_eq!(
+            malformed(r#"{"access_token":7,"token_type":"Bearer"}"#),
+            "unexpected value at access_token"
+        );
     }
 
     #[test]
@@ -852,12 +1249,7 @@ mod tests {
 
     #[test]
     fn json_errors_never_carry_the_value() {
-        let body = br#"{"access_token": 12345678, "token_type": "secret-looking"}"#;
-        let err = serde_path_to_error::deserialize::<_, oauth2::basic::BasicTokenResponse>(
-            &mut serde_json::Deserializer::from_slice(body),
-        )
-        .unwrap_err();
-        let text = describe_json_error(&err);
+        let text = malformed(r#"{"access_token": 12345678, "token_type": "secret-looking"}"#);
         assert_eq!(text, "unexpected value at access_token");
         assert!(!text.contains("12345678"));
     }

@@ -137,7 +137,7 @@ pub struct Agent {
 impl Agent {
     /// Builds the agent from a validated configuration. `env` is where env-var secrets are read.
     pub fn build(config: &Config, env: Arc<dyn Env>) -> Result<Self, AgentError> {
-        let idp = Arc::new(idp::Idp::new(&config.idp, config.refresh.default_lifetime)?);
+        let idp = Arc::new(idp::Idp::new(&config.idp, config.refresh.lifetimes())?);
         let sink = Arc::new(Sink::open(&config.tokens_dir, config.file_mode)?);
         let resolver = SecretResolver::new(config.secrets.clone(), env);
         let entries = TokenCache::entries(config.token_requests.len() + 1);

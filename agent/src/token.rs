@@ -73,9 +73,12 @@ impl Token {
     }
 }
 
-/// The `exp` claim of a JWT, read without verifying it: the agent is not the audience, it only
-/// needs to know when to refresh when the IdP sent no `expires_in`.
-pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
+/// The `exp` claim of a JWT in whole seconds since the epoch (negative before 1970), read without
+/// verifying it: the agent is not the audience, it only needs to know when the token stops being
+/// valid. `None` when the token is not a JWT or has no numeric `exp`. Out-of-range values saturate
+/// (`u64::MAX` reads as `i64::MAX`) and fractions round down, so any `exp` an IdP sends is a
+/// number the caller can compare without overflow.
+pub fn jwt_exp(token: &str) -> Option<i64> {
     let mut parts = token.split('.');
     let (_header, payload, _sig) = (parts.next()?, parts.next()?, parts.next()?);
     if parts.next().is_some() {
@@ -86,16 +89,27 @@ pub fn jwt_expiry(token: &str) -> Option<SystemTime> {
     struct Claims {
         exp: Option<serde_json::Number>,
     }
-    let exp = serde_json::from_slice::<Claims>(&bytes)
-        .ok()?
-        .exp?
-        .as_u64()?;
-    Some(UNIX_EPOCH + Duration::from_secs(exp))
+    let exp = serde_json::from_slice::<Claims>(&bytes).ok()?.exp?;
+    if let Some(secs) = exp.as_i64() {
+        return Some(secs);
+    }
+    if exp.as_u64().is_some() {
+        return Some(i64::MAX);
+    }
+    // A float: `as` saturates, and JSON has no NaN or infinity.
+    exp.as_f64().map(|f| f.floor() as i64)
 }
 
-/// RFC 3339 in UTC with seconds, the form the socket API uses for times.
+/// The latest time RFC 3339 (four-digit years) can write: 9999-12-31T23:59:59Z.
+const RFC3339_MAX_SECS: u64 = 253_402_300_799;
+
+/// RFC 3339 in UTC with seconds, the form the socket API uses for times. Times outside what the
+/// format can write (before 1970, after year 9999) are clamped to its ends instead of panicking.
 pub fn rfc3339(t: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(t).to_string()
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs().min(RFC3339_MAX_SECS));
+    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs)).to_string()
 }
 
 #[cfg(test)]
@@ -124,26 +138,47 @@ mod tests {
     }
 
     #[test]
-    fn jwt_expiry_reads_exp() {
-        assert_eq!(
-            jwt_expiry(&jwt(r#"{"exp":1700000000,"sub":"x"}"#)),
-            Some(UNIX_EPOCH + Duration::from_secs(1_700_000_000))
-        );
+    fn jwt_exp_reads_any_number_without_overflow() {
+        for (payload, exp) in [
+            (r#"{"exp":1700000000,"sub":"x"}"#, 1_700_000_000),
+            (r#"{"exp":-5}"#, -5),
+            (r#"{"exp":1700000000.9}"#, 1_700_000_000),
+            (r#"{"exp":18446744073709551615}"#, i64::MAX),
+            (r#"{"exp":9223372036854775807}"#, i64::MAX),
+            (r#"{"exp":1e300}"#, i64::MAX),
+            (r#"{"exp":-1e300}"#, i64::MIN),
+        ] {
+            assert_eq!(jwt_exp(&jwt(payload)), Some(exp), "{payload}");
+        }
     }
 
     #[test]
-    fn jwt_expiry_rejects_non_jwts() {
+    fn jwt_exp_ignores_non_jwts() {
         for t in [
             "opaque-token",
             "a.b",
             "a.b.c.d",
             &jwt(r#"{"sub":"no exp"}"#),
             &jwt(r#"{"exp":"soon"}"#),
-            &jwt(r#"{"exp":-5}"#),
             "e30.!!!.sig",
         ] {
-            assert_eq!(jwt_expiry(t), None, "{t}");
+            assert_eq!(jwt_exp(t), None, "{t}");
         }
+    }
+
+    #[test]
+    fn rfc3339_never_panics() {
+        assert_eq!(rfc3339(UNIX_EPOCH), "1970-01-01T00:00:00Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "2023-11-14T22:13:20Z"
+        );
+        let far = UNIX_EPOCH + Duration::from_secs(i64::MAX as u64);
+        assert_eq!(rfc3339(far), "9999-12-31T23:59:59Z");
+        assert_eq!(
+            rfc3339(UNIX_EPOCH - Duration::from_secs(5)),
+            "1970-01-01T00:00:00Z"
+        );
     }
 
     #[test]

@@ -256,6 +256,38 @@ fn bad_top_level_values_each_reported() {
 }
 
 #[test]
+fn refresh_max_lifetime_defaults_to_a_year_and_is_checked() {
+    let f = Fixture::new();
+    let c = Config::load(None, f.env(&[])).unwrap();
+    assert_eq!(c.refresh.max_lifetime, Duration::from_secs(365 * 86_400));
+    let path = f.yaml("refresh: {max_lifetime: 2h}\n");
+    let c = Config::load(Some(&path), f.env(&[])).unwrap();
+    assert_eq!(c.refresh.max_lifetime, Duration::from_secs(7200));
+    let src = format!("config file {}", path.display());
+    for (yaml, field, problem) in [
+        (
+            "refresh: {max_lifetime: 0s}\n",
+            "refresh.max_lifetime",
+            "must be above zero and at most 100 years",
+        ),
+        (
+            "refresh: {max_lifetime: 101years}\n",
+            "refresh.max_lifetime",
+            "must be above zero and at most 100 years",
+        ),
+        (
+            "refresh: {max_lifetime: 1m}\n",
+            "refresh.default_lifetime",
+            "must not exceed refresh.max_lifetime",
+        ),
+    ] {
+        let path = f.yaml(yaml);
+        let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
+        assert_eq!(errors, [format!("{src}: {field}: {problem}")], "{yaml}");
+    }
+}
+
+#[test]
 fn unknown_yaml_keys_and_syntax_errors_are_named() {
     let f = Fixture::new();
     let errors = messages(Config::load(Some(&f.yaml("tokens_dir: /x\n")), f.env(&[])).unwrap_err());

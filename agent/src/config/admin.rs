@@ -151,6 +151,9 @@ pub struct AdminConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive ping interval.
     pub keepalive: Duration,
+    /// Whether `GET /v1/admin/token` hands the credential to the task (off by default: with it
+    /// on, a task can carry the Admin token out of the pod and use it until it expires).
+    pub serve_token: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +176,7 @@ pub(super) struct RawAdmin {
     retry_buffer: Option<u64>,
     connect_timeout: Option<String>,
     keepalive: Option<String>,
+    serve_token: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +197,9 @@ impl StringOrList {
 }
 
 const ENV: &str = "FLYTE_AUTH_AGENT_ADMIN_";
+
+/// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.
+pub const ENV_ADMIN_SERVE_TOKEN: &str = "FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN";
 
 fn env(field: &str) -> String {
     format!("{ENV}{}", field.to_ascii_uppercase())
@@ -441,6 +448,13 @@ pub(super) fn build_admin(
         Duration::from_secs(30),
         parse_duration,
     );
+    let serve_token = l.parsed(
+        "admin.serve_token",
+        Some(ENV_ADMIN_SERVE_TOKEN),
+        raw.serve_token.map(|b| b.to_string()),
+        false,
+        parse_bool,
+    );
 
     let src = l.file_source.clone();
     let Some(mode) = mode else {
@@ -495,6 +509,7 @@ pub(super) fn build_admin(
         retry_buffer,
         connect_timeout,
         keepalive,
+        serve_token,
     })
 }
 
@@ -543,7 +558,7 @@ pub fn admin_section_env(
     if raw.endpoint.is_none() {
         return Err(fail("admin.endpoint", "is missing".into()));
     }
-    let fields: [(&str, Option<String>); 16] = [
+    let fields: [(&str, Option<String>); 17] = [
         ("endpoint", raw.endpoint.clone()),
         ("insecure", raw.insecure.map(|b| b.to_string())),
         ("ca_file", raw.ca_file.clone()),
@@ -566,6 +581,7 @@ pub fn admin_section_env(
         ("retry_buffer", raw.retry_buffer.map(|n| n.to_string())),
         ("connect_timeout", raw.connect_timeout.clone()),
         ("keepalive", raw.keepalive.clone()),
+        ("serve_token", raw.serve_token.map(|b| b.to_string())),
     ];
     let mut env: Vec<(String, String)> = fields
         .into_iter()

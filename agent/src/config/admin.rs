@@ -689,4 +689,76 @@ mod tests {
             assert!(MethodFilter::parse([bad]).is_err(), "{bad}");
         }
     }
+
+    #[test]
+    fn serve_token_is_off_unless_opted_in_and_the_injector_carries_it() {
+        let section = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "endpoint": "dns:///flyteadmin.flyte:81",
+                "mode": "client-secret",
+                "client_id": "flytepropeller",
+                "client_secret": {"group": "flyte-secret-auth", "key": "client_secret"},
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let checked = admin_section_env(
+            section(serde_json::json!({})),
+            "injector config",
+            "/t",
+            false,
+        )
+        .unwrap();
+        assert!(!checked.env.iter().any(|(k, _)| k == ENV_ADMIN_SERVE_TOKEN));
+        let checked = admin_section_env(
+            section(serde_json::json!({"serve_token": true})),
+            "injector config",
+            "/t",
+            false,
+        )
+        .unwrap();
+        assert!(checked
+            .env
+            .contains(&(ENV_ADMIN_SERVE_TOKEN.to_string(), "true".to_string())));
+
+        // The agent reads it from the env the injector set, and defaults to off.
+        let load = |env: &[(&str, &str)]| {
+            let mut vars: std::collections::HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for (k, v) in [
+                ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
+                ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
+                ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
+                ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
+            ] {
+                vars.insert(k.into(), v.into());
+            }
+            let mut l = Loader {
+                file_source: "config".into(),
+                env: &vars,
+                errors: Vec::new(),
+            };
+            let idp = IdpSettings {
+                timeout: Duration::from_secs(1),
+                ca_file: None,
+                allow_insecure_http: false,
+            };
+            let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
+            (admin.map(|a| a.serve_token), l.errors)
+        };
+        assert_eq!(load(&[]), (Some(false), vec![]));
+        assert_eq!(
+            load(&[(ENV_ADMIN_SERVE_TOKEN, "true")]),
+            (Some(true), vec![])
+        );
+        let (_, errors) = load(&[(ENV_ADMIN_SERVE_TOKEN, "maybe")]);
+        assert_eq!(
+            errors[0].to_string(),
+            "env FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN: admin.serve_token: \"maybe\" is not true or false"
+        );
+    }
 }

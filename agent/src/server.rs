@@ -27,7 +27,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::graceful::GracefulShutdown;
 use serde_json::json;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::{GetError, TokenCache, ADMIN};
@@ -99,7 +99,9 @@ pub async fn serve<A: Accept, H: Handler>(
 ) {
     let graceful = GracefulShutdown::new();
     let builder = connection_builder(protocols, &limits);
-    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let slots = Arc::new(Semaphore::new(
+        limits.max_connections.min(Semaphore::MAX_PERMITS),
+    ));
     let mut full = false;
     loop {
         let io = tokio::select! {
@@ -139,34 +141,7 @@ pub async fn serve<A: Accept, H: Handler>(
             .serve_connection(TokioIo::new(io), service)
             .into_owned();
         let conn = graceful.watch(conn);
-        let deadline = limits.request_head_timeout;
-        tokio::spawn(async move {
-            let _slot = slot;
-            tokio::pin!(conn);
-            // The first request must arrive in time. hyper bounds later HTTP/1 heads itself, but
-            // not the protocol detection before the first one, nor an HTTP/2 preface or first
-            // HEADERS; this covers both. A connection that has served a request is left alone.
-            let first = tokio::time::sleep(deadline);
-            tokio::pin!(first);
-            let mut waiting = true;
-            loop {
-                tokio::select! {
-                    ended = &mut conn => {
-                        if let Err(e) = ended {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        return;
-                    }
-                    () = &mut first, if waiting => {
-                        waiting = false;
-                        if !served.load(Ordering::Relaxed) {
-                            tracing::debug!(timeout = ?deadline, "closing a connection that sent no request in time");
-                            return;
-                        }
-                    }
-                }
-            }
-        });
+        tokio::spawn(drive(conn, served, limits.request_head_timeout, slot));
     }
     drop(listener);
     if tokio::time::timeout(grace, graceful.shutdown())
@@ -174,6 +149,40 @@ pub async fn serve<A: Accept, H: Handler>(
         .is_err()
     {
         tracing::warn!(grace = %humantime::format_duration(grace), "connections still open after the grace period; closing them");
+    }
+}
+
+/// Runs one connection to its end, holding its `slot` until then; closes it early if no request
+/// has arrived (`served`) within `deadline`. hyper bounds later HTTP/1 heads itself, but not the
+/// protocol detection before the first one, nor an HTTP/2 preface or first HEADERS; this covers
+/// both. A connection that has served a request is left alone.
+async fn drive<E: std::fmt::Display>(
+    conn: impl Future<Output = Result<(), E>>,
+    served: Arc<AtomicBool>,
+    deadline: Duration,
+    slot: OwnedSemaphorePermit,
+) {
+    let _slot = slot;
+    tokio::pin!(conn);
+    let first = tokio::time::sleep(deadline);
+    tokio::pin!(first);
+    let mut waiting = true;
+    loop {
+        tokio::select! {
+            ended = &mut conn => {
+                if let Err(e) = ended {
+                    tracing::debug!(error = %e, "connection ended with an error");
+                }
+                return;
+            }
+            () = &mut first, if waiting => {
+                waiting = false;
+                if !served.load(Ordering::Relaxed) {
+                    tracing::debug!(timeout = ?deadline, "closing a connection that sent no request in time");
+                    return;
+                }
+            }
+        }
     }
 }
 

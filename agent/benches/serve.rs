@@ -3,7 +3,13 @@
 //! body), plus the agent binary's RSS after 10k requests with 10 token requests configured, its
 //! time from start to ready against one IdP round trip, and the binary's size.
 //!
-//! Run: `cargo bench -p flyte-auth-agent --bench serve`. Every loop is bounded by a request count.
+//! Then the health port under attack (it is reachable from other pods): 150 connections each
+//! sending 400 KB of a request head that never ends, and 8,000 connections opened (1,000 at a
+//! time, each with 16 KB of an unfinished head) and closed; the agent binary's peak RSS (VmHWM)
+//! after each, and whether `/healthz` still answers.
+//!
+//! Run: `cargo bench -p flyte-auth-agent --bench serve` (everything), or with `-- health` for the
+//! attacks alone. Every loop is bounded by a count, every socket operation by a timeout.
 
 mod common;
 
@@ -168,6 +174,10 @@ fn pod_env(dir: &Path, secrets: &Path, issuer: &str, n: usize) -> Vec<(String, S
 }
 
 fn main() {
+    if std::env::args().any(|a| a == "health") {
+        health_attacks();
+        return;
+    }
     let work = tempfile::tempdir().unwrap();
     let dir = work.path();
     std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
@@ -325,4 +335,155 @@ fn main() {
     );
     println!("  binary size: {:.1} MiB", size as f64 / (1024.0 * 1024.0));
     shutdown.cancel();
+}
+
+const ATTACK_HEADS: usize = 150;
+const ATTACK_HEAD_BYTES: usize = 400 * 1024;
+const CHURN_CONNECTIONS: usize = 8_000;
+const CHURN_BATCH: usize = 1_000;
+const CHURN_HEAD_BYTES: usize = 16 * 1024;
+const IO_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to `addr` with every operation bounded by [`IO_TIMEOUT`].
+fn attacker(addr: &str) -> Option<std::net::TcpStream> {
+    let s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_write_timeout(Some(IO_TIMEOUT)).ok()?;
+    s.set_read_timeout(Some(IO_TIMEOUT)).ok()?;
+    Some(s)
+}
+
+/// An unfinished request head of about `bytes`: one header value that never ends.
+fn endless_head(bytes: usize) -> Vec<u8> {
+    let mut head = b"GET /healthz HTTP/1.1\r\nHost: agent\r\nX-Pad: ".to_vec();
+    head.resize(bytes, b'a');
+    head
+}
+
+/// `/healthz` over a fresh connection: its status, if it answered within [`IO_TIMEOUT`].
+fn healthz(addr: &str) -> Option<u16> {
+    use std::io::{Read, Write};
+    let mut s = attacker(addr)?;
+    s.write_all(b"GET /healthz HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let line = String::from_utf8_lossy(&answer);
+    line.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// The agent binary with no token requests, its health port on loopback: (child, health address).
+fn bare_agent(dir: &Path) -> (std::process::Child, String) {
+    use std::io::{BufRead, BufReader};
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_flyte-auth-agent"));
+    let mut child = Command::new(&bin)
+        .arg("serve")
+        .env_clear()
+        .env("FLYTE_TOKENS_PATH_PREFIX", dir.join("tokens"))
+        .env("FLYTE_AUTH_AGENT_SOCKET", dir.join("agent.sock"))
+        .env("FLYTE_SECRETS_DEFAULT_DIR", dir.join("secrets"))
+        .env("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0")
+        .env("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]")
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    // The agent logs to stderr.
+    let stdout = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        // The address, then keep draining so the agent never blocks on a full pipe.
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if sent {
+                continue;
+            }
+            if let Some(rest) = line.split("health=").nth(1) {
+                let addr = rest.split_whitespace().next().unwrap_or_default();
+                let _ = tx.send(addr.to_string());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the agent logged its health address");
+    (child, addr)
+}
+
+fn mib(kib: u64) -> f64 {
+    kib as f64 / 1024.0
+}
+
+fn health_attacks() {
+    use std::io::Write;
+    let work = tempfile::tempdir().unwrap();
+    let (mut child, addr) = bare_agent(work.path());
+    assert_eq!(healthz(&addr), Some(200));
+    let (rss, hwm) = rss_kib(child.id());
+    println!(
+        "health port under attack (agent binary, default limits), at start: RSS {:.1} MiB, peak {:.1} MiB",
+        mib(rss),
+        mib(hwm)
+    );
+
+    // 1. Heads that never end, all held open while /healthz is asked.
+    let started = Instant::now();
+    let head = endless_head(ATTACK_HEAD_BYTES);
+    let mut held = Vec::new();
+    let mut cut_short = 0;
+    for _ in 0..ATTACK_HEADS {
+        let Some(mut s) = attacker(&addr) else {
+            cut_short += 1;
+            continue;
+        };
+        // The agent answers 431 and closes after its limit, or closes an over-cap connection.
+        if s.write_all(&head).is_err() {
+            cut_short += 1;
+        }
+        held.push(s);
+    }
+    let during = (0..10).find_map(|_| healthz(&addr).filter(|s| *s == 200));
+    let (rss, hwm) = rss_kib(child.id());
+    println!(
+        "  {ATTACK_HEADS} x {} KB unfinished heads ({cut_short} cut short by the agent) in {:.1} s: RSS {:.1} MiB, peak {:.1} MiB (target <= 32 MiB); /healthz during: {}",
+        ATTACK_HEAD_BYTES / 1024,
+        started.elapsed().as_secs_f64(),
+        mib(rss),
+        mib(hwm),
+        during.map_or("no answer".to_string(), |s| s.to_string()),
+    );
+    drop(held);
+
+    // 2. Churn: many connections, each with part of a head, opened in batches and closed.
+    let started = Instant::now();
+    let head = endless_head(CHURN_HEAD_BYTES);
+    let mut refused = 0;
+    for _ in 0..CHURN_CONNECTIONS / CHURN_BATCH {
+        let batch: Vec<_> = (0..CHURN_BATCH)
+            .filter_map(|_| {
+                let mut s = attacker(&addr)?;
+                if s.write_all(&head).is_err() {
+                    refused += 1;
+                }
+                Some(s)
+            })
+            .collect();
+        drop(batch);
+    }
+    let after = (0..10).find_map(|_| healthz(&addr).filter(|s| *s == 200));
+    let (rss, hwm) = rss_kib(child.id());
+    println!(
+        "  {CHURN_CONNECTIONS} connections ({CHURN_BATCH} at a time, {} KB heads, {refused} cut short) in {:.1} s: RSS after {:.1} MiB, peak {:.1} MiB (target <= 32 MiB); /healthz after: {}",
+        CHURN_HEAD_BYTES / 1024,
+        started.elapsed().as_secs_f64(),
+        mib(rss),
+        mib(hwm),
+        after.map_or("no answer".to_string(), |s| s.to_string()),
+    );
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(child.id().to_string())
+        .status();
+    let _ = child.wait();
 }

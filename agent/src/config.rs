@@ -22,10 +22,19 @@ use serde::Deserialize;
 use url::Url;
 
 mod admin;
+mod limits;
 
 pub use admin::{
     admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls,
-    CheckedAdmin, MethodFilter,
+    CheckedAdmin, MethodFilter, ENV_ADMIN_SERVE_TOKEN,
+};
+pub use limits::{
+    Limits, ServeLimits, DEFAULT_HEALTH_LIMITS, DEFAULT_SOCKET_LIMITS,
+    ENV_LIMITS_H2_KEEPALIVE_INTERVAL, ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
+    ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS, ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
+    ENV_LIMITS_HEALTH_MAX_HEADER_BYTES, ENV_LIMITS_MAX_HEADERS, ENV_LIMITS_REQUEST_HEAD_TIMEOUT,
+    ENV_LIMITS_SOCKET_MAX_CONNECTIONS, ENV_LIMITS_SOCKET_MAX_HEADER_BYTES, MAX_HEADER_BYTES,
+    MIN_HEADER_BYTES,
 };
 
 use crate::cache::RefreshPolicy;
@@ -147,6 +156,8 @@ pub struct Config {
     pub token_requests: Vec<TokenRequest>,
     /// FlyteAdmin and its executor-bound credential, when the proxy is on.
     pub admin: Option<AdminConfig>,
+    /// What each listener accepts (`limits`).
+    pub limits: Limits,
     /// Things worth saying at info level once logging is up.
     pub notices: Vec<String>,
 }
@@ -199,6 +210,7 @@ struct RawConfig {
     refresh: RawRefresh,
     token_requests: Vec<serde_json::Value>,
     admin: admin::RawAdmin,
+    limits: limits::RawLimits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -488,6 +500,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
         refresh,
         token_requests,
         admin,
+        limits: limits::build_limits(raw.limits, l),
         notices,
     }
 }

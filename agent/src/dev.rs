@@ -241,6 +241,7 @@ pub fn spawn_issuer(
         listener,
         issuer,
         crate::server::Protocols::Http1,
+        crate::server::ServeLimits::default(),
         shutdown,
         Duration::from_secs(1),
     ));

@@ -132,6 +132,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     proxy: Option<(upstream::Upstream, Arc<admin::AdminAuth>)>,
     grace: Duration,
+    limits: config::Limits,
+    serve_admin_token: bool,
 }
 
 impl Agent {
@@ -177,6 +179,8 @@ impl Agent {
             metrics,
             proxy,
             grace: config.shutdown_grace,
+            limits: config.limits,
+            serve_admin_token: config.admin.as_ref().is_some_and(|a| a.serve_token),
         })
     }
 
@@ -210,13 +214,14 @@ impl Agent {
                 proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
             });
             let api = Arc::new(server::SocketApi::new(
-                server::TokenApi::new(self.cache.clone()),
+                server::TokenApi::new(self.cache.clone(), self.serve_admin_token),
                 proxy,
             ));
             tasks.spawn(server::serve(
                 listener,
                 api,
                 server::Protocols::Http1And2,
+                self.limits.socket,
                 shutdown.clone(),
                 self.grace,
             ));
@@ -229,6 +234,7 @@ impl Agent {
             health,
             health_api,
             server::Protocols::Http1,
+            self.limits.health,
             shutdown.clone(),
             self.grace,
         ));

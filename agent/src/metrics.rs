@@ -1,8 +1,12 @@
 //! Prometheus metrics (through `prometheus-client`): token requests to IdPs by name and outcome,
 //! IdP latency, cache hits and misses, and each token's seconds to expiry, computed at scrape
 //! time; gRPC calls proxied to FlyteAdmin by method and status, and the latency the proxy adds.
-//! Labels carry token request names, methods and outcomes only, never values.
+//! Labels carry token request names, methods and outcomes only, never values, and every label
+//! comes from a bounded set: token request names from the configuration, gRPC methods from
+//! [`MethodLabels`] (the rest are `other`), gRPC codes 0–16 by name.
 
+use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
@@ -122,11 +126,14 @@ impl Metrics {
             .inc();
     }
 
-    /// Counts one proxied call (`method` is its path, or `denied`) with its gRPC status code.
+    /// Counts one proxied call with its gRPC status code. `method` must come from a bounded set:
+    /// a [`MethodLabels::label`], or [`DENIED`] for a call the agent refused itself.
     pub fn admin_call(&self, method: &str, code: u16) {
-        let code = format!("{:?}", tonic::Code::from(i32::from(code)));
         self.admin_calls
-            .get_or_create(&[("method", method.to_string()), ("code", code)])
+            .get_or_create(&[
+                ("method", method.to_string()),
+                ("code", code_label(code).to_string()),
+            ])
             .inc();
     }
 
@@ -141,6 +148,69 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
         out
+    }
+}
+
+/// The `method` label of calls the agent refused before Admin saw them (not allowed, or not a
+/// canonical gRPC path).
+pub const DENIED: &str = "denied";
+/// The `method` label of every method outside [`MethodLabels`].
+pub const OTHER: &str = "other";
+
+/// The gRPC methods that get their own `method` label: every method of the flyteidl services
+/// this agent's proto crate describes, plus the exact entries of `admin.allowed_methods`. Paths
+/// come from the task, so any other one is [`OTHER`]: 20,000 distinct paths are still one series.
+#[derive(Debug, Clone)]
+pub struct MethodLabels(Arc<HashSet<String>>);
+
+impl MethodLabels {
+    /// The known methods plus `extra` paths (`/pkg.Service/Method`, or without the leading `/`).
+    pub fn new<'a>(extra: impl IntoIterator<Item = &'a str>) -> Self {
+        let pool = flyte_auth_proto::descriptor_pool();
+        let mut known = HashSet::new();
+        for service in pool.services() {
+            for method in service.methods() {
+                known.insert(format!("/{}/{}", service.full_name(), method.name()));
+            }
+        }
+        for path in extra {
+            let path = path.trim_start_matches('/');
+            // A wildcard stands for paths the task chooses; only exact entries are labels.
+            if !path.is_empty() && !path.contains('*') {
+                known.insert(format!("/{path}"));
+            }
+        }
+        Self(Arc::new(known))
+    }
+
+    /// The label for a call to `path`: the path itself if it is known, else [`OTHER`].
+    pub fn label<'a>(&'a self, path: &str) -> &'a str {
+        self.0.get(path).map_or(OTHER, String::as_str)
+    }
+}
+
+/// The name of a gRPC status code, as tonic spells it; a number outside 0–16 is `Unknown`, which
+/// is also what a gRPC client makes of it.
+pub fn code_label(code: u16) -> &'static str {
+    match code {
+        0 => "Ok",
+        1 => "Cancelled",
+        2 => "Unknown",
+        3 => "InvalidArgument",
+        4 => "DeadlineExceeded",
+        5 => "NotFound",
+        6 => "AlreadyExists",
+        7 => "PermissionDenied",
+        8 => "ResourceExhausted",
+        9 => "FailedPrecondition",
+        10 => "Aborted",
+        11 => "OutOfRange",
+        12 => "Unimplemented",
+        13 => "Internal",
+        14 => "Unavailable",
+        15 => "DataLoss",
+        16 => "Unauthenticated",
+        _ => "Unknown",
     }
 }
 
@@ -172,5 +242,71 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
             ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn method_labels_are_known_methods_or_other() {
+        let labels = MethodLabels::new([
+            "flyteidl.service.AdminService/GetExecution",
+            "/flyteidl.service.AdminService/ListProjects",
+            "flyteidl.service.DataProxyService/*",
+            "*",
+        ]);
+        for known in [
+            "/flyteidl.service.AuthMetadataService/GetPublicClientConfig",
+            "/flyteidl.service.AuthMetadataService/GetOAuth2Metadata",
+            "/flyteidl.service.AdminService/GetExecution",
+            "/flyteidl.service.AdminService/ListProjects",
+        ] {
+            assert_eq!(labels.label(known), known);
+        }
+        for other in [
+            "/flyteidl.service.AdminService/CreateExecution",
+            "/flyteidl.service.DataProxyService/CreateUploadLocation",
+            "/flyteidl.service.AdminService/GetExecution/",
+            "/x.Y/Z0",
+            "*",
+            "",
+        ] {
+            assert_eq!(labels.label(other), OTHER, "{other}");
+        }
+    }
+
+    #[test]
+    fn every_code_label_is_one_of_seventeen_names() {
+        let names: HashSet<_> = (0..=u16::MAX).map(code_label).collect();
+        assert_eq!(names.len(), 17);
+        for code in 0..=16u16 {
+            assert_eq!(
+                code_label(code),
+                format!("{:?}", tonic::Code::from(i32::from(code)))
+            );
+        }
+        assert_eq!(code_label(17), "Unknown");
+        assert_eq!(code_label(u16::MAX), "Unknown");
+    }
+
+    #[test]
+    fn twenty_thousand_paths_make_one_series() {
+        let metrics = Metrics::new(crate::cache::TokenCache::entries(1));
+        let labels = MethodLabels::new([]);
+        for i in 0..20_000 {
+            let path = format!("/flyteidl.service.AdminService/Method{i}");
+            metrics.admin_call(labels.label(&path), 0);
+        }
+        let text = metrics.encode();
+        let series: Vec<_> = text
+            .lines()
+            .filter(|l| l.starts_with("flyte_auth_agent_admin_calls_total{"))
+            .collect();
+        assert_eq!(
+            series,
+            [r#"flyte_auth_agent_admin_calls_total{method="other",code="Ok"} 20000"#]
+        );
     }
 }

@@ -3,8 +3,16 @@
 //! the header Admin expects, replacing whatever credential the task sent (a task cannot present
 //! another identity through the agent).
 //!
-//! Bodies stream both ways; trailers, `grpc-timeout` and cancellation (a reset stream) pass
-//! through. A request body is also kept, up to `admin.retry_buffer` bytes, so that when Admin
+//! What reaches Admin is only what Admin should see: a call whose path is exactly
+//! `/<package.Service>/<Method>` (anything else, such as `//x`, `/a//b`, `/./`, `%2F` or a query,
+//! is PERMISSION_DENIED before the allow-list is even asked), without the task's credentials in
+//! any form (`authorization`, `flyte-authorization`, the configured header, and their `-bin`
+//! variants), `host` or `cookie`, and without request trailers (gRPC clients send none; a
+//! trailer `authorization` would otherwise reach Admin, and grpc-go answers client trailers by
+//! closing the shared connection with GOAWAY).
+//!
+//! Bodies stream both ways; response trailers, `grpc-timeout` and cancellation (a reset stream)
+//! pass through. A request body is also kept, up to `admin.retry_buffer` bytes, so that when Admin
 //! answers UNAUTHENTICATED the call can be retried once with a renewed credential. What a task
 //! never sees is UNAUTHENTICATED itself: flytekit answers that by starting an interactive login,
 //! which hangs in a pod, so a refusal that survives the retry becomes PERMISSION_DENIED naming
@@ -26,7 +34,7 @@ use tracing::Instrument as _;
 
 use crate::admin::AdminAuth;
 use crate::cache::TokenCache;
-use crate::metrics::Metrics;
+use crate::metrics::{MethodLabels, Metrics, DENIED};
 use crate::token::Token;
 use crate::upstream::{BoxError, Upstream};
 
@@ -43,11 +51,16 @@ pub(crate) mod code {
     pub const UNAUTHENTICATED: u16 = 16;
 }
 
-/// Headers a task may send that must not reach Admin: credentials (the agent sets its own) and
-/// HTTP/1 connection headers, which HTTP/2 forbids.
-const STRIPPED: [&str; 7] = [
+/// Headers a task may send that must not reach Admin: credentials in every form (the agent sets
+/// its own), the task's `host` and cookies, and HTTP/1 connection headers, which HTTP/2 forbids.
+/// The configured credential header and its `-bin` form are removed as well.
+const STRIPPED: [&str; 11] = [
     "authorization",
     "flyte-authorization",
+    "authorization-bin",
+    "flyte-authorization-bin",
+    "host",
+    "cookie",
     "connection",
     "keep-alive",
     "proxy-connection",
@@ -92,6 +105,7 @@ pub struct Proxy {
     auth: Arc<AdminAuth>,
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
+    labels: MethodLabels,
 }
 
 impl Proxy {
@@ -102,21 +116,36 @@ impl Proxy {
         cache: Arc<TokenCache>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let labels = MethodLabels::new(
+            auth.config()
+                .allowed_methods
+                .patterns()
+                .iter()
+                .map(String::as_str),
+        );
         Self {
             upstream,
             auth,
             cache,
             metrics,
+            labels,
         }
     }
 
     /// Forwards one gRPC call.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
-        let path = req.uri().path().to_string();
+        let Some(path) = canonical_path(req.uri()) else {
+            self.metrics.admin_call(DENIED, code::PERMISSION_DENIED);
+            // The path is the task's; the message names the rule, not the (unbounded) input.
+            return grpc_error(
+                code::PERMISSION_DENIED,
+                "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)",
+            );
+        };
         let config = self.auth.config();
         if !config.allowed_methods.allows(&path) {
-            self.metrics.admin_call("denied", code::PERMISSION_DENIED);
+            self.metrics.admin_call(DENIED, code::PERMISSION_DENIED);
             return grpc_error(
                 code::PERMISSION_DENIED,
                 &format!("flyte-auth-agent: {path} is not in admin.allowed_methods"),
@@ -124,6 +153,11 @@ impl Proxy {
         }
         let span = tracing::info_span!("admin_call", method = %path);
         self.forward(req, path, started).instrument(span).await
+    }
+
+    /// The bounded metric label for `path`.
+    fn label(&self, path: &str) -> String {
+        self.labels.label(path).to_string()
     }
 
     async fn forward(
@@ -137,7 +171,8 @@ impl Proxy {
             Ok(v) => v,
             Err(message) => {
                 tracing::warn!(%message, "no FlyteAdmin credential");
-                self.metrics.admin_call(&path, code::UNAVAILABLE);
+                self.metrics
+                    .admin_call(&self.label(&path), code::UNAVAILABLE);
                 return grpc_error(code::UNAVAILABLE, &message);
             }
         };
@@ -146,6 +181,9 @@ impl Proxy {
             parts.headers.remove(name);
         }
         parts.headers.remove(&header);
+        if let Ok(bin) = http::HeaderName::try_from(format!("{}-bin", header.as_str())) {
+            parts.headers.remove(bin);
+        }
         let capture = Arc::new(Mutex::new(Capture::new(config.retry_buffer)));
         let tee = Tee {
             inner: body,
@@ -213,13 +251,15 @@ impl Proxy {
 
     fn unavailable(&self, path: &str, reason: &str) -> Response<ProxyBody> {
         tracing::warn!(%reason, "FlyteAdmin unavailable");
-        self.metrics.admin_call(path, code::UNAVAILABLE);
+        self.metrics
+            .admin_call(&self.label(path), code::UNAVAILABLE);
         grpc_error(code::UNAVAILABLE, &format!("flyte-auth-agent: {reason}"))
     }
 
     fn denied(&self, path: &str, reason: &str) -> Response<ProxyBody> {
         tracing::warn!(%reason, "call refused");
-        self.metrics.admin_call(path, code::PERMISSION_DENIED);
+        self.metrics
+            .admin_call(&self.label(path), code::PERMISSION_DENIED);
         grpc_error(
             code::PERMISSION_DENIED,
             &format!("flyte-auth-agent: {reason}"),
@@ -230,6 +270,7 @@ impl Proxy {
     /// trailers-only answer, at the trailers otherwise.
     fn pass(&self, path: String, response: Response<Incoming>) -> Response<ProxyBody> {
         let (parts, body) = response.into_parts();
+        let path = self.label(&path);
         if let Some(status) = header_status(&parts.headers) {
             self.metrics.admin_call(&path, status);
             return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
@@ -243,6 +284,27 @@ impl Proxy {
         };
         Response::from_parts(parts, body.boxed_unsync())
     }
+}
+
+/// The call's path if it is exactly `/<package.Service>/<Method>`: a service name of dotted
+/// identifiers with at least a package, a method identifier, nothing else (no query, no empty,
+/// `.` or percent-encoded segments). Admin and the allow-list then see the same method the
+/// metrics and logs name.
+fn canonical_path(uri: &http::Uri) -> Option<String> {
+    if uri.query().is_some() {
+        return None;
+    }
+    let path = uri.path();
+    let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+    let ident = |s: &str| {
+        s.chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+    };
+    let mut names = service.split('.');
+    let dotted = service.contains('.') && names.all(ident);
+    (dotted && ident(method)).then(|| path.to_string())
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -325,13 +387,18 @@ impl Capture {
     }
 }
 
-/// A request body that copies what passes through it into a [`Capture`].
-struct Tee {
-    inner: Incoming,
+/// A request body that copies what passes through it into a [`Capture`], and ends at the
+/// task's trailers instead of passing them on.
+struct Tee<B = Incoming> {
+    inner: B,
     capture: Arc<Mutex<Capture>>,
 }
 
-impl hyper::body::Body for Tee {
+impl<B> hyper::body::Body for Tee<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
     type Data = Bytes;
     type Error = BoxError;
 
@@ -339,15 +406,22 @@ impl hyper::body::Body for Tee {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        let mut polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if !frame.is_data() {
+                // Request trailers (a gRPC client sends none) are the task's to write and could
+                // carry a credential; they end the body here. Admin sees a plain end of stream.
+                polled = Poll::Ready(None);
+            }
+        }
         if let Poll::Ready(ref result) = polled {
             let mut capture = lock(&self.capture);
             match result {
-                Some(Ok(frame)) => match frame.data_ref() {
-                    Some(data) => capture.data(data),
-                    // Request trailers cannot be replayed from the buffer.
-                    None => capture.overflow = true,
-                },
+                Some(Ok(frame)) => {
+                    if let Some(data) = frame.data_ref() {
+                        capture.data(data);
+                    }
+                }
                 Some(Err(_)) => capture.overflow = true,
                 None => capture.complete = true,
             }
@@ -357,7 +431,7 @@ impl hyper::body::Body for Tee {
                 capture.complete = true;
             }
         }
-        polled.map_err(BoxError::from)
+        polled.map_err(Into::into)
     }
 
     fn is_end_stream(&self) -> bool {
@@ -370,6 +444,7 @@ impl hyper::body::Body for Tee {
 }
 
 struct Done {
+    /// The call's metric label.
     path: String,
     metrics: Arc<Metrics>,
 }
@@ -474,5 +549,82 @@ mod tests {
         )));
         assert!(!is_grpc(&req(http::Version::HTTP_11, "application/grpc")));
         assert!(!is_grpc(&req(http::Version::HTTP_2, "application/json")));
+    }
+
+    #[test]
+    fn only_canonical_method_paths_are_forwarded() {
+        let path = |p: &str| canonical_path(&p.parse::<http::Uri>().unwrap());
+        for ok in [
+            "/flyteidl.service.AdminService/GetExecution",
+            "/a.B/C",
+            "/grpc.health.v1.Health/Check",
+            "/_x.Y_2/Z_3",
+        ] {
+            assert_eq!(path(ok).as_deref(), Some(ok));
+        }
+        for bad in [
+            "/",
+            "//x",
+            "/a.B//C",
+            "//a.B/C",
+            "/a.B/C/",
+            "/a.B/C/D",
+            "/./a.B/C",
+            "/a.B/./C",
+            "/a.B/../C",
+            "/a.B/C?x=1",
+            "/a.B/C?",
+            "/a.B%2FC/D",
+            "/a.B/C%2FD",
+            "/a.B/C%00",
+            "/Service/Method",
+            "/a..B/C",
+            "/.a.B/C",
+            "/a.B./C",
+            "/a.1B/C",
+            "/a.B/1C",
+            "/a.B/C-D",
+            "*",
+        ] {
+            assert_eq!(path(bad), None, "{bad}");
+        }
+    }
+
+    /// A body of one data frame and one trailers frame, as a task could send.
+    struct WithTrailers(Vec<Frame<Bytes>>);
+
+    impl hyper::body::Body for WithTrailers {
+        type Data = Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+            let next = (!self.0.is_empty()).then(|| Ok(self.0.remove(0)));
+            Poll::Ready(next)
+        }
+    }
+
+    #[tokio::test]
+    async fn request_trailers_end_the_body_and_never_pass() {
+        let mut trailers = HeaderMap::new();
+        trailers.insert("authorization", HeaderValue::from_static("Bearer forged"));
+        let body = WithTrailers(vec![
+            Frame::data(Bytes::from_static(b"message")),
+            Frame::trailers(trailers),
+        ]);
+        let capture = Arc::new(Mutex::new(Capture::new(1024)));
+        let tee = Tee {
+            inner: body,
+            capture: capture.clone(),
+        };
+        let collected = tee.collect().await.unwrap();
+        assert!(collected.trailers().is_none());
+        assert_eq!(collected.to_bytes(), Bytes::from_static(b"message"));
+        // The body still counts as complete, so a retry can replay it.
+        assert_eq!(
+            lock(&capture).replay(),
+            Some(Bytes::from_static(b"message"))
+        );
     }
 }

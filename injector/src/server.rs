@@ -58,6 +58,7 @@ pub async fn run(
         TlsListener::new(listener, tls, HANDSHAKE_TIMEOUT),
         webhook,
         Protocols::Http1And2,
+        flyte_auth_agent::server::ServeLimits::default(),
         shutdown,
         server.shutdown_grace,
     )

@@ -151,6 +151,9 @@ pub struct AdminConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive ping interval.
     pub keepalive: Duration,
+    /// Whether `GET /v1/admin/token` hands the credential to the task (off by default: with it
+    /// on, a task can carry the Admin token out of the pod and use it until it expires).
+    pub serve_token: bool,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -173,6 +176,7 @@ pub(super) struct RawAdmin {
     retry_buffer: Option<u64>,
     connect_timeout: Option<String>,
     keepalive: Option<String>,
+    serve_token: Option<bool>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -193,6 +197,9 @@ impl StringOrList {
 }
 
 const ENV: &str = "FLYTE_AUTH_AGENT_ADMIN_";
+
+/// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.
+pub const ENV_ADMIN_SERVE_TOKEN: &str = "FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN";
 
 fn env(field: &str) -> String {
     format!("{ENV}{}", field.to_ascii_uppercase())
@@ -441,6 +448,13 @@ pub(super) fn build_admin(
         Duration::from_secs(30),
         parse_duration,
     );
+    let serve_token = l.parsed(
+        "admin.serve_token",
+        Some(ENV_ADMIN_SERVE_TOKEN),
+        raw.serve_token.map(|b| b.to_string()),
+        false,
+        parse_bool,
+    );
 
     let src = l.file_source.clone();
     let Some(mode) = mode else {
@@ -495,6 +509,7 @@ pub(super) fn build_admin(
         retry_buffer,
         connect_timeout,
         keepalive,
+        serve_token,
     })
 }
 
@@ -543,7 +558,7 @@ pub fn admin_section_env(
     if raw.endpoint.is_none() {
         return Err(fail("admin.endpoint", "is missing".into()));
     }
-    let fields: [(&str, Option<String>); 16] = [
+    let fields: [(&str, Option<String>); 17] = [
         ("endpoint", raw.endpoint.clone()),
         ("insecure", raw.insecure.map(|b| b.to_string())),
         ("ca_file", raw.ca_file.clone()),
@@ -566,6 +581,7 @@ pub fn admin_section_env(
         ("retry_buffer", raw.retry_buffer.map(|n| n.to_string())),
         ("connect_timeout", raw.connect_timeout.clone()),
         ("keepalive", raw.keepalive.clone()),
+        ("serve_token", raw.serve_token.map(|b| b.to_string())),
     ];
     let mut env: Vec<(String, String)> = fields
         .into_iter()
@@ -672,5 +688,77 @@ mod tests {
         for bad in ["AdminService", "*/Get", "a.B/Get*", "/x/"] {
             assert!(MethodFilter::parse([bad]).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn serve_token_is_off_unless_opted_in_and_the_injector_carries_it() {
+        let section = |extra: serde_json::Value| {
+            let mut v = serde_json::json!({
+                "endpoint": "dns:///flyteadmin.flyte:81",
+                "mode": "client-secret",
+                "client_id": "flytepropeller",
+                "client_secret": {"group": "flyte-secret-auth", "key": "client_secret"},
+            });
+            v.as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            v
+        };
+        let checked = admin_section_env(
+            section(serde_json::json!({})),
+            "injector config",
+            "/t",
+            false,
+        )
+        .unwrap();
+        assert!(!checked.env.iter().any(|(k, _)| k == ENV_ADMIN_SERVE_TOKEN));
+        let checked = admin_section_env(
+            section(serde_json::json!({"serve_token": true})),
+            "injector config",
+            "/t",
+            false,
+        )
+        .unwrap();
+        assert!(checked
+            .env
+            .contains(&(ENV_ADMIN_SERVE_TOKEN.to_string(), "true".to_string())));
+
+        // The agent reads it from the env the injector set, and defaults to off.
+        let load = |env: &[(&str, &str)]| {
+            let mut vars: std::collections::HashMap<String, String> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            for (k, v) in [
+                ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
+                ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
+                ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
+                ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
+            ] {
+                vars.insert(k.into(), v.into());
+            }
+            let mut l = Loader {
+                file_source: "config".into(),
+                env: &vars,
+                errors: Vec::new(),
+            };
+            let idp = IdpSettings {
+                timeout: Duration::from_secs(1),
+                ca_file: None,
+                allow_insecure_http: false,
+            };
+            let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
+            (admin.map(|a| a.serve_token), l.errors)
+        };
+        assert_eq!(load(&[]), (Some(false), vec![]));
+        assert_eq!(
+            load(&[(ENV_ADMIN_SERVE_TOKEN, "true")]),
+            (Some(true), vec![])
+        );
+        let (_, errors) = load(&[(ENV_ADMIN_SERVE_TOKEN, "maybe")]);
+        assert_eq!(
+            errors[0].to_string(),
+            "env FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN: admin.serve_token: \"maybe\" is not true or false"
+        );
     }
 }

@@ -1,0 +1,305 @@
+//! The `limits` section: what each of the agent's listeners accepts before it stops reading.
+//! The unix socket and the health port both take input from outside the agent's trust (the task
+//! container; other pods), so each bounds its open connections, the size of a request head, the
+//! number of its headers and the time a new connection may take to send its first request.
+//!
+//! Every key has a default that fits a task pod and an env override
+//! `FLYTE_AUTH_AGENT_LIMITS_<KEY>` (the constants below).
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{parse_duration, Loader};
+
+/// Env var: most connections open at once on the unix socket.
+pub const ENV_LIMITS_SOCKET_MAX_CONNECTIONS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS";
+/// Env var: largest request head (HTTP/1) or header list (HTTP/2) on the unix socket, in bytes.
+pub const ENV_LIMITS_SOCKET_MAX_HEADER_BYTES: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_HEADER_BYTES";
+/// Env var: most connections open at once on the health port.
+pub const ENV_LIMITS_HEALTH_MAX_CONNECTIONS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_CONNECTIONS";
+/// Env var: largest request head on the health port, in bytes.
+pub const ENV_LIMITS_HEALTH_MAX_HEADER_BYTES: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_HEADER_BYTES";
+/// Env var: most headers in one HTTP/1 request head, on both listeners.
+pub const ENV_LIMITS_MAX_HEADERS: &str = "FLYTE_AUTH_AGENT_LIMITS_MAX_HEADERS";
+/// Env var: how long a connection may take to send a complete request head (HTTP/1, also between
+/// keep-alive requests) or the HTTP/2 preface and its first request, on both listeners.
+pub const ENV_LIMITS_REQUEST_HEAD_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT";
+/// Env var: how often an HTTP/2 connection on the socket is pinged.
+pub const ENV_LIMITS_H2_KEEPALIVE_INTERVAL: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_INTERVAL";
+/// Env var: how long an HTTP/2 ping may go unanswered before the connection is closed.
+pub const ENV_LIMITS_H2_KEEPALIVE_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT";
+/// Env var: most concurrent streams (calls) on one HTTP/2 connection.
+pub const ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_H2_MAX_CONCURRENT_STREAMS";
+
+/// hyper's smallest HTTP/1 read buffer; a header limit below it cannot be enforced.
+pub const MIN_HEADER_BYTES: usize = 8 * 1024;
+/// The largest header limit accepted: far above any real client, far below memory trouble.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// What one listener accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServeLimits {
+    /// Most connections open at once; a connection beyond it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// Largest HTTP/1 request head (hyper's read buffer; larger heads get 431) and HTTP/2
+    /// header list (announced in SETTINGS), in bytes; at least [`MIN_HEADER_BYTES`].
+    pub max_header_bytes: usize,
+    /// Most headers in one HTTP/1 request head (more get 431).
+    pub max_headers: usize,
+    /// Time a connection has to send a complete request head (HTTP/1; again between keep-alive
+    /// requests) or the HTTP/2 preface and a first request; after that it is closed.
+    pub request_head_timeout: Duration,
+    /// Ping interval of HTTP/2 connections. An established connection is never closed for being
+    /// idle (flytekit keeps one per process between calls); only for not answering pings.
+    pub h2_keepalive_interval: Duration,
+    /// How long a ping may go unanswered.
+    pub h2_keepalive_timeout: Duration,
+    /// Most concurrent streams on one HTTP/2 connection.
+    pub h2_max_concurrent_streams: u32,
+}
+
+/// The unix socket's defaults: room for every process of a task (flytekit keeps one HTTP/2
+/// connection each) and for gRPC metadata, which is larger than a token GET.
+pub const DEFAULT_SOCKET_LIMITS: ServeLimits = ServeLimits {
+    max_connections: 256,
+    max_header_bytes: 64 * 1024,
+    max_headers: 64,
+    request_head_timeout: Duration::from_secs(10),
+    h2_keepalive_interval: Duration::from_secs(60),
+    h2_keepalive_timeout: Duration::from_secs(20),
+    h2_max_concurrent_streams: 100,
+};
+
+/// The health port's defaults: probes and a scraper send a few small GETs.
+pub const DEFAULT_HEALTH_LIMITS: ServeLimits = ServeLimits {
+    max_connections: 32,
+    max_header_bytes: MIN_HEADER_BYTES,
+    max_headers: 64,
+    request_head_timeout: Duration::from_secs(10),
+    h2_keepalive_interval: Duration::from_secs(60),
+    h2_keepalive_timeout: Duration::from_secs(20),
+    h2_max_concurrent_streams: 100,
+};
+
+impl Default for ServeLimits {
+    /// The unix socket's defaults ([`DEFAULT_SOCKET_LIMITS`]).
+    fn default() -> Self {
+        DEFAULT_SOCKET_LIMITS
+    }
+}
+
+/// The validated `limits` section: one set per listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The unix socket (token API and Admin proxy).
+    pub socket: ServeLimits,
+    /// The health and metrics port.
+    pub health: ServeLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            socket: DEFAULT_SOCKET_LIMITS,
+            health: DEFAULT_HEALTH_LIMITS,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(super) struct RawLimits {
+    socket_max_connections: Option<u64>,
+    socket_max_header_bytes: Option<u64>,
+    health_max_connections: Option<u64>,
+    health_max_header_bytes: Option<u64>,
+    max_headers: Option<u64>,
+    request_head_timeout: Option<String>,
+    h2_keepalive_interval: Option<String>,
+    h2_keepalive_timeout: Option<String>,
+    h2_max_concurrent_streams: Option<u64>,
+}
+
+/// A count in `min..=max`.
+fn count(min: u64, max: u64) -> impl Fn(&str) -> Result<u64, String> {
+    move |s: &str| match s.parse::<u64>() {
+        Ok(n) if (min..=max).contains(&n) => Ok(n),
+        _ => Err(format!("{s:?} is not a whole number from {min} to {max}")),
+    }
+}
+
+/// A duration above zero and at most an hour (a longer one would not bound anything).
+fn positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() || d > Duration::from_secs(3600) {
+        return Err(format!("{s:?} must be above zero and at most 1h"));
+    }
+    Ok(d)
+}
+
+pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
+    let d = Limits::default();
+    let n = |v: Option<u64>| v.map(|n| n.to_string());
+    let headers = count(MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
+    let connections = count(1, 65_536);
+    let socket_max_connections = l.parsed(
+        "limits.socket_max_connections",
+        Some(ENV_LIMITS_SOCKET_MAX_CONNECTIONS),
+        n(raw.socket_max_connections),
+        d.socket.max_connections as u64,
+        &connections,
+    );
+    let socket_max_header_bytes = l.parsed(
+        "limits.socket_max_header_bytes",
+        Some(ENV_LIMITS_SOCKET_MAX_HEADER_BYTES),
+        n(raw.socket_max_header_bytes),
+        d.socket.max_header_bytes as u64,
+        &headers,
+    );
+    let health_max_connections = l.parsed(
+        "limits.health_max_connections",
+        Some(ENV_LIMITS_HEALTH_MAX_CONNECTIONS),
+        n(raw.health_max_connections),
+        d.health.max_connections as u64,
+        &connections,
+    );
+    let health_max_header_bytes = l.parsed(
+        "limits.health_max_header_bytes",
+        Some(ENV_LIMITS_HEALTH_MAX_HEADER_BYTES),
+        n(raw.health_max_header_bytes),
+        d.health.max_header_bytes as u64,
+        &headers,
+    );
+    let max_headers = l.parsed(
+        "limits.max_headers",
+        Some(ENV_LIMITS_MAX_HEADERS),
+        n(raw.max_headers),
+        d.socket.max_headers as u64,
+        count(1, 1024),
+    );
+    let request_head_timeout = l.parsed(
+        "limits.request_head_timeout",
+        Some(ENV_LIMITS_REQUEST_HEAD_TIMEOUT),
+        raw.request_head_timeout,
+        d.socket.request_head_timeout,
+        positive_duration,
+    );
+    let h2_keepalive_interval = l.parsed(
+        "limits.h2_keepalive_interval",
+        Some(ENV_LIMITS_H2_KEEPALIVE_INTERVAL),
+        raw.h2_keepalive_interval,
+        d.socket.h2_keepalive_interval,
+        positive_duration,
+    );
+    let h2_keepalive_timeout = l.parsed(
+        "limits.h2_keepalive_timeout",
+        Some(ENV_LIMITS_H2_KEEPALIVE_TIMEOUT),
+        raw.h2_keepalive_timeout,
+        d.socket.h2_keepalive_timeout,
+        positive_duration,
+    );
+    let h2_max_concurrent_streams = l.parsed(
+        "limits.h2_max_concurrent_streams",
+        Some(ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS),
+        n(raw.h2_max_concurrent_streams),
+        u64::from(d.socket.h2_max_concurrent_streams),
+        count(1, 10_000),
+    );
+    // Every value is within its checked range, so these conversions are exact.
+    let shared = |max_connections: u64, max_header_bytes: u64| ServeLimits {
+        max_connections: max_connections as usize,
+        max_header_bytes: max_header_bytes as usize,
+        max_headers: max_headers as usize,
+        request_head_timeout,
+        h2_keepalive_interval,
+        h2_keepalive_timeout,
+        h2_max_concurrent_streams: h2_max_concurrent_streams as u32,
+    };
+    Limits {
+        socket: shared(socket_max_connections, socket_max_header_bytes),
+        health: shared(health_max_connections, health_max_header_bytes),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{Config, Env};
+
+    fn load(yaml: &str, env: &[(&str, &str)]) -> Result<Config, crate::config::ConfigErrors> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let env: HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load(Some(&path), Arc::new(env) as Arc<dyn Env>)
+    }
+
+    #[test]
+    fn defaults_bound_every_listener() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.limits.socket.max_connections, 256);
+        assert_eq!(c.limits.health.max_connections, 32);
+        assert_eq!(c.limits.health.max_header_bytes, 8192);
+        assert_eq!(ServeLimits::default(), DEFAULT_SOCKET_LIMITS);
+    }
+
+    #[test]
+    fn file_values_and_env_overrides() {
+        let c = load(
+            "limits:\n  socket_max_connections: 4\n  health_max_header_bytes: 16384\n  request_head_timeout: 2s\n  h2_max_concurrent_streams: 8\n",
+            &[
+                (ENV_LIMITS_SOCKET_MAX_CONNECTIONS, "5"),
+                (ENV_LIMITS_H2_KEEPALIVE_INTERVAL, "90s"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.limits.socket.max_connections, 5);
+        assert_eq!(c.limits.health.max_header_bytes, 16384);
+        assert_eq!(c.limits.socket.request_head_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.health.request_head_timeout, Duration::from_secs(2));
+        assert_eq!(c.limits.socket.h2_max_concurrent_streams, 8);
+        assert_eq!(
+            c.limits.socket.h2_keepalive_interval,
+            Duration::from_secs(90)
+        );
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let e = load(
+            "limits:\n  socket_max_connections: 0\n  socket_max_header_bytes: 100\n  request_head_timeout: 0s\n  max_headers: 5000\n  bogus: 1\n",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("unknown field `bogus`"), "{e}");
+        let e = load(
+            "limits:\n  socket_max_connections: 0\n  socket_max_header_bytes: 100\n  request_head_timeout: 0s\n  max_headers: 5000\n",
+            &[(ENV_LIMITS_H2_KEEPALIVE_TIMEOUT, "never")],
+        )
+        .unwrap_err()
+        .to_string();
+        for needle in [
+            "limits.socket_max_connections: \"0\" is not a whole number from 1 to 65536",
+            "limits.socket_max_header_bytes: \"100\" is not a whole number from 8192 to 1048576",
+            "limits.request_head_timeout: \"0s\" must be above zero",
+            "limits.max_headers: \"5000\" is not a whole number from 1 to 1024",
+            "env FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT: limits.h2_keepalive_timeout: \"never\" is not a duration",
+        ] {
+            assert!(e.contains(needle), "expected {needle:?} in:\n{e}");
+        }
+    }
+}

@@ -1,0 +1,578 @@
+//! The agent's trust boundary, against the real binary: what its listeners accept from a task or
+//! another pod (connection caps, head sizes and deadlines), what its Admin proxy passes on, and
+//! that its metrics stay bounded whatever paths a task sends.
+//!
+//! Header and trailer assertions need to see exactly what reached Admin, which the Python
+//! stand-in cannot show (grpcio hides request trailers), so those tests put a small in-process
+//! hyper HTTP/2 server where Admin would be that records every request. The credential is still
+//! minted by the real oidc-provider.
+
+mod common;
+
+use std::collections::VecDeque;
+use std::convert::Infallible;
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Empty};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+
+const PROPELLER_SECRET: &str = "propeller-secret-value";
+/// Every bounded wait in this file: far longer than anything needs, short enough to fail.
+const LIMIT: Duration = Duration::from_secs(30);
+
+/// One request as it reached the recording Admin.
+#[derive(Debug, Clone)]
+struct Seen {
+    path: String,
+    headers: HeaderMap,
+    trailers: Option<HeaderMap>,
+}
+
+/// An HTTP/2 server on loopback in Admin's place that records each request and answers gRPC OK.
+struct Recorder {
+    port: u16,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Recorder {
+    fn start() -> Self {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let record = seen.clone();
+        rt.spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let record = record.clone();
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let record = record.clone();
+                    async move {
+                        let (parts, body) = req.into_parts();
+                        let trailers = body
+                            .collect()
+                            .await
+                            .ok()
+                            .and_then(|c| c.trailers().cloned());
+                        record.lock().unwrap().push(Seen {
+                            path: parts.uri.path_and_query().unwrap().to_string(),
+                            headers: parts.headers,
+                            trailers,
+                        });
+                        let mut r = Response::new(Empty::<Bytes>::new());
+                        r.headers_mut()
+                            .insert("content-type", HeaderValue::from_static("application/grpc"));
+                        r.headers_mut()
+                            .insert("grpc-status", HeaderValue::from_static("0"));
+                        Ok::<_, Infallible>(r)
+                    }
+                });
+                tokio::spawn(
+                    hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service),
+                );
+            }
+        });
+        Self {
+            port,
+            seen,
+            _rt: rt,
+        }
+    }
+
+    fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+/// The agent's env for an Admin at `port` whose auth settings are all configured (so the agent
+/// asks Admin nothing), with the credential from `idp`, plus `extra`.
+fn admin_env(pod: &Pod, idp: &Idp, port: u16, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    pod.secret("flyte-admin", "client_secret", PROPELLER_SECRET);
+    let mut env = pod.env(&json!([]));
+    let token_endpoint = idp.token_endpoint();
+    for (k, v) in [
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT",
+            format!("127.0.0.1:{port}"),
+        ),
+        ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "flytepropeller".into()),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+            r#"{"group": "flyte-admin", "key": "client_secret"}"#.into(),
+        ),
+        ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT", token_endpoint),
+        ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyteadmin".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER",
+            "flyte-authorization".into(),
+        ),
+    ] {
+        env.push((k.to_string(), v));
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
+}
+
+/// The IdP, the recording Admin and an agent proxying to it.
+struct Proxied {
+    idp: Idp,
+    admin: Recorder,
+    pod: Pod,
+    agent: AgentProcess,
+}
+
+fn proxied(extra: &[(&str, &str)]) -> Proxied {
+    let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
+    let admin = Recorder::start();
+    let pod = Pod::new();
+    let env = admin_env(&pod, &idp, admin.port, extra);
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    Proxied {
+        idp,
+        admin,
+        pod,
+        agent,
+    }
+}
+
+/// A request body of given frames: what a task's gRPC library could send, trailers included.
+struct Frames(VecDeque<Frame<Bytes>>);
+
+impl hyper::body::Body for Frames {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        Poll::Ready(self.0.pop_front().map(Ok))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+type Sender = hyper::client::conn::http2::SendRequest<Frames>;
+
+/// An HTTP/2 (prior knowledge) connection to the agent's socket, as grpc C-core opens one.
+async fn h2(socket: &Path) -> Sender {
+    let io = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+        .handshake(TokioIo::new(io))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    sender
+}
+
+/// An empty gRPC message (the 5-byte frame header of a zero-length message).
+fn message() -> Frame<Bytes> {
+    Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))
+}
+
+fn grpc_request(
+    uri: &str,
+    headers: &[(&str, &str)],
+    trailers: Option<HeaderMap>,
+) -> Request<Frames> {
+    let mut frames = VecDeque::from([message()]);
+    frames.extend(trailers.map(Frame::trailers));
+    let mut req = Request::post(uri)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    req.body(Frames(frames)).unwrap()
+}
+
+/// Sends one call; its gRPC status (from a trailers-only answer or the trailers), or the
+/// transport error's text.
+async fn call(sender: &mut Sender, req: Request<Frames>) -> Result<u16, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let response = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let status = |h: &HeaderMap| {
+        h.get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u16>().ok())
+    };
+    if let Some(code) = status(response.headers()) {
+        return Ok(code);
+    }
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?;
+    body.trailers()
+        .and_then(status)
+        .ok_or_else(|| "no grpc-status".to_string())
+}
+
+#[test]
+fn the_proxy_passes_no_credential_host_cookie_or_trailer_of_the_task() {
+    let p = proxied(&[]);
+    let forged = "Bearer forged-by-the-task";
+    let mut trailers = HeaderMap::new();
+    trailers.insert("authorization", HeaderValue::from_static(forged));
+    trailers.insert("flyte-authorization", HeaderValue::from_static(forged));
+    trailers.insert("x-task-trailer", HeaderValue::from_static("1"));
+    let codes = rt().block_on(async {
+        let mut sender = h2(p.agent.socket()).await;
+        let mut codes = Vec::new();
+        // Twice on one connection: the first call's trailers must not spoil the second.
+        for _ in 0..2 {
+            let req = grpc_request(
+                "http://agent/flyteidl.service.AdminService/GetExecution",
+                &[
+                    ("authorization", forged),
+                    ("flyte-authorization", forged),
+                    ("authorization-bin", "Zm9yZ2Vk"),
+                    ("flyte-authorization-bin", "Zm9yZ2Vk"),
+                    ("cookie", "session=task"),
+                    ("host", "evil.example"),
+                    ("x-task-header", "kept"),
+                ],
+                Some(trailers.clone()),
+            );
+            codes.push(call(&mut sender, req).await);
+        }
+        codes
+    });
+    assert_eq!(codes, [Ok(0), Ok(0)], "{}", p.agent.output());
+    let seen = p.admin.seen();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for s in &seen {
+        assert_eq!(s.path, "/flyteidl.service.AdminService/GetExecution");
+        assert_eq!(s.trailers, None, "request trailers reached Admin: {s:?}");
+        for gone in [
+            "authorization",
+            "authorization-bin",
+            "flyte-authorization-bin",
+            "cookie",
+            "host",
+        ] {
+            assert!(s.headers.get(gone).is_none(), "{gone} reached Admin: {s:?}");
+        }
+        assert_eq!(s.headers["x-task-header"], "kept");
+        // Exactly one credential, the executor's.
+        let values: Vec<_> = s.headers.get_all("flyte-authorization").iter().collect();
+        assert_eq!(values.len(), 1, "{s:?}");
+        let token = values[0].to_str().unwrap().strip_prefix("Bearer ").unwrap();
+        p.pod.sensitive.add(token);
+        assert_eq!(
+            p.idp.verify(token, "flyteadmin")["client_id"],
+            json!("flytepropeller")
+        );
+    }
+}
+
+#[test]
+fn non_canonical_paths_are_refused_before_the_allow_list_and_admin() {
+    // `*` allows every method, so only the path rule can refuse these.
+    let p = proxied(&[("FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS", "*")]);
+    let bad = [
+        "http://agent//x",
+        "http://agent//flyteidl.service.AdminService/GetExecution",
+        "http://agent/flyteidl.service.AdminService//GetExecution",
+        "http://agent/flyteidl.service.AdminService/GetExecution?x=1",
+        "http://agent/./flyteidl.service.AdminService/GetExecution",
+        "http://agent/flyteidl.service.AdminService/../AdminService/GetExecution",
+        "http://agent/flyteidl.service.AdminService%2FGetExecution/x",
+        "http://agent/flyteidl.service.AdminService/GetExecution%2Fx",
+        "http://agent/flyteidl.service.AdminService/GetExecution/extra",
+        "http://agent/AdminService/GetExecution",
+    ];
+    let outcomes = rt().block_on(async {
+        let mut outcomes = Vec::new();
+        for uri in bad {
+            // A fresh connection each, so one call's fate cannot decide another's.
+            let mut sender = h2(p.agent.socket()).await;
+            outcomes.push((uri, call(&mut sender, grpc_request(uri, &[], None)).await));
+        }
+        let mut sender = h2(p.agent.socket()).await;
+        let good = grpc_request(
+            "http://agent/flyteidl.service.AdminService/GetExecution",
+            &[],
+            None,
+        );
+        outcomes.push(("canonical", call(&mut sender, good).await));
+        outcomes
+    });
+    for (uri, outcome) in &outcomes[..bad.len()] {
+        // PERMISSION_DENIED from the agent itself, never Admin's OK.
+        assert_eq!(outcome, &Ok(7), "{uri}");
+    }
+    assert_eq!(outcomes[bad.len()].1, Ok(0));
+    let seen: Vec<_> = p.admin.seen().into_iter().map(|s| s.path).collect();
+    assert_eq!(seen, ["/flyteidl.service.AdminService/GetExecution"]);
+    let refused = bad.len();
+    let metrics = p.agent.health_get("/metrics").1;
+    assert_contains(
+        &metrics,
+        &format!(
+            r#"flyte_auth_agent_admin_calls_total{{method="denied",code="PermissionDenied"}} {refused}"#
+        ),
+    );
+}
+
+#[test]
+fn twenty_thousand_distinct_methods_keep_the_metrics_bounded() {
+    const CALLS: usize = 20_000;
+    let p = proxied(&[(
+        "FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS",
+        "flyteidl.service.AdminService/*,flyteidl.service.AdminService/ListProjects",
+    )]);
+    let failures = rt().block_on(async {
+        let sender = h2(p.agent.socket()).await;
+        let mut calls = tokio::task::JoinSet::new();
+        let mut failures = 0;
+        for i in 0..CALLS {
+            // Bounded in flight: below the socket's concurrent-stream limit.
+            while calls.len() >= 64 {
+                if !matches!(calls.join_next().await, Some(Ok(Ok(0)))) {
+                    failures += 1;
+                }
+            }
+            let mut sender = sender.clone();
+            let uri = format!("http://agent/flyteidl.service.AdminService/Attack{i:05}");
+            calls.spawn(async move { call(&mut sender, grpc_request(&uri, &[], None)).await });
+        }
+        let mut sender = sender.clone();
+        let known = grpc_request(
+            "http://agent/flyteidl.service.AdminService/ListProjects",
+            &[],
+            None,
+        );
+        if call(&mut sender, known).await != Ok(0) {
+            failures += 1;
+        }
+        while let Some(done) = calls.join_next().await {
+            if !matches!(done, Ok(Ok(0))) {
+                failures += 1;
+            }
+        }
+        failures
+    });
+    assert_eq!(failures, 0, "{}", p.agent.output());
+    assert_eq!(p.admin.seen().len(), CALLS + 1);
+    let metrics = p.agent.health_get("/metrics").1;
+    let mut series: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("flyte_auth_agent_admin_calls_total{"))
+        .collect();
+    series.sort();
+    assert_eq!(
+        series,
+        [
+            r#"flyte_auth_agent_admin_calls_total{method="/flyteidl.service.AdminService/ListProjects",code="Ok"} 1"#,
+            r#"flyte_auth_agent_admin_calls_total{method="other",code="Ok"} 20000"#,
+        ],
+        "{metrics}"
+    );
+    assert!(
+        metrics.len() < 16 * 1024,
+        "{} bytes of metrics",
+        metrics.len()
+    );
+}
+
+/// An agent with no token requests and no Admin, with `extra` env.
+fn bare_agent(pod: &Pod, extra: &[(&str, &str)]) -> AgentProcess {
+    let mut env = pod.env(&json!([]));
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    AgentProcess::start(pod, &["serve"], &env)
+}
+
+/// Reads until the peer closes; what it sent before closing. Fails the test after [`LIMIT`].
+fn until_closed(stream: &mut impl Read) -> Vec<u8> {
+    let mut out = Vec::new();
+    match stream.read_to_end(&mut out) {
+        Ok(_) => out,
+        // A reset is a close too (the peer dropped unread input).
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => out,
+        Err(e) => panic!("still open after {LIMIT:?} ({e}); read {} bytes", out.len()),
+    }
+}
+
+fn unix(socket: &Path) -> UnixStream {
+    let s = UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s
+}
+
+#[test]
+fn silent_socket_clients_are_closed_at_the_deadline_and_a_served_http2_connection_may_idle() {
+    let pod = Pod::new();
+    let agent = bare_agent(
+        &pod,
+        &[("FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT", "1s")],
+    );
+    let runtime = rt();
+    // flytekit's way: one HTTP/2 connection that serves a call, then idles.
+    let mut served = runtime.block_on(h2(agent.socket()));
+    let first = runtime.block_on(call(
+        &mut served,
+        grpc_request("http://agent/a.B/C", &[], None),
+    ));
+    // No admin section: the agent itself answers UNIMPLEMENTED.
+    assert_eq!(first, Ok(12));
+
+    let mut silent = unix(agent.socket());
+    let mut partial_h1 = unix(agent.socket());
+    partial_h1
+        .write_all(b"GET /v1/tokens HTTP/1.1\r\n")
+        .unwrap();
+    let mut preface_only = unix(agent.socket());
+    preface_only
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .unwrap();
+    assert_eq!(until_closed(&mut silent), b"");
+    let answer = until_closed(&mut partial_h1);
+    assert!(
+        answer.is_empty() || answer.starts_with(b"HTTP/1.1 408"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The server's SETTINGS frame may come first; then the connection ends.
+    until_closed(&mut preface_only);
+
+    // Past the deadline that closed the others, the served connection still takes calls.
+    assert!(!served.is_closed());
+    let second = runtime.block_on(call(
+        &mut served,
+        grpc_request("http://agent/a.B/C", &[], None),
+    ));
+    assert_eq!(second, Ok(12));
+}
+
+/// GET /v1/tokens over a new socket connection: the status, or why there was none.
+fn list_tokens(socket: &Path) -> Result<u16, String> {
+    rt().block_on(flyte_auth_agent::client::get(
+        socket,
+        "/v1/tokens",
+        "application/json",
+        Duration::from_secs(5),
+    ))
+    .map(|(status, _)| status.as_u16())
+    .map_err(|e| e.to_string())
+}
+
+/// Opens a connection and completes one HTTP/1.1 request on it, so the server surely holds it.
+fn held(socket: &Path) -> UnixStream {
+    let mut s = unix(socket);
+    s.write_all(b"GET /v1/tokens HTTP/1.1\r\nHost: agent\r\n\r\n")
+        .unwrap();
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"HTTP/1.1 200");
+    s
+}
+
+#[test]
+fn the_socket_closes_the_connection_beyond_its_cap_and_serves_again_once_one_ends() {
+    let pod = Pod::new();
+    let agent = bare_agent(
+        &pod,
+        &[
+            ("FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS", "3"),
+            ("FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT", "5m"),
+        ],
+    );
+    let open: Vec<_> = (0..3).map(|_| held(agent.socket())).collect();
+    let mut beyond = unix(agent.socket());
+    assert_eq!(until_closed(&mut beyond), b"", "closed without an answer");
+    assert!(list_tokens(agent.socket()).is_err());
+    drop(open);
+    wait_for("a request to be served again", LIMIT, || {
+        list_tokens(agent.socket()).ok()
+    });
+    assert_eq!(list_tokens(agent.socket()), Ok(200));
+}
+
+fn tcp(addr: &str) -> std::net::TcpStream {
+    let s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s
+}
+
+/// Sends `head` (ignoring a write the server cut short) and reads the answer until the close.
+fn exchange(addr: &str, head: &[u8]) -> String {
+    let mut s = tcp(addr);
+    let _ = s.write_all(head);
+    String::from_utf8_lossy(&until_closed(&mut s)).into_owned()
+}
+
+fn healthz(addr: &str) -> Option<u16> {
+    reqwest::blocking::Client::new()
+        .get(format!("http://{addr}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .ok()
+        .map(|r| r.status().as_u16())
+}
+
+#[test]
+fn the_health_port_refuses_oversized_heads_caps_connections_and_keeps_serving_healthz() {
+    let pod = Pod::new();
+    let agent = bare_agent(
+        &pod,
+        &[
+            ("FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_CONNECTIONS", "4"),
+            ("FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT", "5m"),
+        ],
+    );
+    let addr = agent.health.clone();
+    // One header of 64 KiB (the default health limit is 8 KiB), then 80 headers (limit 64).
+    let big = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\nConnection: close\r\n\r\n",
+        "a".repeat(64 * 1024)
+    );
+    let answer = exchange(&addr, big.as_bytes());
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    let many: String = (0..80).map(|i| format!("X-H{i}: v\r\n")).collect();
+    let answer = exchange(
+        &addr,
+        format!("GET /healthz HTTP/1.1\r\nHost: x\r\n{many}Connection: close\r\n\r\n").as_bytes(),
+    );
+    assert!(
+        answer.is_empty() || answer.starts_with("HTTP/1.1 431"),
+        "{answer}"
+    );
+    assert_eq!(healthz(&addr), Some(200));
+
+    // Four silent connections fill the port; a fifth is closed at once, until one ends.
+    let open: Vec<_> = (0..4).map(|_| tcp(&addr)).collect();
+    let mut beyond = tcp(&addr);
+    assert_eq!(until_closed(&mut beyond), b"");
+    assert_eq!(healthz(&addr), None);
+    drop(open);
+    wait_for("/healthz to answer again", LIMIT, || healthz(&addr));
+    assert_eq!(healthz(&addr), Some(200));
+}

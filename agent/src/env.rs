@@ -62,6 +62,32 @@ pub const ENV_CA_FILE: &str = "FLYTE_AUTH_AGENT_CA_FILE";
 pub const ENV_ALLOW_INSECURE_HTTP: &str = "FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP";
 /// The prefix of the `admin` section's env overrides (`…_ENDPOINT`, `…_CLIENT_ID`, …).
 pub const ENV_ADMIN_PREFIX: &str = "FLYTE_AUTH_AGENT_ADMIN_";
+/// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.
+pub const ENV_ADMIN_SERVE_TOKEN: &str = "FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN";
+/// Env var: most connections open at once on the unix socket.
+pub const ENV_LIMITS_SOCKET_MAX_CONNECTIONS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS";
+/// Env var: largest request head (HTTP/1) or header list (HTTP/2) on the unix socket, in bytes.
+pub const ENV_LIMITS_SOCKET_MAX_HEADER_BYTES: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_HEADER_BYTES";
+/// Env var: most connections open at once on the health port.
+pub const ENV_LIMITS_HEALTH_MAX_CONNECTIONS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_CONNECTIONS";
+/// Env var: largest request head on the health port, in bytes.
+pub const ENV_LIMITS_HEALTH_MAX_HEADER_BYTES: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_HEADER_BYTES";
+/// Env var: most headers in one HTTP/1 request head, on both listeners.
+pub const ENV_LIMITS_MAX_HEADERS: &str = "FLYTE_AUTH_AGENT_LIMITS_MAX_HEADERS";
+/// Env var: how long a connection may take to send a complete request head (HTTP/1, also between
+/// keep-alive requests) or the HTTP/2 preface and its first request, on both listeners.
+pub const ENV_LIMITS_REQUEST_HEAD_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT";
+/// Env var: how often an HTTP/2 connection on the socket is pinged.
+pub const ENV_LIMITS_H2_KEEPALIVE_INTERVAL: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_INTERVAL";
+/// Env var: how long an HTTP/2 ping may go unanswered before the connection is closed.
+pub const ENV_LIMITS_H2_KEEPALIVE_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT";
+/// Env var: most concurrent streams (calls) on one HTTP/2 connection.
+pub const ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS: &str =
+    "FLYTE_AUTH_AGENT_LIMITS_H2_MAX_CONCURRENT_STREAMS";
 /// The secrets directory (propeller's secret webhook sets it in task containers).
 pub const ENV_SECRETS_DIR: &str = "FLYTE_SECRETS_DEFAULT_DIR";
 /// The prefix of secrets given as env vars.

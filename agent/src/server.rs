@@ -32,7 +32,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::cache::{GetError, TokenCache, ADMIN};
 pub use crate::config::ServeLimits;
-use crate::config::{ENV_ADMIN_SERVE_TOKEN, MIN_HEADER_BYTES};
+use crate::config::MIN_HEADER_BYTES;
+use crate::env::ENV_ADMIN_SERVE_TOKEN;
 use crate::proxy::{grpc_error, is_grpc, Proxy, ProxyBody};
 use crate::token::rfc3339;
 

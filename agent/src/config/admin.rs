@@ -196,10 +196,7 @@ impl StringOrList {
     }
 }
 
-const ENV: &str = "FLYTE_AUTH_AGENT_ADMIN_";
-
-/// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.
-pub const ENV_ADMIN_SERVE_TOKEN: &str = "FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN";
+use crate::env::{ENV_ADMIN_PREFIX as ENV, ENV_ADMIN_SERVE_TOKEN};
 
 fn env(field: &str) -> String {
     format!("{ENV}{}", field.to_ascii_uppercase())

@@ -4,7 +4,7 @@
 //! number of its headers and the time a new connection may take to send its first request.
 //!
 //! Every key has a default that fits a task pod and an env override
-//! `FLYTE_AUTH_AGENT_LIMITS_<KEY>` (the constants below).
+//! `FLYTE_AUTH_AGENT_LIMITS_<KEY>` (declared in [`crate::env`]).
 
 use std::time::Duration;
 
@@ -12,30 +12,12 @@ use serde::Deserialize;
 
 use super::{parse_duration, Loader};
 
-/// Env var: most connections open at once on the unix socket.
-pub const ENV_LIMITS_SOCKET_MAX_CONNECTIONS: &str =
-    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS";
-/// Env var: largest request head (HTTP/1) or header list (HTTP/2) on the unix socket, in bytes.
-pub const ENV_LIMITS_SOCKET_MAX_HEADER_BYTES: &str =
-    "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_HEADER_BYTES";
-/// Env var: most connections open at once on the health port.
-pub const ENV_LIMITS_HEALTH_MAX_CONNECTIONS: &str =
-    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_CONNECTIONS";
-/// Env var: largest request head on the health port, in bytes.
-pub const ENV_LIMITS_HEALTH_MAX_HEADER_BYTES: &str =
-    "FLYTE_AUTH_AGENT_LIMITS_HEALTH_MAX_HEADER_BYTES";
-/// Env var: most headers in one HTTP/1 request head, on both listeners.
-pub const ENV_LIMITS_MAX_HEADERS: &str = "FLYTE_AUTH_AGENT_LIMITS_MAX_HEADERS";
-/// Env var: how long a connection may take to send a complete request head (HTTP/1, also between
-/// keep-alive requests) or the HTTP/2 preface and its first request, on both listeners.
-pub const ENV_LIMITS_REQUEST_HEAD_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_REQUEST_HEAD_TIMEOUT";
-/// Env var: how often an HTTP/2 connection on the socket is pinged.
-pub const ENV_LIMITS_H2_KEEPALIVE_INTERVAL: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_INTERVAL";
-/// Env var: how long an HTTP/2 ping may go unanswered before the connection is closed.
-pub const ENV_LIMITS_H2_KEEPALIVE_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT";
-/// Env var: most concurrent streams (calls) on one HTTP/2 connection.
-pub const ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS: &str =
-    "FLYTE_AUTH_AGENT_LIMITS_H2_MAX_CONCURRENT_STREAMS";
+use crate::env::{
+    ENV_LIMITS_H2_KEEPALIVE_INTERVAL, ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
+    ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS, ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
+    ENV_LIMITS_HEALTH_MAX_HEADER_BYTES, ENV_LIMITS_MAX_HEADERS, ENV_LIMITS_REQUEST_HEAD_TIMEOUT,
+    ENV_LIMITS_SOCKET_MAX_CONNECTIONS, ENV_LIMITS_SOCKET_MAX_HEADER_BYTES,
+};
 
 /// hyper's smallest HTTP/1 read buffer; a header limit below it cannot be enforced.
 pub const MIN_HEADER_BYTES: usize = 8 * 1024;

@@ -158,7 +158,8 @@ pub const DENIED: &str = "denied";
 pub const OTHER: &str = "other";
 
 /// The gRPC methods that get their own `method` label: every method of the flyteidl services
-/// this agent's proto crate describes, plus the exact entries of `admin.allowed_methods`. Paths
+/// Admin serves a task (and any other service the proto crate describes), plus the exact entries
+/// of `admin.allowed_methods`. Paths
 /// come from the task, so any other one is [`OTHER`]: 20,000 distinct paths are still one series.
 #[derive(Debug, Clone)]
 pub struct MethodLabels(Arc<HashSet<String>>);
@@ -173,6 +174,7 @@ impl MethodLabels {
                 known.insert(format!("/{}/{}", service.full_name(), method.name()));
             }
         }
+        known.extend(flyte_auth_proto::services::paths());
         for path in extra {
             let path = path.trim_start_matches('/');
             // A wildcard stands for paths the task chooses; only exact entries are labels.
@@ -252,22 +254,26 @@ mod tests {
     #[test]
     fn method_labels_are_known_methods_or_other() {
         let labels = MethodLabels::new([
-            "flyteidl.service.AdminService/GetExecution",
-            "/flyteidl.service.AdminService/ListProjects",
-            "flyteidl.service.DataProxyService/*",
+            "my.company.Gateway/Call",
+            "/my.company.Gateway/Other",
+            "my.company.Wild/*",
             "*",
         ]);
         for known in [
             "/flyteidl.service.AuthMetadataService/GetPublicClientConfig",
             "/flyteidl.service.AuthMetadataService/GetOAuth2Metadata",
             "/flyteidl.service.AdminService/GetExecution",
-            "/flyteidl.service.AdminService/ListProjects",
+            "/flyteidl.service.AdminService/CreateExecution",
+            "/flyteidl.service.DataProxyService/CreateUploadLocation",
+            "/flyteidl.service.SignalService/SetSignal",
+            "/my.company.Gateway/Call",
+            "/my.company.Gateway/Other",
         ] {
             assert_eq!(labels.label(known), known);
         }
         for other in [
-            "/flyteidl.service.AdminService/CreateExecution",
-            "/flyteidl.service.DataProxyService/CreateUploadLocation",
+            "/my.company.Wild/Call",
+            "/flyteidl.service.AdminService/NoSuchMethod",
             "/flyteidl.service.AdminService/GetExecution/",
             "/x.Y/Z0",
             "*",

@@ -174,9 +174,7 @@ fn flyteremote_in_a_task_reaches_admin_with_the_executor_credential() {
     let metrics = c.metrics();
     assert_contains(
         &metrics,
-        // AdminService is not among the proto crate's services and not named in
-        // admin.allowed_methods, so its methods share one label.
-        r#"flyte_auth_agent_admin_calls_total{method="other",code="Ok"} 2"#,
+        r#"flyte_auth_agent_admin_calls_total{method="/flyteidl.service.AdminService/GetExecution",code="Ok"} 1"#,
     );
     assert_contains(
         &metrics,
@@ -313,7 +311,10 @@ fn admin_refusing_twice_is_permission_denied_never_unauthenticated() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_contains(&stderr, "PERMISSION_DENIED");
     assert_contains(&stderr, "flyte-auth-agent");
-    assert_contains(&c.metrics(), r#"method="other",code="PermissionDenied"}"#);
+    assert_contains(
+        &c.metrics(),
+        r#"method="/flyteidl.service.AdminService/GetExecution",code="PermissionDenied"}"#,
+    );
 }
 
 #[test]

@@ -15,6 +15,7 @@ use prost_reflect::{
 use serde_json::Value;
 
 pub mod annotation;
+pub mod services;
 
 /// The generated flyteidl types.
 pub mod flyteidl {

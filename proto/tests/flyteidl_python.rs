@@ -592,3 +592,23 @@ fn annotations_match_python_text_format_and_propellers_base32() {
         assert_eq!(answer["hex"], json!(hex), "{name}: {answer}");
     }
 }
+
+#[test]
+fn admin_service_methods_match_flyteidl() {
+    let python: Value = serde_json::from_str(&fixtures("admin_services", "")).unwrap();
+    let ours: Value = flyte_auth_proto::services::FLYTEADMIN_SERVICES
+        .iter()
+        .map(|(service, methods)| json!([service, methods]))
+        .collect();
+    assert_eq!(ours, python);
+    // The one service the crate has in full agrees with the list.
+    let auth = descriptor_pool()
+        .get_service_by_name("flyteidl.service.AuthMetadataService")
+        .unwrap();
+    let methods: Vec<String> = auth.methods().map(|m| m.name().to_string()).collect();
+    assert!(flyte_auth_proto::services::FLYTEADMIN_SERVICES.contains(&(
+        "flyteidl.service.AuthMetadataService",
+        &["GetOAuth2Metadata", "GetPublicClientConfig"][..]
+    )));
+    assert_eq!(methods, ["GetOAuth2Metadata", "GetPublicClientConfig"]);
+}

@@ -184,9 +184,20 @@ def descriptors():
     }))
 
 
+def admin_services():
+    """Every service of the flyteidl.service files Admin's endpoint serves, with method names."""
+    import importlib
+    services = []
+    for module in ("admin_pb2", "dataproxy_pb2", "signal_pb2", "identity_pb2", "auth_pb2"):
+        fd = importlib.import_module(f"flyteidl.service.{module}").DESCRIPTOR
+        services.extend([s.full_name, [m.name for m in s.methods]]
+                        for s in fd.services_by_name.values())
+    print(json.dumps(services))
+
+
 if __name__ == "__main__":
     modes = {"encode": encode, "decode": decode, "parse": parse, "parse_text": parse_text,
-             "descriptors": descriptors}
+             "descriptors": descriptors, "admin_services": admin_services}
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(modes)}")
     modes[sys.argv[1]]()

@@ -212,6 +212,7 @@ impl Agent {
         if let Some(listener) = socket.listener.take() {
             let proxy = self.proxy.map(|(upstream, auth)| {
                 proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
+                    .with_max_inflight(self.limits.max_inflight_calls)
             });
             let api = Arc::new(server::SocketApi::new(
                 server::TokenApi::new(self.cache.clone(), self.serve_admin_token),

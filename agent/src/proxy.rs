@@ -30,6 +30,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper::body::{Frame, SizeHint};
+use tokio::sync::Semaphore;
 use tracing::Instrument as _;
 
 use crate::admin::AdminAuth;
@@ -47,6 +48,7 @@ pub(crate) mod code {
     pub const UNIMPLEMENTED: u16 = 12;
     pub const INTERNAL: u16 = 13;
     pub const PERMISSION_DENIED: u16 = 7;
+    pub const RESOURCE_EXHAUSTED: u16 = 8;
     pub const UNAVAILABLE: u16 = 14;
     pub const UNAUTHENTICATED: u16 = 16;
 }
@@ -106,6 +108,9 @@ pub struct Proxy {
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
     labels: MethodLabels,
+    /// One permit per call in flight, held until its response body is dropped.
+    inflight: Arc<Semaphore>,
+    max_inflight: usize,
 }
 
 impl Proxy {
@@ -123,13 +128,25 @@ impl Proxy {
                 .iter()
                 .map(String::as_str),
         );
+        let max_inflight = crate::config::Limits::default().max_inflight_calls;
         Self {
             upstream,
             auth,
             cache,
             metrics,
             labels,
+            inflight: Arc::new(Semaphore::new(max_inflight)),
+            max_inflight,
         }
+    }
+
+    /// Carries at most `max` calls at once (`limits.max_inflight_calls`); more are refused with
+    /// RESOURCE_EXHAUSTED rather than queued, so a task cannot grow the agent's memory with calls.
+    pub fn with_max_inflight(mut self, max: usize) -> Self {
+        let max = max.clamp(1, Semaphore::MAX_PERMITS);
+        self.inflight = Arc::new(Semaphore::new(max));
+        self.max_inflight = max;
+        self
     }
 
     /// Forwards one gRPC call.
@@ -151,8 +168,27 @@ impl Proxy {
                 &format!("flyte-auth-agent: {path} is not in admin.allowed_methods"),
             );
         }
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            self.metrics
+                .admin_call(&self.label(&path), code::RESOURCE_EXHAUSTED);
+            return grpc_error(
+                code::RESOURCE_EXHAUSTED,
+                &format!(
+                    "flyte-auth-agent: {} calls are already in flight to FlyteAdmin (limits.max_inflight_calls); retry",
+                    self.max_inflight
+                ),
+            );
+        };
         let span = tracing::info_span!("admin_call", method = %path);
-        self.forward(req, path, started).instrument(span).await
+        let response = self.forward(req, path, started).instrument(span).await;
+        // The permit lives as long as the response body: a stream counts until it ends.
+        response.map(|body| {
+            body.map_frame(move |frame| {
+                let _held = &permit;
+                frame
+            })
+            .boxed_unsync()
+        })
     }
 
     /// The bounded metric label for `path`.

@@ -156,8 +156,9 @@ fn proxied(extra: &[(&str, &str)]) -> Proxied {
     }
 }
 
-/// A request body of given frames: what a task's gRPC library could send, trailers included.
-struct Frames(VecDeque<Frame<Bytes>>);
+/// A request body of given frames: what a task's gRPC library could send, trailers included;
+/// with `open`, a client stream that never ends once they are sent.
+struct Frames(VecDeque<Frame<Bytes>>, bool);
 
 impl hyper::body::Body for Frames {
     type Data = Bytes;
@@ -167,11 +168,14 @@ impl hyper::body::Body for Frames {
         mut self: Pin<&mut Self>,
         _: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
-        Poll::Ready(self.0.pop_front().map(Ok))
+        match self.0.pop_front() {
+            None if self.1 => Poll::Pending,
+            frame => Poll::Ready(frame.map(Ok)),
+        }
     }
 
     fn is_end_stream(&self) -> bool {
-        self.0.is_empty()
+        self.0.is_empty() && !self.1
     }
 }
 
@@ -206,7 +210,7 @@ fn grpc_request(
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    req.body(Frames(frames)).unwrap()
+    req.body(Frames(frames, false)).unwrap()
 }
 
 /// Sends one call; its gRPC status (from a trailers-only answer or the trailers), or the
@@ -575,4 +579,57 @@ fn the_health_port_refuses_oversized_heads_caps_connections_and_keeps_serving_he
     drop(open);
     wait_for("/healthz to answer again", LIMIT, || healthz(&addr));
     assert_eq!(healthz(&addr), Some(200));
+}
+
+#[test]
+fn calls_beyond_the_in_flight_cap_are_resource_exhausted_until_one_ends() {
+    let p = proxied(&[("FLYTE_AUTH_AGENT_LIMITS_MAX_INFLIGHT_CALLS", "2")]);
+    let uri = "http://agent/flyteidl.service.AdminService/GetExecution";
+    rt().block_on(async {
+        let mut sender = h2(p.agent.socket()).await;
+        // Two client streams that never end: Admin (the recorder) answers only after the whole
+        // request, so both stay in flight at the agent.
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            let mut req = grpc_request(uri, &[], None);
+            req.body_mut().1 = true;
+            sender.ready().await.unwrap();
+            let pending = sender.send_request(req);
+            held.push(tokio::spawn(pending));
+        }
+        let deadline = tokio::time::Instant::now() + LIMIT;
+        loop {
+            let code = call(&mut sender, grpc_request(uri, &[], None)).await;
+            if code == Ok(8) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "a third call got {code:?}"
+            );
+            tokio::task::yield_now().await;
+        }
+        // Cancelled by the client (RST_STREAM), the held calls give their places back.
+        for task in held {
+            task.abort();
+        }
+        loop {
+            let code = call(&mut sender, grpc_request(uri, &[], None)).await;
+            if code == Ok(0) {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "still refused: {code:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    let metrics = p.agent.health_get("/metrics").1;
+    assert!(
+        metrics.contains(
+            r#"method="/flyteidl.service.AdminService/GetExecution",code="ResourceExhausted"}"#
+        ),
+        "{metrics}"
+    );
 }

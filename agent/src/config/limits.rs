@@ -15,8 +15,9 @@ use super::{parse_duration, Loader};
 use crate::env::{
     ENV_LIMITS_H2_KEEPALIVE_INTERVAL, ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
     ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS, ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
-    ENV_LIMITS_HEALTH_MAX_HEADER_BYTES, ENV_LIMITS_MAX_HEADERS, ENV_LIMITS_REQUEST_HEAD_TIMEOUT,
-    ENV_LIMITS_SOCKET_MAX_CONNECTIONS, ENV_LIMITS_SOCKET_MAX_HEADER_BYTES,
+    ENV_LIMITS_HEALTH_MAX_HEADER_BYTES, ENV_LIMITS_MAX_HEADERS, ENV_LIMITS_MAX_INFLIGHT_CALLS,
+    ENV_LIMITS_REQUEST_HEAD_TIMEOUT, ENV_LIMITS_SOCKET_MAX_CONNECTIONS,
+    ENV_LIMITS_SOCKET_MAX_HEADER_BYTES,
 };
 
 /// hyper's smallest HTTP/1 read buffer; a header limit below it cannot be enforced.
@@ -83,13 +84,21 @@ pub struct Limits {
     pub socket: ServeLimits,
     /// The health and metrics port.
     pub health: ServeLimits,
+    /// Most gRPC calls the Admin proxy carries at once, over every connection: each may hold up
+    /// to `admin.retry_buffer` of request body, so this bounds that memory too.
+    pub max_inflight_calls: usize,
 }
+
+/// Default of [`Limits::max_inflight_calls`]: far above what a task's processes make at once,
+/// and 16 MiB of retry buffers at the default `admin.retry_buffer`.
+pub const DEFAULT_MAX_INFLIGHT_CALLS: usize = 256;
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             socket: DEFAULT_SOCKET_LIMITS,
             health: DEFAULT_HEALTH_LIMITS,
+            max_inflight_calls: DEFAULT_MAX_INFLIGHT_CALLS,
         }
     }
 }
@@ -106,6 +115,7 @@ pub(super) struct RawLimits {
     h2_keepalive_interval: Option<String>,
     h2_keepalive_timeout: Option<String>,
     h2_max_concurrent_streams: Option<u64>,
+    max_inflight_calls: Option<u64>,
 }
 
 /// A count in `min..=max`.
@@ -193,6 +203,13 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
         u64::from(d.socket.h2_max_concurrent_streams),
         count(1, 10_000),
     );
+    let max_inflight_calls = l.parsed(
+        "limits.max_inflight_calls",
+        Some(ENV_LIMITS_MAX_INFLIGHT_CALLS),
+        n(raw.max_inflight_calls),
+        d.max_inflight_calls as u64,
+        count(1, 65_536),
+    );
     // Every value is within its checked range, so these conversions are exact.
     let shared = |max_connections: u64, max_header_bytes: u64| ServeLimits {
         max_connections: max_connections as usize,
@@ -206,6 +223,7 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
     Limits {
         socket: shared(socket_max_connections, socket_max_header_bytes),
         health: shared(health_max_connections, health_max_header_bytes),
+        max_inflight_calls: max_inflight_calls as usize,
     }
 }
 

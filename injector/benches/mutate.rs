@@ -13,6 +13,7 @@
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
 mod common;
+#[allow(dead_code)]
 #[path = "../tests/harness/mod.rs"]
 mod harness;
 

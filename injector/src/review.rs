@@ -62,6 +62,8 @@ pub struct Injector {
     /// The Admin env for each credential mode a pod may pick, or why that mode is unusable;
     /// worked out once, so a review only looks it up.
     admin: BTreeMap<&'static str, Result<Option<AdminEnv>, String>>,
+    /// What token requests may ask for.
+    policy: requests::Policy,
 }
 
 impl Injector {
@@ -84,7 +86,12 @@ impl Injector {
                 (mode.as_str(), env)
             })
             .collect();
-        Self { config, admin }
+        let policy = requests::Policy::new(&config);
+        Self {
+            config,
+            admin,
+            policy,
+        }
     }
 
     /// The configuration.
@@ -221,11 +228,10 @@ impl Injector {
             Ok(admin) => admin,
             Err(problem) => return deny(vec![problem]),
         };
-        let requests =
-            match requests::from_annotations(annotations, self.config.agent.allow_insecure_http) {
-                Ok(requests) => requests,
-                Err(problems) => return deny(problems),
-            };
+        let requests = match requests::from_annotations(annotations, &self.policy) {
+            Ok(requests) => requests,
+            Err(problems) => return deny(problems),
+        };
         if requests.is_empty() && admin.is_none() {
             let mut answer = allow;
             answer.response.warnings = Some(vec![format!(

@@ -91,8 +91,9 @@ pub struct ServerConfig {
     /// refused and its connection closed.
     #[serde(deserialize_with = "de_duration")]
     pub body_timeout: Duration,
-    /// Reviews read and decided at once; each may buffer up to `max_body`, so this times
-    /// `max_body` bounds the memory held by request bodies.
+    /// Review slots: reviews read and decided at once. A review takes one slot per
+    /// `max_body / max_concurrent_reviews` bytes it declares (all without a length), so the
+    /// bodies read and parsed at once total at most about `max_body`.
     pub max_concurrent_reviews: usize,
     /// How long a review waits for one of the `max_concurrent_reviews` slots before it is
     /// refused.
@@ -412,8 +413,11 @@ impl Config {
         if self.server.body_timeout.is_zero() {
             err("server.body_timeout", "must be above zero".into());
         }
-        if self.server.max_concurrent_reviews == 0 {
-            err("server.max_concurrent_reviews", "must be at least 1".into());
+        if !(1..=1024).contains(&self.server.max_concurrent_reviews) {
+            err(
+                "server.max_concurrent_reviews",
+                "must be between 1 and 1024".into(),
+            );
         }
         let limits = &self.limits;
         if limits.token_requests == 0 {

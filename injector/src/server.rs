@@ -9,9 +9,13 @@
 //!
 //! Memory and time per review are bounded before a byte of the body is buffered:
 //! - a declared `content-length` over `server.max_body` is refused without reading the body;
-//! - a review first takes one of `server.max_concurrent_reviews` slots, waiting at most
-//!   `server.review_queue_timeout` (then it is refused, naming the limit), and keeps it while its
-//!   body is read and decided, so buffered bodies never exceed slots × `max_body`;
+//! - a review first takes its review slots, waiting at most `server.review_queue_timeout` (then
+//!   it is refused, naming the limit), and keeps them while its body is read and decided. There
+//!   are `server.max_concurrent_reviews` slots, and a review takes one per
+//!   `max_body / max_concurrent_reviews` bytes it declares (all of them without a
+//!   `content-length`): small reviews run side by side, while the bodies being read and parsed
+//!   at once never total more than about `max_body`. That matters because parsing multiplies:
+//!   a 2 MB Pod of tiny objects costs ~25 MB as typed structs;
 //! - the body must arrive within `server.body_timeout` of getting the slot; a stalled one is
 //!   refused and, since its body was not read to the end, its connection is closed.
 
@@ -102,6 +106,20 @@ impl BodyError {
     }
 }
 
+/// How many of `slots` review slots a body of `declared` bytes takes: one per
+/// `max_body / slots` bytes, at least one, and all of them when the length is not declared.
+fn slots_for(declared: Option<u64>, max_body: usize, slots: usize) -> u32 {
+    let slots = slots.max(1);
+    let needed = match declared {
+        Some(length) => {
+            let share = (max_body / slots).max(1) as u64;
+            usize::try_from(length.div_ceil(share)).unwrap_or(slots)
+        }
+        None => slots,
+    };
+    u32::try_from(needed.clamp(1, slots)).unwrap_or(1)
+}
+
 /// The declared `content-length`, if there is a valid one.
 fn content_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -160,7 +178,8 @@ impl Webhook {
         Self {
             max_body: server.max_body,
             body_timeout: server.body_timeout,
-            slots: Semaphore::new(server.max_concurrent_reviews),
+            // Within a u32 (acquire_many's count) whatever the config says.
+            slots: Semaphore::new(server.max_concurrent_reviews.min(u32::MAX as usize)),
             max_concurrent: server.max_concurrent_reviews,
             queue_timeout: server.review_queue_timeout,
             injector,
@@ -239,13 +258,16 @@ impl Webhook {
             );
         }
         // Held until the review is decided: the body it buffers counts against the bound.
-        let _slot = match tokio::time::timeout(self.queue_timeout, self.slots.acquire()).await {
+        let needed = slots_for(declared, self.max_body, self.max_concurrent);
+        let acquire = self.slots.acquire_many(needed);
+        let _slots = match tokio::time::timeout(self.queue_timeout, acquire).await {
             Ok(Ok(permit)) => permit,
             // Never closed; a timeout is the only way here.
             _ => {
                 let message = format!(
-                    "the webhook is busy: all {} review slots (server.max_concurrent_reviews) stayed taken for {} (server.review_queue_timeout)",
+                    "the webhook is busy: this review needs {needed} of the {} review slots (server.max_concurrent_reviews; one per {} bytes of body) and they stayed taken for {} (server.review_queue_timeout)",
                     self.max_concurrent,
+                    self.max_body / self.max_concurrent,
                     humantime::format_duration(self.queue_timeout)
                 );
                 return self.refuse(span, "busy", &message);
@@ -369,6 +391,28 @@ mod tests {
             .metrics
             .encode()
             .contains("flyte_auth_injector_reviews_total{outcome=\"invalid\"} 1"));
+    }
+
+    #[test]
+    fn big_bodies_take_more_slots() {
+        let mib = 1024 * 1024;
+        for (declared, want) in [
+            (Some(0), 1),
+            (Some(3_000), 1),
+            (Some(mib / 2), 1),
+            (Some(mib / 2 + 1), 2),
+            (Some(2 * mib), 4),
+            (Some(u64::MAX), 4),
+            (None, 4),
+        ] {
+            assert_eq!(
+                slots_for(declared, 2 * mib as usize, 4),
+                want,
+                "{declared:?}"
+            );
+        }
+        assert_eq!(slots_for(Some(5), 1024, 1), 1);
+        assert_eq!(slots_for(None, 1024, 0), 1);
     }
 
     #[tokio::test]

@@ -1045,7 +1045,8 @@ async fn with_one_review_slot_a_second_review_waits_then_is_refused_naming_the_l
     let answer = served.review(review("second", true)).await;
     let message = refusal(&answer);
     assert!(
-        message.contains("the webhook is busy: all 1 review slots (server.max_concurrent_reviews) stayed taken for 300ms (server.review_queue_timeout)"),
+        message.contains("the webhook is busy: this review needs 1 of the 1 review slots (server.max_concurrent_reviews;")
+            && message.contains("they stayed taken for 300ms (server.review_queue_timeout)"),
         "{message}"
     );
 
@@ -1056,5 +1057,50 @@ async fn with_one_review_slot_a_second_review_waits_then_is_refused_naming_the_l
     assert_eq!(answer["response"]["uid"], "first");
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
     let answer = served.review(review("third", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+/// Starts a review declaring `body`'s length and waits for the server's "100 Continue": from
+/// then on it holds its review slots, until `body` is sent.
+async fn hold_slots(served: &Served, body: &[u8]) -> TlsStream {
+    let mut stream = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    stream
+        .write_all(post_head(body.len(), true).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream
+}
+
+#[tokio::test]
+async fn a_review_as_large_as_max_body_runs_alone_while_small_ones_share_the_slots() {
+    let served = serve_binary(
+        "  max_body: 65536\n  max_concurrent_reviews: 2\n  review_queue_timeout: 300ms\n  body_timeout: 30s\n",
+    );
+    // A small review holds one of the two slots; another small one still gets the other.
+    let small = review("small", true);
+    assert!(small.len() <= 65536 / 2);
+    let mut holder = hold_slots(&served, &small).await;
+    let answer = served.review(review("beside", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    holder.write_all(&small).await.unwrap();
+    let (_, answer) = read_review(&mut holder).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A review over half of max_body (JSON allows the trailing spaces) takes both slots.
+    let mut large = review("large", true);
+    large.resize(40_000, b' ');
+    let mut holder = hold_slots(&served, &large).await;
+    let message = refusal(&served.review(review("behind", true)).await).to_string();
+    assert!(
+        message.contains(
+            "this review needs 1 of the 2 review slots (server.max_concurrent_reviews; one per 32768 bytes of body)"
+        ),
+        "{message}"
+    );
+    holder.write_all(&large).await.unwrap();
+    let (_, answer) = read_review(&mut holder).await;
+    assert_eq!(answer["response"]["uid"], "large");
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
 }

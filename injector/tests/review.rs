@@ -339,6 +339,29 @@ fn an_admin_mode_needs_its_settings_and_a_sidecar() {
     );
 }
 
+#[test]
+fn limits_are_checked_at_start() {
+    let problems = Config::parse(
+        "server: {max_concurrent_reviews: 0, body_timeout: 0s}\nlimits: {token_requests: 0, token_annotation_bytes: 300000, token_annotations_total_bytes: 10}",
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "server.max_concurrent_reviews: must be between 1 and 1024",
+        "server.body_timeout: must be above zero",
+        "limits.token_requests: must be at least 1",
+        "limits.token_annotation_bytes: 300000 is not between 1024 and 262144",
+        "limits.token_annotations_total_bytes: 10 is not between 1024 and 262144",
+    ] {
+        assert!(problems.contains(needle), "{needle:?} in:\n{problems}");
+    }
+    let defaults = Config::default();
+    assert_eq!(defaults.server.max_body, 2 * 1024 * 1024);
+    assert_eq!(defaults.limits.token_requests, 32);
+    assert!(!defaults.agent.allow_local_idp);
+}
+
 /// A change to a review.
 type Edit = Box<dyn FnOnce(&mut Value)>;
 

@@ -11,9 +11,9 @@
 //!   its peak RSS (VmHWM);
 //! - attacks (issue 11): a fresh binary each, its VmHWM after the attack and whether it still
 //!   answers a normal review: a review with 21,000 token requests (3.2 MB), three of them at
-//!   once, 60 TLS connections that stall one byte short of the declared body, and four of the
-//!   largest reviews `max_body` lets through, built of the smallest objects (the parse's worst
-//!   case). The first three also against `max_body: 4194304`, so the other limits are measured
+//!   once, 60 TLS connections that stall one byte short of the declared body, and four at once
+//!   of the reviews whose typed parse costs most per byte (tiny objects: as many as
+//!   `limits.review_array_items` allows, and 2 MB of them). The first three also against `max_body: 4194304`, so the other limits are measured
 //!   without the body limit doing the work.
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count
@@ -489,20 +489,23 @@ async fn stall(
     (closed, longest)
 }
 
-/// A review that is as large as `size` allows and made of the smallest objects the typed parse
-/// builds: env vars with a one-letter name (the costliest bytes for a `Pod`). With `not_a_pod`,
-/// a field after them has the wrong type, so the typed parse fails once it has built them all
-/// and the review is read a second time.
-fn review_of_small_objects(uid: &str, size: usize, not_a_pod: bool) -> Vec<u8> {
+/// A review with `n` of the smallest objects the typed parse builds at `field`: `env` (one-letter
+/// env vars, 280 bytes each as structs) or `volumes` (3 KB each as a `Volume`), or, with `n`
+/// `None`, as many env vars as `2_000_000` bytes hold. With `not_a_pod`, a field parsed after
+/// them has the wrong type, so the typed parse fails once it has built them all.
+fn review_of_small_objects(uid: &str, field: &str, n: Option<usize>, not_a_pod: bool) -> Vec<u8> {
     let mut review: Value = serde_json::from_slice(&harness::review(uid, true)).unwrap();
     if not_a_pod {
         review["request"]["object"]["spec"]["containers"][0]["image"] = 5.into();
     }
     let base = serde_json::to_vec(&review).unwrap().len();
     let each = br#"{"name":"a"},"#.len();
-    let n = (size - base - 64) / each;
-    review["request"]["object"]["spec"]["containers"][0]["env"] =
-        Value::Array((0..n).map(|_| serde_json::json!({"name": "a"})).collect());
+    let n = n.unwrap_or((2_000_000 - base - 64) / each);
+    let items = Value::Array((0..n).map(|_| serde_json::json!({"name": "a"})).collect());
+    match field {
+        "volumes" => review["request"]["object"]["spec"]["volumes"] = items,
+        _ => review["request"]["object"]["spec"]["containers"][0]["env"] = items,
+    }
     serde_json::to_vec(&review).unwrap()
 }
 
@@ -584,13 +587,25 @@ fn attacks(dir: &Path, ca_pem: &str, rt: &tokio::runtime::Runtime) {
             longest.as_secs_f64()
         ),
     );
-    for (what, not_a_pod) in [("", false), (", not a Pod", true)] {
+    // The parse's worst cases: the most tiny objects a review may hold (limits.review_array_items
+    // is 10,000; the rest of the review has a few dozen), and 2 MB of them (over that limit).
+    for (what, field, n, not_a_pod) in [
+        ("9,950 empty volumes", "volumes", Some(9_950), false),
+        (
+            "9,950 empty volumes, not a Pod",
+            "volumes",
+            Some(9_950),
+            true,
+        ),
+        ("9,950 one-letter env vars", "env", Some(9_950), false),
+        ("2 MB of one-letter env vars", "env", None, false),
+    ] {
         let binary = Binary::start(dir, "");
-        let big = Bytes::from(review_of_small_objects("big", 2_000_000, not_a_pod));
+        let big = Bytes::from(review_of_small_objects("big", field, n, not_a_pod));
         let fates = at_once(&binary, &big, 4);
         report(
             &format!(
-                "default config: 4 reviews of {:.1} MB of tiny objects at once{what}",
+                "default config: 4 reviews of {what} ({:.2} MB) at once",
                 big.len() as f64 / 1e6
             ),
             &binary,

@@ -139,6 +139,10 @@ pub struct PodLimits {
     pub token_annotation_bytes: usize,
     /// Bytes of all token annotations' values together.
     pub token_annotations_total_bytes: usize,
+    /// JSON array elements in one AdmissionReview, all arrays together (containers, env vars,
+    /// volumes, args…), counted before the typed parse: one element can cost 3 KB as a struct
+    /// (a `Volume`), so this bounds what parsing a review can allocate.
+    pub review_array_items: usize,
 }
 
 impl Default for PodLimits {
@@ -150,6 +154,8 @@ impl Default for PodLimits {
             token_requests: 32,
             token_annotation_bytes: 32 * 1024,
             token_annotations_total_bytes: 64 * 1024,
+            // A task pod has a few hundred; 10,000 empty volumes parse into ~31 MB.
+            review_array_items: 10_000,
         }
     }
 }
@@ -422,6 +428,9 @@ impl Config {
         let limits = &self.limits;
         if limits.token_requests == 0 {
             err("limits.token_requests", "must be at least 1".into());
+        }
+        if limits.review_array_items < 100 {
+            err("limits.review_array_items", "must be at least 100".into());
         }
         // Kubernetes refuses a pod whose annotations total more than 256 KiB.
         for (field, bytes) in [

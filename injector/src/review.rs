@@ -107,6 +107,15 @@ impl Injector {
     /// Answers one AdmissionReview request body. Never panics on any input; a body that is not
     /// a review gets a review that refuses, naming the problem.
     pub fn review(&self, body: &[u8]) -> Reviewed {
+        let limit = self.config.limits.review_array_items;
+        if array_items_over(body, limit) {
+            return refuse(
+                uid_of(body).as_deref(),
+                &format!(
+                    "the AdmissionReview holds more than {limit} JSON array elements (containers, env vars, volumes, args… all together); at most {limit} are allowed (limits.review_array_items in the injector config)"
+                ),
+            );
+        }
         // One typed parse in the common case; a body whose object is not a Pod is read again
         // untyped, to tell "not ours" (allowed) from "a Pod that does not parse" (denied).
         match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
@@ -321,6 +330,76 @@ fn uid_of(body: &[u8]) -> Option<String> {
     serde_json::from_slice::<Review>(body).ok()?.request?.uid
 }
 
+/// Whether the JSON `body` holds more than `limit` array elements, all arrays together; found by
+/// a scan that builds nothing and stops at the first element over. A body that is not JSON is
+/// not over (the parse that follows says what is wrong with it).
+fn array_items_over(body: &[u8], limit: usize) -> bool {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    const OVER: &str = "array elements over the limit";
+    #[derive(Clone, Copy)]
+    struct Count<'a> {
+        left: &'a Cell<usize>,
+        over: &'a Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Count<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+            de.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(self)?.is_some() {
+                // Read after the element: its own arrays have been counted by then.
+                let Some(left) = self.left.get().checked_sub(1) else {
+                    self.over.set(true);
+                    return Err(A::Error::custom(OVER));
+                };
+                self.left.set(left);
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+    }
+    let (left, over) = (Cell::new(limit), Cell::new(false));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = Count {
+        left: &left,
+        over: &over,
+    }
+    .deserialize(&mut de);
+    over.get()
+}
+
 /// An object that is skipped, not built: the stand-in for a review's object when it is not a
 /// Pod, so that telling "not ours" from "a Pod that does not parse" costs no allocation per
 /// field of the object.
@@ -392,4 +471,19 @@ fn encode(answer: Answer) -> Vec<u8> {
         response["patchType"] = "JSONPatch".into();
     }
     serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod array_items {
+    use super::array_items_over;
+
+    #[test]
+    fn every_array_counts_and_the_limit_is_inclusive() {
+        assert!(!array_items_over(b"[1,2,3]", 3));
+        assert!(array_items_over(b"[1,2,3,4]", 3));
+        assert!(!array_items_over(br#"{"a":[1],"b":{"c":[[2]]}}"#, 3));
+        assert!(array_items_over(br#"{"a":[1],"b":{"c":[[2,3]]}}"#, 3));
+        assert!(!array_items_over(b"not json [1,2,3,4]", 3));
+        assert!(!array_items_over(br#"{"a":"[1,2,3,4]"}"#, 3));
+    }
 }

@@ -973,9 +973,17 @@ async fn the_binary_denies_21000_token_requests_naming_the_cap() {
     let answer = served.review(review("normal", true)).await;
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
 
-    // With the default max_body (2 MiB) the same body is refused from its content-length alone.
+    // With the default max_body (2 MiB) the same body is refused from its content-length alone,
+    // before it is sent: the client that waits for "100 Continue" gets the refusal instead.
     let served = serve_binary("");
-    let message = refusal(&served.review(body).await).to_string();
+    let mut stream = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    stream
+        .write_all(post_head(body.len(), true).as_bytes())
+        .await
+        .unwrap();
+    let (head, answer) = read_review(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let message = refusal(&answer);
     assert!(
         message.contains("AdmissionReview body is over 2097152 bytes (server.max_body)"),
         "{message}"

@@ -340,6 +340,36 @@ fn an_admin_mode_needs_its_settings_and_a_sidecar() {
 }
 
 #[test]
+fn a_review_with_too_many_array_elements_is_refused_before_the_typed_parse() {
+    let injector = default_injector();
+    let with_env = |n: usize| {
+        propeller_review(|r| {
+            r["request"]["object"]["spec"]["containers"][0]["env"] =
+                Value::Array((0..n).map(|i| json!({"name": format!("E{i}")})).collect())
+        })
+    };
+    let review = with_env(10_000);
+    let reviewed = injector.review(&serde_json::to_vec(&review).unwrap());
+    assert_eq!(reviewed.outcome, Outcome::Invalid);
+    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("holds more than 10000 JSON array elements")
+            && message.contains("(limits.review_array_items in the injector config)"),
+        "{message}"
+    );
+    // Below the limit the pod is decided as usual.
+    let got = answer_of(&injector, &with_env(9_000));
+    assert_eq!(got, Outcome::Mutated);
+}
+
+fn answer_of(injector: &Injector, review: &Value) -> Outcome {
+    answer(injector, review).outcome
+}
+
+#[test]
 fn limits_are_checked_at_start() {
     let problems = Config::parse(
         "server: {max_concurrent_reviews: 0, body_timeout: 0s}\nlimits: {token_requests: 0, token_annotation_bytes: 300000, token_annotations_total_bytes: 10}",

@@ -13,7 +13,9 @@
 //!   answers a normal review: a review with 21,000 token requests (3.2 MB), three of them at
 //!   once, 60 TLS connections that stall one byte short of the declared body, and four at once
 //!   of the reviews whose typed parse costs most per byte (tiny objects: as many as
-//!   `limits.review_array_items` allows, and 2 MB of them). The first three also against `max_body: 4194304`, so the other limits are measured
+//!   `limits.review_array_items` allows, and 2 MB of them); and 60 HTTP/2 connections whose
+//!   streams stall, whose unread bytes the connections hold up to their flow-control windows
+//!   (set in the shared connection loop, agent/src/server.rs, not here). The first three also against `max_body: 4194304`, so the other limits are measured
 //!   without the body limit doing the work.
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count
@@ -509,6 +511,84 @@ fn review_of_small_objects(uid: &str, field: &str, n: Option<usize>, not_a_pod: 
     serde_json::to_vec(&review).unwrap()
 }
 
+/// A request body that sends `n` bytes, then nothing, never ending.
+struct Stalled(Option<Bytes>);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// `connections` HTTP/2 connections, each with `streams` requests declaring `declared` bytes
+/// and sending `sent` of them, then idle; returns how many streams were answered within 30 s.
+async fn stall_h2(
+    ca_pem: &str,
+    addr: SocketAddr,
+    connections: usize,
+    streams: usize,
+    declared: usize,
+    sent: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let mut config = harness::client_config(ca_pem);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .ok()?;
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .ok()?;
+            let driver = tokio::spawn(conn);
+            let mut answered = 0usize;
+            let mut calls = Vec::new();
+            for _ in 0..streams {
+                let mut send = send.clone();
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("https://localhost:{}/mutate", addr.port()))
+                    .header("content-type", "application/json")
+                    .header("content-length", declared.to_string())
+                    .body(Stalled(Some(Bytes::from(vec![b' '; sent]))))
+                    .unwrap();
+                calls.push(tokio::spawn(async move {
+                    send.ready().await.ok()?;
+                    let response = send.send_request(req).await.ok()?;
+                    response.into_body().collect().await.ok().map(|_| ())
+                }));
+            }
+            for call in calls {
+                if let Ok(Ok(Some(()))) = tokio::time::timeout(Duration::from_secs(30), call).await
+                {
+                    answered += 1;
+                }
+            }
+            driver.abort();
+            Some(answered)
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.ok().flatten().unwrap_or(0);
+    }
+    answered
+}
+
 fn attacks(dir: &Path, ca_pem: &str, rt: &tokio::runtime::Runtime) {
     let normal = Bytes::from(harness::review("normal", true));
     let many = Bytes::from(harness::review_with_requests("many", 21_000, true));
@@ -586,6 +666,15 @@ fn attacks(dir: &Path, ca_pem: &str, rt: &tokio::runtime::Runtime) {
             ", closed by the server: {closed}/60, the last after {:.1} s",
             longest.as_secs_f64()
         ),
+    );
+    // HTTP/2 (which the webhook also speaks): stream bytes the handler has not read yet are
+    // held by the connection, up to its flow-control window, whatever the review slots say.
+    let binary = Binary::start(dir, "");
+    let answered = rt.block_on(stall_h2(ca_pem, binary.addr, 60, 4, 2_000_001, 1_000_000));
+    report(
+        "default config: 60 HTTP/2 connections x 4 streams stalled at 1 MB/2 MB",
+        &binary,
+        format!(", streams answered: {answered}/240"),
     );
     // The parse's worst cases: the most tiny objects a review may hold (limits.review_array_items
     // is 10,000; the rest of the review has a few dozen), and 2 MB of them (over that limit).

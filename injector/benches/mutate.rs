@@ -6,9 +6,20 @@
 //! - HTTPS: `POST /mutate` against `GET /healthz` on the same kept-alive TLS connection (the
 //!   least a request over that connection costs);
 //! - memory: the real binary (`flyte-auth-injector serve`, built by cargo for this bench with the
-//!   bench profile) idle after start, and after a load of reviews, from /proc/<pid>/status.
+//!   bench profile) idle after start, and after a load of reviews, from /proc/<pid>/status;
+//! - load: 1,000 reviews on 50 connections at once against a fresh binary: errors, p50/p99 and
+//!   its peak RSS (VmHWM);
+//! - attacks (issue 11): a fresh binary each, its VmHWM after the attack and whether it still
+//!   answers a normal review: a review with 21,000 token requests (3.2 MB), three of them at
+//!   once, 60 TLS connections that stall one byte short of the declared body, and four at once
+//!   of the reviews whose typed parse costs most per byte (tiny objects: as many as
+//!   `limits.review_array_items` allows, and 2 MB of them); and 60 HTTP/2 connections whose
+//!   streams stall, whose unread bytes the connections hold up to their flow-control windows
+//!   (set in the shared connection loop, agent/src/server.rs, not here). The first three also against `max_body: 4194304`, so the other limits are measured
+//!   without the body limit doing the work.
 //!
-//! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count.
+//! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count
+//! and every wait by a timeout.
 
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
@@ -29,6 +40,7 @@ use flyte_auth_injector::review::Injector;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -246,6 +258,11 @@ fn main() {
         rss.1 as f64 / 1024.0,
         rss.2 as f64 / 1024.0,
     );
+
+    println!();
+    load(dir.path(), &ca_pem, &body, &rt);
+    println!();
+    attacks(dir.path(), &ca_pem, &rt);
 }
 
 /// The binary's RSS idle after start, after `LOAD` reviews over 4 connections, and its peak, KiB.
@@ -290,4 +307,407 @@ fn binary_rss(
         .status();
     let _ = child.wait();
     (idle, after, peak)
+}
+
+/// The bench binary serving with extra `server` keys; killed when dropped.
+struct Binary {
+    child: std::process::Child,
+    addr: SocketAddr,
+}
+
+impl Binary {
+    fn start(dir: &Path, server_keys: &str) -> Self {
+        let config = harness::write_config_with(
+            dir,
+            &dir.join("tls.crt"),
+            &dir.join("tls.key"),
+            server_keys,
+        );
+        let (child, addr) =
+            harness::spawn_serve(env!("CARGO_BIN_EXE_flyte-auth-injector"), &config);
+        Self { child, addr }
+    }
+
+    /// VmHWM, MiB.
+    fn peak_mib(&self) -> f64 {
+        rss_kib(self.child.id()).1 as f64 / 1024.0
+    }
+}
+
+impl Drop for Binary {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// POSTs `body` to /mutate on a new connection: whether the review was allowed, or `None` when
+/// there was no AdmissionReview answer within 20 s.
+async fn review_allowed(ca_pem: &str, addr: SocketAddr, body: Bytes) -> Option<bool> {
+    let attempt = async {
+        let mut send = connect(ca_pem, addr).await;
+        let req = http::Request::builder()
+            .method("POST")
+            .uri("/mutate")
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(body))
+            .ok()?;
+        send.ready().await.ok()?;
+        let response = send.send_request(req).await.ok()?;
+        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+        let answer: Value = serde_json::from_slice(&bytes).ok()?;
+        answer["response"]["allowed"].as_bool()
+    };
+    tokio::time::timeout(Duration::from_secs(20), attempt)
+        .await
+        .ok()
+        .flatten()
+}
+
+/// 1,000 reviews of `body` on 50 kept-alive connections at once, against a fresh binary.
+fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime) {
+    const CONNECTIONS: usize = 50;
+    const PER_CONNECTION: usize = 20;
+    let binary = Binary::start(dir, "");
+    let addr = binary.addr;
+    let body = Bytes::copy_from_slice(body);
+    let started = Instant::now();
+    let (mut samples, errors) = rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..CONNECTIONS {
+            let ca_pem = ca_pem.to_string();
+            let body = body.clone();
+            tasks.push(tokio::spawn(async move {
+                let mut send = connect(&ca_pem, addr).await;
+                let mut samples = Vec::new();
+                let mut errors = 0usize;
+                for _ in 0..PER_CONNECTION {
+                    let req = http::Request::builder()
+                        .method("POST")
+                        .uri("/mutate")
+                        .header("host", "localhost")
+                        .header("content-type", "application/json")
+                        .body(Full::new(body.clone()))
+                        .unwrap();
+                    let t = Instant::now();
+                    let answer = async {
+                        send.ready().await.ok()?;
+                        let response = send.send_request(req).await.ok()?;
+                        let bytes = response.into_body().collect().await.ok()?.to_bytes();
+                        let answer: Value = serde_json::from_slice(&bytes).ok()?;
+                        answer["response"]["allowed"].as_bool()
+                    };
+                    match tokio::time::timeout(Duration::from_secs(20), answer).await {
+                        Ok(Some(true)) => samples.push(t.elapsed()),
+                        _ => errors += 1,
+                    }
+                }
+                (samples, errors)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            let (s, e) = t.await.unwrap();
+            all.extend(s);
+            errors += e;
+        }
+        (all, errors)
+    });
+    let elapsed = started.elapsed();
+    samples.sort();
+    println!(
+        "load: {} reviews on {CONNECTIONS} connections at once (server.max_concurrent_reviews 4): {errors} errors, p50 {:.0} µs, p99 {:.0} µs, {:.0} reviews/s, peak RSS (VmHWM) {:.1} MiB",
+        CONNECTIONS * PER_CONNECTION,
+        us(pct(&samples, 0.5)),
+        us(pct(&samples, 0.99)),
+        samples.len() as f64 / elapsed.as_secs_f64(),
+        binary.peak_mib(),
+    );
+}
+
+/// `connections` TLS connections, each declaring `declared` body bytes and sending `sent` of
+/// them, then idle; returns how many were answered and closed by the server within 30 s, and
+/// the longest time that took.
+async fn stall(
+    ca_pem: &str,
+    addr: SocketAddr,
+    connections: usize,
+    declared: usize,
+    sent: usize,
+) -> (usize, Duration) {
+    let hold = CancellationToken::new();
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let config = harness::client_config(ca_pem);
+        let hold = hold.clone();
+        tasks.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .ok()?;
+            let (mut read, mut write) = tokio::io::split(tls);
+            // The writer may block when the server does not read; it stays open (idle) until
+            // the reader has seen the end.
+            let writer = tokio::spawn(async move {
+                let head = format!(
+                    "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {declared}\r\n\r\n"
+                );
+                let chunk = vec![b' '; 64 * 1024];
+                let send = async {
+                    write.write_all(head.as_bytes()).await?;
+                    let mut left = sent;
+                    while left > 0 {
+                        let n = left.min(chunk.len());
+                        write.write_all(&chunk[..n]).await?;
+                        left -= n;
+                    }
+                    write.flush().await
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), send).await;
+                hold.cancelled().await;
+                drop(write);
+            });
+            let mut sink = Vec::new();
+            let closed =
+                tokio::time::timeout(Duration::from_secs(30), read.read_to_end(&mut sink)).await;
+            let took = started.elapsed();
+            drop(writer);
+            closed.is_ok().then_some(took)
+        }));
+    }
+    let mut closed = 0;
+    let mut longest = Duration::ZERO;
+    for t in tasks {
+        if let Ok(Some(took)) = t.await {
+            closed += 1;
+            longest = longest.max(took);
+        }
+    }
+    hold.cancel();
+    (closed, longest)
+}
+
+/// A review with `n` of the smallest objects the typed parse builds at `field`: `env` (one-letter
+/// env vars, 280 bytes each as structs) or `volumes` (3 KB each as a `Volume`), or, with `n`
+/// `None`, as many env vars as `2_000_000` bytes hold. With `not_a_pod`, a field parsed after
+/// them has the wrong type, so the typed parse fails once it has built them all.
+fn review_of_small_objects(uid: &str, field: &str, n: Option<usize>, not_a_pod: bool) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(&harness::review(uid, true)).unwrap();
+    if not_a_pod {
+        review["request"]["object"]["spec"]["containers"][0]["image"] = 5.into();
+    }
+    let base = serde_json::to_vec(&review).unwrap().len();
+    let each = br#"{"name":"a"},"#.len();
+    let n = n.unwrap_or((2_000_000 - base - 64) / each);
+    let items = Value::Array((0..n).map(|_| serde_json::json!({"name": "a"})).collect());
+    match field {
+        "volumes" => review["request"]["object"]["spec"]["volumes"] = items,
+        _ => review["request"]["object"]["spec"]["containers"][0]["env"] = items,
+    }
+    serde_json::to_vec(&review).unwrap()
+}
+
+/// A request body that sends `n` bytes, then nothing, never ending.
+struct Stalled(Option<Bytes>);
+
+impl hyper::body::Body for Stalled {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        match self.0.take() {
+            Some(data) => std::task::Poll::Ready(Some(Ok(hyper::body::Frame::data(data)))),
+            None => std::task::Poll::Pending,
+        }
+    }
+}
+
+/// `connections` HTTP/2 connections, each with `streams` requests declaring `declared` bytes
+/// and sending `sent` of them, then idle; returns how many streams were answered within 30 s.
+async fn stall_h2(
+    ca_pem: &str,
+    addr: SocketAddr,
+    connections: usize,
+    streams: usize,
+    declared: usize,
+    sent: usize,
+) -> usize {
+    let mut tasks = Vec::new();
+    for _ in 0..connections {
+        let mut config = harness::client_config(ca_pem);
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        tasks.push(tokio::spawn(async move {
+            let tcp = TcpStream::connect(addr).await.ok()?;
+            let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .ok()?;
+            let (send, conn) = hyper::client::conn::http2::handshake(
+                hyper_util::rt::TokioExecutor::new(),
+                TokioIo::new(tls),
+            )
+            .await
+            .ok()?;
+            let driver = tokio::spawn(conn);
+            let mut answered = 0usize;
+            let mut calls = Vec::new();
+            for _ in 0..streams {
+                let mut send = send.clone();
+                let req = http::Request::builder()
+                    .method("POST")
+                    .uri(format!("https://localhost:{}/mutate", addr.port()))
+                    .header("content-type", "application/json")
+                    .header("content-length", declared.to_string())
+                    .body(Stalled(Some(Bytes::from(vec![b' '; sent]))))
+                    .unwrap();
+                calls.push(tokio::spawn(async move {
+                    send.ready().await.ok()?;
+                    let response = send.send_request(req).await.ok()?;
+                    response.into_body().collect().await.ok().map(|_| ())
+                }));
+            }
+            for call in calls {
+                if let Ok(Ok(Some(()))) = tokio::time::timeout(Duration::from_secs(30), call).await
+                {
+                    answered += 1;
+                }
+            }
+            driver.abort();
+            Some(answered)
+        }));
+    }
+    let mut answered = 0;
+    for t in tasks {
+        answered += t.await.ok().flatten().unwrap_or(0);
+    }
+    answered
+}
+
+fn attacks(dir: &Path, ca_pem: &str, rt: &tokio::runtime::Runtime) {
+    let normal = Bytes::from(harness::review("normal", true));
+    let many = Bytes::from(harness::review_with_requests("many", 21_000, true));
+    let report = |name: &str, binary: &Binary, extra: String| {
+        let after = rt.block_on(review_allowed(ca_pem, binary.addr, normal.clone()));
+        let peak = binary.peak_mib();
+        println!(
+            "{name:<64} VmHWM {peak:>5.1} MiB (target <= 64: {}), normal review after: {}{extra}",
+            if peak <= 64.0 { "met" } else { "MISSED" },
+            match after {
+                Some(true) => "answered",
+                _ => "NOT ANSWERED",
+            },
+        );
+    };
+    // `n` copies of `body` at once against `binary`: what became of each.
+    let at_once = |binary: &Binary, body: &Bytes, n: usize| -> String {
+        rt.block_on(async {
+            let tasks: Vec<_> = (0..n)
+                .map(|_| {
+                    let (ca_pem, body) = (ca_pem.to_string(), body.clone());
+                    let addr = binary.addr;
+                    tokio::spawn(async move { review_allowed(&ca_pem, addr, body).await })
+                })
+                .collect();
+            let mut fates = Vec::new();
+            for t in tasks {
+                fates.push(fate(t.await.unwrap()));
+            }
+            fates.join(", ")
+        })
+    };
+    println!(
+        "attacks (a fresh binary each; the 21,000-request review is {:.1} MB):",
+        many.len() as f64 / 1e6
+    );
+    for (label, keys) in [
+        ("default config", ""),
+        ("max_body 4 MiB", "  max_body: 4194304\n"),
+    ] {
+        let binary = Binary::start(dir, keys);
+        let fates = at_once(&binary, &many, 1);
+        report(
+            &format!("{label}: one review with 21,000 token requests"),
+            &binary,
+            format!(", it: {fates}"),
+        );
+
+        let binary = Binary::start(dir, keys);
+        let fates = at_once(&binary, &many, 3);
+        report(
+            &format!("{label}: three of them at once"),
+            &binary,
+            format!(", they: {fates}"),
+        );
+
+        let binary = Binary::start(dir, keys);
+        let (closed, longest) = rt.block_on(stall(ca_pem, binary.addr, 60, 3_000_001, 3_000_000));
+        report(
+            &format!("{label}: 60 connections stalled at 3,000,000/3,000,001"),
+            &binary,
+            format!(
+                ", closed by the server: {closed}/60, the last after {:.1} s",
+                longest.as_secs_f64()
+            ),
+        );
+    }
+    // Under the default max_body: the most a stalled body can make the server buffer.
+    let binary = Binary::start(dir, "");
+    let (closed, longest) = rt.block_on(stall(ca_pem, binary.addr, 60, 2_000_001, 2_000_000));
+    report(
+        "default config: 60 connections stalled at 2,000,000/2,000,001",
+        &binary,
+        format!(
+            ", closed by the server: {closed}/60, the last after {:.1} s",
+            longest.as_secs_f64()
+        ),
+    );
+    // HTTP/2 (which the webhook also speaks): stream bytes the handler has not read yet are
+    // held by the connection, up to its flow-control window, whatever the review slots say.
+    let binary = Binary::start(dir, "");
+    let answered = rt.block_on(stall_h2(ca_pem, binary.addr, 60, 4, 2_000_001, 1_000_000));
+    report(
+        "default config: 60 HTTP/2 connections x 4 streams stalled at 1 MB/2 MB",
+        &binary,
+        format!(", streams answered: {answered}/240"),
+    );
+    // The parse's worst cases: the most tiny objects a review may hold (limits.review_array_items
+    // is 10,000; the rest of the review has a few dozen), and 2 MB of them (over that limit).
+    for (what, field, n, not_a_pod) in [
+        ("9,950 empty volumes", "volumes", Some(9_950), false),
+        (
+            "9,950 empty volumes, not a Pod",
+            "volumes",
+            Some(9_950),
+            true,
+        ),
+        ("9,950 one-letter env vars", "env", Some(9_950), false),
+        ("2 MB of one-letter env vars", "env", None, false),
+    ] {
+        let binary = Binary::start(dir, "");
+        let big = Bytes::from(review_of_small_objects("big", field, n, not_a_pod));
+        let fates = at_once(&binary, &big, 4);
+        report(
+            &format!(
+                "default config: 4 reviews of {what} ({:.2} MB) at once",
+                big.len() as f64 / 1e6
+            ),
+            &binary,
+            format!(", they: {fates}"),
+        );
+    }
+}
+
+/// What became of a review, for printing.
+fn fate(answer: Option<bool>) -> &'static str {
+    match answer {
+        Some(true) => "allowed",
+        Some(false) => "refused",
+        None => "cut off (closed before the whole body was sent)",
+    }
 }

@@ -54,6 +54,8 @@ pub struct Config {
     pub agent: AgentSettings,
     /// FlyteAdmin proxy settings; absent: no proxy, no platform env for the task.
     pub admin: Option<AdminSettings>,
+    /// Bounds on what one pod may ask for.
+    pub limits: PodLimits,
 }
 
 impl Default for Config {
@@ -65,6 +67,7 @@ impl Default for Config {
             env_conflict: EnvConflict::Keep,
             agent: AgentSettings::default(),
             admin: None,
+            limits: PodLimits::default(),
         }
     }
 }
@@ -84,6 +87,18 @@ pub struct ServerConfig {
     pub reload_interval: Duration,
     /// Largest AdmissionReview body accepted, in bytes.
     pub max_body: usize,
+    /// How long a request body may take to arrive once its review is admitted; a slower one is
+    /// refused and its connection closed.
+    #[serde(deserialize_with = "de_duration")]
+    pub body_timeout: Duration,
+    /// Review slots: reviews read and decided at once. A review takes one slot per
+    /// `max_body / max_concurrent_reviews` bytes it declares (all without a length), so the
+    /// bodies read and parsed at once total at most about `max_body`.
+    pub max_concurrent_reviews: usize,
+    /// How long a review waits for one of the `max_concurrent_reviews` slots before it is
+    /// refused.
+    #[serde(deserialize_with = "de_duration")]
+    pub review_queue_timeout: Duration,
     /// How long open connections get to finish on shutdown.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
@@ -96,9 +111,51 @@ impl Default for ServerConfig {
             cert_file: "/etc/webhook/certs/tls.crt".into(),
             key_file: "/etc/webhook/certs/tls.key".into(),
             reload_interval: Duration::from_secs(10),
-            // The API server's own limit on a request body.
-            max_body: 3 * 1024 * 1024,
+            max_body: DEFAULT_MAX_BODY,
+            // The API server sends a review's body at once, and gives the whole call 10 s
+            // (the webhook's timeoutSeconds): the queue wait and the body read together stay
+            // well under it, so the refusal's message reaches the user instead of a timeout.
+            body_timeout: Duration::from_secs(3),
+            max_concurrent_reviews: 4,
+            review_queue_timeout: Duration::from_secs(3),
             shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// The default `server.max_body`: 2 MiB. etcd refuses a request over 1.5 MiB, so no Pod can be
+/// stored larger than that; a review carries the Pod as JSON (field names instead of protobuf
+/// tags) plus a small envelope (uid, userInfo, options), hence a third more. The API server's
+/// own 3 MiB request limit would let a reviewer buffer bodies no Pod can ever have.
+pub const DEFAULT_MAX_BODY: usize = 2 * 1024 * 1024;
+
+/// Bounds on what one pod may ask for, checked before its annotations are decoded.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PodLimits {
+    /// Token requests per pod, both annotation forms together.
+    pub token_requests: usize,
+    /// Bytes of one token annotation's value (`flyte.tokens/t<i>` or `flyte.org/token-requests`).
+    pub token_annotation_bytes: usize,
+    /// Bytes of all token annotations' values together.
+    pub token_annotations_total_bytes: usize,
+    /// JSON array elements in one AdmissionReview, all arrays together (containers, env vars,
+    /// volumes, args…), counted before the typed parse: one element can cost 3 KB as a struct
+    /// (a `Volume`), so this bounds what parsing a review can allocate.
+    pub review_array_items: usize,
+}
+
+impl Default for PodLimits {
+    fn default() -> Self {
+        // A token request is 200-400 bytes of JSON, ~600 in propeller's base32 text format, so
+        // 32 of them fit in either form with room to spare; Kubernetes allows 256 KiB for all
+        // of a pod's annotations.
+        Self {
+            token_requests: 32,
+            token_annotation_bytes: 32 * 1024,
+            token_annotations_total_bytes: 64 * 1024,
+            // A task pod has a few hundred; 10,000 empty volumes parse into ~31 MB.
+            review_array_items: 10_000,
         }
     }
 }
@@ -160,6 +217,10 @@ pub struct AgentSettings {
     pub once_timeout: Duration,
     /// Allow `http://` IdP endpoints off loopback (never in production).
     pub allow_insecure_http: bool,
+    /// Allow token requests whose token or discovery endpoint is loopback, link-local or
+    /// unspecified. Off: in the pod such an "IdP" is the task itself (it shares the network
+    /// namespace), and the agent would send it the client secret; link-local is cloud metadata.
+    pub allow_local_idp: bool,
 }
 
 impl Default for AgentSettings {
@@ -189,6 +250,7 @@ impl Default for AgentSettings {
             startup_timeout: Duration::from_secs(120),
             once_timeout: Duration::from_secs(60),
             allow_insecure_http: false,
+            allow_local_idp: false,
         }
     }
 }
@@ -248,6 +310,9 @@ pub enum LoadError {
     #[error("{0}")]
     Invalid(ConfigErrors),
 }
+
+/// Kubernetes' limit on the total size of an object's annotations.
+pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
 /// The service-account token file name inside its projected volume.
 pub const SA_TOKEN_FILE: &str = "token";
@@ -351,6 +416,40 @@ impl Config {
         if self.server.max_body < 1024 {
             err("server.max_body", "must be at least 1024 bytes".into());
         }
+        if self.server.body_timeout.is_zero() {
+            err("server.body_timeout", "must be above zero".into());
+        }
+        if !(1..=1024).contains(&self.server.max_concurrent_reviews) {
+            err(
+                "server.max_concurrent_reviews",
+                "must be between 1 and 1024".into(),
+            );
+        }
+        let limits = &self.limits;
+        if limits.token_requests == 0 {
+            err("limits.token_requests", "must be at least 1".into());
+        }
+        if limits.review_array_items < 100 {
+            err("limits.review_array_items", "must be at least 100".into());
+        }
+        // Kubernetes refuses a pod whose annotations total more than 256 KiB.
+        for (field, bytes) in [
+            (
+                "limits.token_annotation_bytes",
+                limits.token_annotation_bytes,
+            ),
+            (
+                "limits.token_annotations_total_bytes",
+                limits.token_annotations_total_bytes,
+            ),
+        ] {
+            if !(1024..=MAX_ANNOTATIONS_BYTES).contains(&bytes) {
+                err(
+                    field,
+                    format!("{bytes} is not between 1024 and {MAX_ANNOTATIONS_BYTES} (256 KiB, Kubernetes' limit for all annotations)"),
+                );
+            }
+        }
         if self.server.reload_interval.is_zero() {
             err("server.reload_interval", "must be above zero".into());
         }
@@ -383,6 +482,31 @@ impl Config {
         } else {
             Err(ConfigErrors(errors))
         }
+    }
+
+    /// The Kubernetes Secrets that hold the executor credential: the `group` of
+    /// `admin.client_secret`, for whichever mode a pod picks. No token request may name them.
+    pub fn admin_secret_groups(&self) -> Vec<String> {
+        let mut groups: Vec<String> = [
+            AdminMode::ClientSecret,
+            AdminMode::JwtBearer,
+            AdminMode::TokenExchange,
+        ]
+        .into_iter()
+        .filter_map(|mode| self.admin_env(Some(mode)).ok().flatten())
+        .filter_map(|env| env.client_secret.map(|s| s.group))
+        .collect();
+        // Also when no mode's settings check out (the Secret exists all the same).
+        let configured = self
+            .admin
+            .as_ref()
+            .and_then(|a| a.agent.get("client_secret"))
+            .and_then(|s| s.get("group"))
+            .and_then(|g| g.as_str());
+        groups.extend(configured.map(str::to_string));
+        groups.sort();
+        groups.dedup();
+        groups
     }
 
     /// The agent's Admin env for `mode` (`None`: the configured one), checked by the agent's own

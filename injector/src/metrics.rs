@@ -1,5 +1,5 @@
 //! The injector's Prometheus metrics (through `prometheus-client`): reviews by outcome and their
-//! latency, certificate reloads, and the serving certificate's expiry so operators can alert
+//! latency, reviews refused before a decision by the limit they met, certificate reloads, and the serving certificate's expiry so operators can alert
 //! before the API server starts refusing the webhook. Labels carry outcomes only, never pod data.
 
 use std::time::Duration;
@@ -14,12 +14,16 @@ use crate::review::Outcome;
 
 type Label = [(&'static str, &'static str); 1];
 
+/// Why a review can be refused before a decision (the `reason` label).
+pub const REFUSALS: [&str; 4] = ["too_large", "busy", "body_timeout", "unreadable"];
+
 /// The injector's metric families.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     reviews: Family<Label, Counter>,
     review_duration: Histogram,
+    refused: Family<Label, Counter>,
     reloads: Family<Label, Counter>,
     expiry: Gauge,
 }
@@ -48,6 +52,12 @@ impl Metrics {
             "Time from a whole request body to the answer, per review",
             review_duration.clone(),
         );
+        let refused = Family::<Label, Counter>::default();
+        registry.register(
+            "refused_reviews",
+            "Reviews refused before a decision, by the limit met (too_large: server.max_body, busy: server.max_concurrent_reviews, body_timeout: server.body_timeout, unreadable: the connection failed)",
+            refused.clone(),
+        );
         let reloads = Family::<Label, Counter>::default();
         registry.register(
             "certificate_reloads",
@@ -64,6 +74,9 @@ impl Metrics {
         ] {
             let _ = reviews.get_or_create(&[("outcome", outcome.as_str())]);
         }
+        for reason in REFUSALS {
+            let _ = refused.get_or_create(&[("reason", reason)]);
+        }
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&[("result", result)]);
         }
@@ -77,6 +90,7 @@ impl Metrics {
             registry,
             reviews,
             review_duration,
+            refused,
             reloads,
             expiry,
         }
@@ -88,6 +102,17 @@ impl Metrics {
             .get_or_create(&[("outcome", outcome.as_str())])
             .inc();
         self.review_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts one review refused before a decision; `reason` is one of [`REFUSALS`] (anything
+    /// else is counted as `unreadable`, so the label set stays fixed).
+    pub fn refused(&self, reason: &'static str) {
+        let reason = if REFUSALS.contains(&reason) {
+            reason
+        } else {
+            "unreadable"
+        };
+        self.refused.get_or_create(&[("reason", reason)]).inc();
     }
 
     /// Counts one certificate reload attempt.
@@ -121,6 +146,7 @@ mod tests {
         m.review(Outcome::Mutated, Duration::from_micros(300));
         m.review(Outcome::Denied, Duration::from_micros(300));
         m.reload(false);
+        m.refused("busy");
         m.certificate_expiry(1_900_000_000);
         let text = m.encode();
         for line in [
@@ -131,6 +157,8 @@ mod tests {
             "flyte_auth_injector_certificate_reloads_total{result=\"ok\"} 0",
             "flyte_auth_injector_reviews_total{outcome=\"skipped\"} 0",
             "flyte_auth_injector_certificate_expiry_timestamp_seconds 1900000000",
+            "flyte_auth_injector_refused_reviews_total{reason=\"busy\"} 1",
+            "flyte_auth_injector_refused_reviews_total{reason=\"body_timeout\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -2,13 +2,23 @@
 //! protobuf text format in propeller's base32, like its `flyte.secrets/s<i>`) and
 //! `flyte.org/token-requests` (a JSON array in flyteidl's JSON form, with the agent's
 //! extensions), checked by the agent's own rules, plus what Kubernetes needs of the secrets they
-//! name (a Secret name and a data key it can mount).
+//! name (a Secret name and a data key it can mount), and what the injector's [`Policy`] forbids:
+//! more requests or annotation bytes than its limits, the Admin client Secret, and an IdP on the
+//! pod's own network (loopback, link-local, unspecified).
+//!
+//! The limits are checked first, on counts and lengths alone, so a pod with 20,000 requests
+//! costs a walk over its annotation keys and one allocation-free scan of the JSON annotation,
+//! never 20,000 decodes.
 
 use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
-use flyte_auth_agent::config::{validate_token_requests, TokenRequest};
+use flyte_auth_agent::config::{validate_token_requests, Endpoint, TokenRequest};
 use flyte_auth_proto::annotation;
 use flyte_auth_proto::flyteidl::core::OAuth2TokenRequest;
+
+use crate::config::{Config, PodLimits};
 
 /// The prefix of propeller-style annotations: `flyte.tokens/t0`, `flyte.tokens/t1`, …
 pub const TOKEN_ANNOTATION_PREFIX: &str = "flyte.tokens/";
@@ -34,12 +44,42 @@ impl PodRequests {
     }
 }
 
+/// What the injector's configuration allows a pod's token requests.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// `agent.allow_insecure_http`: plain `http://` IdPs off loopback.
+    pub allow_insecure_http: bool,
+    /// `agent.allow_local_idp`: loopback, link-local and unspecified IdP addresses.
+    pub allow_local_idp: bool,
+    /// `limits`: counts and sizes.
+    pub limits: PodLimits,
+    /// Secrets no token request may name: the Admin client Secret's.
+    pub reserved_secrets: Vec<String>,
+}
+
+impl Policy {
+    /// The policy of `config`.
+    pub fn new(config: &Config) -> Self {
+        Self {
+            allow_insecure_http: config.agent.allow_insecure_http,
+            allow_local_idp: config.agent.allow_local_idp,
+            limits: config.limits.clone(),
+            reserved_secrets: config.admin_secret_groups(),
+        }
+    }
+}
+
+/// At most this many problems of one kind are listed; a denial message stays readable and small
+/// whatever the pod holds.
+const LISTED: usize = 3;
+
 /// Reads and checks the token requests in `annotations`. On failure, every problem, one line
 /// each, naming the annotation and field.
 pub fn from_annotations(
     annotations: &BTreeMap<String, String>,
-    allow_insecure_http: bool,
+    policy: &Policy,
 ) -> Result<PodRequests, Vec<String>> {
+    check_limits(annotations, &policy.limits)?;
     let mut problems = Vec::new();
     let mut items: Vec<(u64, String, serde_json::Value)> = Vec::new();
     for (key, value) in annotations.range(TOKEN_ANNOTATION_PREFIX.to_string()..) {
@@ -81,7 +121,7 @@ pub fn from_annotations(
     }
     let json: Vec<serde_json::Value> = items.iter().map(|(_, v)| v.clone()).collect();
     let paths: Vec<String> = items.iter().map(|(p, _)| p.clone()).collect();
-    let requests = match validate_token_requests(items, SOURCE, allow_insecure_http) {
+    let requests = match validate_token_requests(items, SOURCE, policy.allow_insecure_http) {
         Ok(requests) => requests,
         Err(errors) => {
             problems.extend(
@@ -109,6 +149,23 @@ pub fn from_annotations(
                 problems.push(format!("{path}.client.clientSecret.groupVersion: {e}"));
             }
         }
+        if policy.reserved_secrets.contains(&secret.group) {
+            problems.push(format!(
+                "{path}.client.clientSecret.group: {:?} is the Admin client Secret (admin.client_secret in the injector config); the executor credential is the agent's alone and no token request may read it",
+                secret.group
+            ));
+        }
+        if !policy.allow_local_idp {
+            let (field, url) = match &request.endpoint {
+                Endpoint::Token(url) => ("tokenEndpoint", url),
+                Endpoint::Discovery(url) => ("idpDiscoveryEndpoint", url),
+            };
+            if let Some(kind) = url.host_str().and_then(local_host) {
+                problems.push(format!(
+                    "{path}.{field}: {url} is {kind}, which inside the pod is the pod itself (or the node's metadata service), and the agent would send it the client secret; set agent.allow_local_idp in the injector config to allow it"
+                ));
+            }
+        }
     }
     if problems.is_empty() {
         Ok(PodRequests { json, requests })
@@ -117,7 +174,164 @@ pub fn from_annotations(
     }
 }
 
-/// Checks a Secret data key (`[-._a-zA-Z0-9]+`, at most 253 characters).
+/// Refuses a pod whose token annotations are too many or too large for `limits`, before any is
+/// decoded: lengths and key counts only, and for the JSON annotation a scan that counts its
+/// elements without building them.
+fn check_limits(
+    annotations: &BTreeMap<String, String>,
+    limits: &PodLimits,
+) -> Result<(), Vec<String>> {
+    let mut problems = Vec::new();
+    let mut oversized = Listed::default();
+    let mut propeller = 0usize;
+    let mut total = 0usize;
+    let tokens = annotations
+        .range(TOKEN_ANNOTATION_PREFIX.to_string()..)
+        .take_while(|(key, _)| key.starts_with(TOKEN_ANNOTATION_PREFIX));
+    for (key, value) in tokens {
+        propeller += 1;
+        total = total.saturating_add(value.len());
+        if value.len() > limits.token_annotation_bytes {
+            oversized.push(format!("{key} ({} bytes)", value.len()));
+        }
+    }
+    let mut in_json = 0usize;
+    if let Some(value) = annotations.get(JSON_ANNOTATION) {
+        total = total.saturating_add(value.len());
+        if value.len() > limits.token_annotation_bytes {
+            oversized.push(format!("{JSON_ANNOTATION} ({} bytes)", value.len()));
+        }
+        // Not an array, or not JSON: the decode below says so.
+        in_json = count_array_elements(value).unwrap_or(0);
+    }
+    let requests = propeller.saturating_add(in_json);
+    if requests > limits.token_requests {
+        problems.push(format!(
+            "the pod has {requests} token requests ({propeller} {TOKEN_ANNOTATION_PREFIX}* annotations, {in_json} in {JSON_ANNOTATION}); at most {} are allowed (limits.token_requests in the injector config)",
+            limits.token_requests
+        ));
+    }
+    if !oversized.is_empty() {
+        problems.push(format!(
+            "annotation {oversized}: over {} bytes, the most one token annotation may hold (limits.token_annotation_bytes in the injector config)",
+            limits.token_annotation_bytes
+        ));
+    }
+    if total > limits.token_annotations_total_bytes {
+        problems.push(format!(
+            "the token annotations ({TOKEN_ANNOTATION_PREFIX}*, {JSON_ANNOTATION}) hold {total} bytes; at most {} are allowed (limits.token_annotations_total_bytes in the injector config)",
+            limits.token_annotations_total_bytes
+        ));
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(problems)
+    }
+}
+
+/// Items of one kind, the first few named and the rest counted.
+#[derive(Default)]
+struct Listed {
+    shown: Vec<String>,
+    more: usize,
+}
+
+impl Listed {
+    fn push(&mut self, item: String) {
+        if self.shown.len() < LISTED {
+            self.shown.push(item);
+        } else {
+            self.more += 1;
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.shown.is_empty()
+    }
+}
+
+impl fmt::Display for Listed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.shown.join(", "))?;
+        if self.more > 0 {
+            write!(f, " and {} more", self.more)?;
+        }
+        Ok(())
+    }
+}
+
+/// The number of elements of the JSON array `text`, read without building them (each element
+/// is skipped with `IgnoredAny`); `None` when `text` is not a JSON array.
+fn count_array_elements(text: &str) -> Option<usize> {
+    struct Count;
+    impl<'de> serde::de::Visitor<'de> for Count {
+        type Value = usize;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a JSON array")
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<usize, A::Error> {
+            let mut n = 0usize;
+            while seq.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                n += 1;
+            }
+            Ok(n)
+        }
+    }
+    let mut de = serde_json::Deserializer::from_str(text);
+    serde::Deserializer::deserialize_seq(&mut de, Count).ok()
+}
+
+/// What kind of local address `host` (a URL's host: a name, an IPv4 address, or an IPv6
+/// address in brackets) is, if it is one an IdP must not be on without `agent.allow_local_idp`.
+/// Names are judged as written: a DNS name that resolves to loopback cannot be seen without a
+/// lookup, and the webhook makes no network calls.
+pub fn local_host(host: &str) -> Option<&'static str> {
+    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
+        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
+    };
+    match ip {
+        Some(ip) => local_ip(ip),
+        None => {
+            let name = host.trim_end_matches('.').to_ascii_lowercase();
+            (name == "localhost" || name.ends_with(".localhost"))
+                .then_some("a loopback name (localhost)")
+        }
+    }
+}
+
+fn local_ip(ip: IpAddr) -> Option<&'static str> {
+    match ip {
+        IpAddr::V4(v4) => {
+            if v4.is_loopback() {
+                Some("a loopback address (127.0.0.0/8)")
+            } else if v4.is_link_local() {
+                Some("a link-local address (169.254.0.0/16, where clouds serve instance metadata)")
+            } else if v4.octets()[0] == 0 {
+                // 0.0.0.0 (and the rest of 0/8) reaches the local host on Linux.
+                Some("an unspecified address (0.0.0.0/8)")
+            } else {
+                None
+            }
+        }
+        IpAddr::V6(v6) => {
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                local_ip(IpAddr::V4(v4))
+            } else if v6.is_loopback() {
+                Some("a loopback address (::1)")
+            } else if v6.is_unspecified() {
+                Some("an unspecified address (::)")
+            } else if v6.segments()[0] & 0xffc0 == 0xfe80 {
+                Some("a link-local address (fe80::/10)")
+            } else {
+                None
+            }
+        }
+    }
+}
+
+/// Checks a Secret data key (`[-._a-zA-Z0-9]+`, at most 253 characters, not starting with `..`).
 pub fn check_secret_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
         return Err("is empty; it names the key in the Kubernetes Secret".into());
@@ -133,5 +347,63 @@ pub fn check_secret_key(key: &str) -> Result<(), String> {
             "{key:?} is not a Secret data key (letters, digits, '-', '_' and '.', at most 253)"
         ));
     }
+    // The kubelet keeps its own `..data` and `..<timestamp>` entries in a secret volume, and
+    // Kubernetes refuses such keys in a Secret, so the pod could never start.
+    if key.starts_with("..") {
+        return Err(format!(
+            "{key:?} starts with '..', which Kubernetes reserves in secret volumes (the kubelet's ..data); no Secret can hold it or mount it"
+        ));
+    }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_hosts() {
+        for (host, want) in [
+            ("127.0.0.1", Some("loopback")),
+            ("127.9.8.7", Some("loopback")),
+            ("[::1]", Some("loopback")),
+            ("[::ffff:127.0.0.1]", Some("loopback")),
+            ("localhost", Some("loopback")),
+            ("LocalHost.", Some("loopback")),
+            ("idp.localhost", Some("loopback")),
+            ("169.254.169.254", Some("link-local")),
+            ("[fe80::1]", Some("link-local")),
+            ("[febf::1]", Some("link-local")),
+            ("0.0.0.0", Some("unspecified")),
+            ("[::]", Some("unspecified")),
+            ("10.0.0.1", None),
+            ("[fec0::1]", None),
+            ("[2001:db8::1]", None),
+            ("idp.example.com", None),
+            ("localhost.example.com", None),
+            ("notlocalhost", None),
+        ] {
+            let got = local_host(host);
+            match want {
+                Some(kind) => assert!(got.is_some_and(|g| g.contains(kind)), "{host}: {got:?}"),
+                None => assert_eq!(got, None, "{host}"),
+            }
+        }
+    }
+
+    #[test]
+    fn array_elements_are_counted_without_being_built() {
+        assert_eq!(count_array_elements("[]"), Some(0));
+        assert_eq!(count_array_elements(r#"[{"a":[1,2]}, 3, "x"]"#), Some(3));
+        assert_eq!(count_array_elements("{}"), None);
+        assert_eq!(count_array_elements("[1,"), None);
+    }
+
+    #[test]
+    fn reserved_keys() {
+        assert!(check_secret_key("..data").unwrap_err().contains("'..'"));
+        assert!(check_secret_key("...x").is_err());
+        assert!(check_secret_key(".x").is_ok());
+        assert!(check_secret_key("a..b").is_ok());
+    }
 }

@@ -1,13 +1,18 @@
 //! One AdmissionReview in, one out: decode the request, decide (skip, deny or patch) and encode
 //! the response. Pure: no I/O and no network, so the request path cannot wait on anything.
+//!
+//! A body is parsed once into typed structs. When that fails, it is read again only for what
+//! the answer needs (the request's kind, operation and uid), skipping the object unbuilt: a
+//! generic JSON tree of a 2 MB body of small objects would cost tens of MB.
 
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
 use flyte_auth_agent::config::AdminMode;
 use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
-use kube_core::DynamicObject;
+use serde::Deserialize;
 
 use crate::config::{AdminEnv, Config};
 use crate::mutate;
@@ -62,6 +67,8 @@ pub struct Injector {
     /// The Admin env for each credential mode a pod may pick, or why that mode is unusable;
     /// worked out once, so a review only looks it up.
     admin: BTreeMap<&'static str, Result<Option<AdminEnv>, String>>,
+    /// What token requests may ask for.
+    policy: requests::Policy,
 }
 
 impl Injector {
@@ -84,7 +91,12 @@ impl Injector {
                 (mode.as_str(), env)
             })
             .collect();
-        Self { config, admin }
+        let policy = requests::Policy::new(&config);
+        Self {
+            config,
+            admin,
+            policy,
+        }
     }
 
     /// The configuration.
@@ -95,6 +107,15 @@ impl Injector {
     /// Answers one AdmissionReview request body. Never panics on any input; a body that is not
     /// a review gets a review that refuses, naming the problem.
     pub fn review(&self, body: &[u8]) -> Reviewed {
+        let limit = self.config.limits.review_array_items;
+        if array_items_over(body, limit) {
+            return refuse(
+                uid_of(body).as_deref(),
+                &format!(
+                    "the AdmissionReview holds more than {limit} JSON array elements (containers, env vars, volumes, args… all together); at most {limit} are allowed (limits.review_array_items in the injector config)"
+                ),
+            );
+        }
         // One typed parse in the common case; a body whose object is not a Pod is read again
         // untyped, to tell "not ours" (allowed) from "a Pod that does not parse" (denied).
         match serde_json::from_slice::<AdmissionReview<Pod>>(body) {
@@ -108,21 +129,19 @@ impl Injector {
                 }
                 Err(refused) => refused,
             },
-            Err(typed_error) => {
-                match serde_json::from_slice::<AdmissionReview<DynamicObject>>(body) {
-                    Ok(review) => match self.request_of(review) {
-                        Ok(request) => self.answer(
-                            &request,
-                            Err(format!("request.object is not a Pod: {typed_error}")),
-                        ),
-                        Err(refused) => refused,
-                    },
-                    Err(e) => refuse(
-                        uid_of(body).as_deref(),
-                        &format!("the body is not an AdmissionReview: {e}"),
+            Err(typed_error) => match serde_json::from_slice::<AdmissionReview<Unread>>(body) {
+                Ok(review) => match self.request_of(review) {
+                    Ok(request) => self.answer(
+                        &request,
+                        Err(format!("request.object is not a Pod: {typed_error}")),
                     ),
-                }
-            }
+                    Err(refused) => refused,
+                },
+                Err(e) => refuse(
+                    uid_of(body).as_deref(),
+                    &format!("the body is not an AdmissionReview: {e}"),
+                ),
+            },
         }
     }
 
@@ -221,11 +240,10 @@ impl Injector {
             Ok(admin) => admin,
             Err(problem) => return deny(vec![problem]),
         };
-        let requests =
-            match requests::from_annotations(annotations, self.config.agent.allow_insecure_http) {
-                Ok(requests) => requests,
-                Err(problems) => return deny(problems),
-            };
+        let requests = match requests::from_annotations(annotations, &self.policy) {
+            Ok(requests) => requests,
+            Err(problems) => return deny(problems),
+        };
         if requests.is_empty() && admin.is_none() {
             let mut answer = allow;
             answer.response.warnings = Some(vec![format!(
@@ -299,10 +317,126 @@ pub fn refuse(uid: Option<&str>, message: &str) -> Reviewed {
 }
 
 /// The request uid of a body that is JSON but not a well-formed review, so the refusal is still
-/// matched to its request.
+/// matched to its request; read without building anything else.
 fn uid_of(body: &[u8]) -> Option<String> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
-    value.pointer("/request/uid")?.as_str().map(str::to_string)
+    #[derive(Deserialize)]
+    struct Review {
+        request: Option<Request>,
+    }
+    #[derive(Deserialize)]
+    struct Request {
+        uid: Option<String>,
+    }
+    serde_json::from_slice::<Review>(body).ok()?.request?.uid
+}
+
+/// Whether the JSON `body` holds more than `limit` array elements, all arrays together; found by
+/// a scan that builds nothing and stops at the first element over. A body that is not JSON is
+/// not over (the parse that follows says what is wrong with it).
+fn array_items_over(body: &[u8], limit: usize) -> bool {
+    use serde::de::{DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+    use std::cell::Cell;
+
+    const OVER: &str = "array elements over the limit";
+    #[derive(Clone, Copy)]
+    struct Count<'a> {
+        left: &'a Cell<usize>,
+        over: &'a Cell<bool>,
+    }
+    impl<'de> DeserializeSeed<'de> for Count<'_> {
+        type Value = ();
+        fn deserialize<D: serde::Deserializer<'de>>(self, de: D) -> Result<(), D::Error> {
+            de.deserialize_any(self)
+        }
+    }
+    impl<'de> Visitor<'de> for Count<'_> {
+        type Value = ();
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("any JSON value")
+        }
+        fn visit_bool<E>(self, _: bool) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_i64<E>(self, _: i64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_u64<E>(self, _: u64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_f64<E>(self, _: f64) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_str<E>(self, _: &str) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_unit<E>(self) -> Result<(), E> {
+            Ok(())
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+            while seq.next_element_seed(self)?.is_some() {
+                // Read after the element: its own arrays have been counted by then.
+                let Some(left) = self.left.get().checked_sub(1) else {
+                    self.over.set(true);
+                    return Err(A::Error::custom(OVER));
+                };
+                self.left.set(left);
+            }
+            Ok(())
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+            while map.next_key::<serde::de::IgnoredAny>()?.is_some() {
+                map.next_value_seed(self)?;
+            }
+            Ok(())
+        }
+    }
+    let (left, over) = (Cell::new(limit), Cell::new(false));
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let _ = Count {
+        left: &left,
+        over: &over,
+    }
+    .deserialize(&mut de);
+    over.get()
+}
+
+/// An object that is skipped, not built: the stand-in for a review's object when it is not a
+/// Pod, so that telling "not ours" from "a Pod that does not parse" costs no allocation per
+/// field of the object.
+#[derive(Debug, Clone, Default)]
+struct Unread {
+    meta: ObjectMeta,
+}
+
+impl<'de> Deserialize<'de> for Unread {
+    fn deserialize<D: serde::Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        serde::de::IgnoredAny::deserialize(de)?;
+        Ok(Self::default())
+    }
+}
+
+impl kube_core::Resource for Unread {
+    type DynamicType = ();
+    type Scope = kube_core::NamespaceResourceScope;
+
+    fn kind(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn group(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn plural(_: &()) -> std::borrow::Cow<'_, str> {
+        "".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.meta
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.meta
+    }
 }
 
 /// A response and the patch that goes with it.
@@ -337,4 +471,19 @@ fn encode(answer: Answer) -> Vec<u8> {
         response["patchType"] = "JSONPatch".into();
     }
     serde_json::to_vec(&value).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod array_items {
+    use super::array_items_over;
+
+    #[test]
+    fn every_array_counts_and_the_limit_is_inclusive() {
+        assert!(!array_items_over(b"[1,2,3]", 3));
+        assert!(array_items_over(b"[1,2,3,4]", 3));
+        assert!(!array_items_over(br#"{"a":[1],"b":{"c":[[2]]}}"#, 3));
+        assert!(array_items_over(br#"{"a":[1],"b":{"c":[[2,3]]}}"#, 3));
+        assert!(!array_items_over(b"not json [1,2,3,4]", 3));
+        assert!(!array_items_over(br#"{"a":"[1,2,3,4]"}"#, 3));
+    }
 }

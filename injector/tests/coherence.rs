@@ -149,6 +149,8 @@ agent:
   socket_dir: {socket}
   secrets_dir: {secrets}
   log_format: text
+  # The test's IdP runs on loopback, as a task could; allowed here on purpose.
+  allow_local_idp: true
 admin:
   endpoint: {admin}
   insecure: true

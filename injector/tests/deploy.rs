@@ -765,8 +765,11 @@ fn example_task_pods_opt_in_and_decode() {
         );
         let annotations: BTreeMap<String, String> =
             serde_json::from_value(at(pod, "/metadata/annotations").clone()).expect("annotations");
-        let requests = flyte_auth_injector::requests::from_annotations(&annotations, false)
-            .unwrap_or_else(|problems| panic!("{name}: {}", problems.join("\n")));
+        let requests = flyte_auth_injector::requests::from_annotations(
+            &annotations,
+            &flyte_auth_injector::requests::Policy::new(&config),
+        )
+        .unwrap_or_else(|problems| panic!("{name}: {}", problems.join("\n")));
         assert_eq!(requests.requests.len(), 1, "{name}: one token request");
         // The agent's view of the request; `type` CLIENT_CREDENTIALS is proto3's default, which
         // text format leaves out and the JSON example spells out.

@@ -4,7 +4,7 @@
 //! Waits are bounded polls for a condition, never fixed sleeps.
 
 mod harness;
-use harness::{review, spawn_serve, write_config};
+use harness::{review, review_with_requests, spawn_serve, write_config, write_config_with};
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -843,4 +843,272 @@ fn the_binary_names_a_missing_certificate_file() {
         stderr.contains(&format!("cannot read certificate file {}", cert.display())),
         "{stderr}"
     );
+}
+
+// ---- limits, against the binary ----------------------------------------------------------
+
+/// The binary serving with extra `server` keys; killed when dropped.
+struct Served {
+    child: std::process::Child,
+    addr: SocketAddr,
+    ca_pem: String,
+    _secret: SecretDir,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn serve_binary(server_keys: &str) -> Served {
+    let ca = Ca::new();
+    let leaf = ca.leaf(2030);
+    let secret = SecretDir::new(&leaf.cert_pem, &leaf.key_pem);
+    let config = write_config_with(
+        secret.dir.path(),
+        &secret.cert(),
+        &secret.key(),
+        server_keys,
+    );
+    let (child, addr) = spawn_serve(binary(), &config);
+    Served {
+        child,
+        addr,
+        ca_pem: ca.pem(),
+        _secret: secret,
+    }
+}
+
+impl Served {
+    fn url(&self, path: &str) -> String {
+        format!("https://localhost:{}{path}", self.addr.port())
+    }
+
+    /// POSTs `body` to /mutate and returns the AdmissionReview answered.
+    async fn review(&self, body: Vec<u8>) -> Value {
+        let response = client(&self.ca_pem, self.addr, true)
+            .post(self.url("/mutate"))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        parse(&response.bytes().await.unwrap())
+    }
+}
+
+fn refusal(answer: &Value) -> &str {
+    assert_eq!(answer["response"]["allowed"], false, "{answer}");
+    answer["response"]["status"]["message"].as_str().unwrap()
+}
+
+/// A request head for `POST /mutate` declaring `length` body bytes.
+fn post_head(length: usize, expect_continue: bool) -> String {
+    format!(
+        "POST /mutate HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {length}\r\n{}\r\n",
+        if expect_continue { "expect: 100-continue\r\n" } else { "" }
+    )
+}
+
+/// Reads one response head (up to the blank line), within 10 s.
+async fn read_head(stream: &mut TlsStream) -> String {
+    let mut seen = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while !seen.ends_with(b"\r\n\r\n") {
+            let mut byte = [0u8];
+            stream.read_exact(&mut byte).await.unwrap();
+            seen.push(byte[0]);
+        }
+    })
+    .await
+    .expect("a response head within 10 s");
+    String::from_utf8(seen).unwrap()
+}
+
+/// Reads one whole response with a `content-length` body, within 10 s: its head and the
+/// AdmissionReview it carries.
+async fn read_review(stream: &mut TlsStream) -> (String, Value) {
+    let head = read_head(stream).await;
+    let length: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")
+                .map(|v| v.trim().to_string())
+        })
+        .unwrap_or_else(|| panic!("no content-length in {head}"))
+        .parse()
+        .unwrap();
+    let mut body = vec![0u8; length];
+    tokio::time::timeout(Duration::from_secs(10), stream.read_exact(&mut body))
+        .await
+        .expect("a response body within 10 s")
+        .unwrap();
+    (head, parse(&body))
+}
+
+#[tokio::test]
+async fn the_binary_denies_21000_token_requests_naming_the_cap() {
+    // max_body raised, so the review (3.2 MB, as in issue 11) reaches the cap on requests.
+    let served = serve_binary("  max_body: 4194304\n");
+    let body = review_with_requests("many", 21_000, true);
+    assert!(
+        body.len() > 2_097_152 && body.len() < 4_194_304,
+        "{}",
+        body.len()
+    );
+    let answer = served.review(body.clone()).await;
+    assert_eq!(answer["response"]["uid"], "many");
+    let message = refusal(&answer);
+    assert!(
+        message.contains("the pod has 21000 token requests")
+            && message
+                .contains("at most 32 are allowed (limits.token_requests in the injector config)"),
+        "{message}"
+    );
+    // The task pod everyone else sends is still served.
+    let answer = served.review(review("normal", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // With the default max_body (2 MiB) the same body is refused from its content-length alone,
+    // before it is sent: the client that waits for "100 Continue" gets the refusal instead.
+    let served = serve_binary("");
+    let mut stream = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    stream
+        .write_all(post_head(body.len(), true).as_bytes())
+        .await
+        .unwrap();
+    let (head, answer) = read_review(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let message = refusal(&answer);
+    assert!(
+        message.contains("AdmissionReview body is over 2097152 bytes (server.max_body)"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_stalled_body_is_refused_and_its_connection_closed_after_body_timeout() {
+    let served = serve_binary("  body_timeout: 300ms\n");
+    let body = review("stalled", true);
+    let mut stream = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    // The whole length declared, half of it sent, then nothing.
+    stream
+        .write_all(post_head(body.len(), false).as_bytes())
+        .await
+        .unwrap();
+    stream.write_all(&body[..body.len() / 2]).await.unwrap();
+    stream.flush().await.unwrap();
+    let (head, answer) = read_review(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let message = refusal(&answer);
+    assert!(
+        message.contains("the request body did not arrive within 300ms (server.body_timeout)"),
+        "{message}"
+    );
+    // The rest of that body can never be told from a next request: the connection is closed.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut rest)).await;
+    assert!(closed.is_ok(), "the connection is still open 10 s later");
+    assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+
+    let answer = served.review(review("after", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let text = client(&served.ca_pem, served.addr, true)
+        .get(served.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "flyte_auth_injector_refused_reviews_total{reason=\"body_timeout\"}"
+        ),
+        Some(1.0),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn with_one_review_slot_a_second_review_waits_then_is_refused_naming_the_limit() {
+    let served = serve_binary(
+        "  max_concurrent_reviews: 1\n  review_queue_timeout: 300ms\n  body_timeout: 30s\n",
+    );
+    // The first review takes the slot: the server's "100 Continue" means its body is being read.
+    let first = review("first", true);
+    let mut holder = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    holder
+        .write_all(post_head(first.len(), true).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut holder).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+
+    let answer = served.review(review("second", true)).await;
+    let message = refusal(&answer);
+    assert!(
+        message.contains("the webhook is busy: this review needs 1 of the 1 review slots (server.max_concurrent_reviews;")
+            && message.contains("they stayed taken for 300ms (server.review_queue_timeout)"),
+        "{message}"
+    );
+
+    // The holder's review is then decided as usual, and the slot is free again.
+    holder.write_all(&first).await.unwrap();
+    let (head, answer) = read_review(&mut holder).await;
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    assert_eq!(answer["response"]["uid"], "first");
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    let answer = served.review(review("third", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+}
+
+/// Starts a review declaring `body`'s length and waits for the server's "100 Continue": from
+/// then on it holds its review slots, until `body` is sent.
+async fn hold_slots(served: &Served, body: &[u8]) -> TlsStream {
+    let mut stream = tls_connect(&served.ca_pem, served.addr).await.unwrap();
+    stream
+        .write_all(post_head(body.len(), true).as_bytes())
+        .await
+        .unwrap();
+    let head = read_head(&mut stream).await;
+    assert!(head.starts_with("HTTP/1.1 100"), "{head}");
+    stream
+}
+
+#[tokio::test]
+async fn a_review_as_large_as_max_body_runs_alone_while_small_ones_share_the_slots() {
+    let served = serve_binary(
+        "  max_body: 65536\n  max_concurrent_reviews: 2\n  review_queue_timeout: 300ms\n  body_timeout: 30s\n",
+    );
+    // A small review holds one of the two slots; another small one still gets the other.
+    let small = review("small", true);
+    assert!(small.len() <= 65536 / 2);
+    let mut holder = hold_slots(&served, &small).await;
+    let answer = served.review(review("beside", true)).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+    holder.write_all(&small).await.unwrap();
+    let (_, answer) = read_review(&mut holder).await;
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
+
+    // A review over half of max_body (JSON allows the trailing spaces) takes both slots.
+    let mut large = review("large", true);
+    large.resize(40_000, b' ');
+    let mut holder = hold_slots(&served, &large).await;
+    let message = refusal(&served.review(review("behind", true)).await).to_string();
+    assert!(
+        message.contains(
+            "this review needs 1 of the 2 review slots (server.max_concurrent_reviews; one per 32768 bytes of body)"
+        ),
+        "{message}"
+    );
+    holder.write_all(&large).await.unwrap();
+    let (_, answer) = read_review(&mut holder).await;
+    assert_eq!(answer["response"]["uid"], "large");
+    assert_eq!(answer["response"]["allowed"], true, "{answer}");
 }

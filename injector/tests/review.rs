@@ -7,6 +7,10 @@
 //! `UPDATE_GOLDEN=1 cargo test -p flyte-auth-injector --test review` rewrites `expected.json`;
 //! review the diff like code.
 
+#[path = "harness/mod.rs"]
+#[allow(dead_code)]
+mod harness;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -335,6 +339,59 @@ fn an_admin_mode_needs_its_settings_and_a_sidecar() {
     );
 }
 
+#[test]
+fn a_review_with_too_many_array_elements_is_refused_before_the_typed_parse() {
+    let injector = default_injector();
+    let with_env = |n: usize| {
+        propeller_review(|r| {
+            r["request"]["object"]["spec"]["containers"][0]["env"] =
+                Value::Array((0..n).map(|i| json!({"name": format!("E{i}")})).collect())
+        })
+    };
+    let review = with_env(10_000);
+    let reviewed = injector.review(&serde_json::to_vec(&review).unwrap());
+    assert_eq!(reviewed.outcome, Outcome::Invalid);
+    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    assert_eq!(answer["response"]["uid"], review["request"]["uid"]);
+    assert_eq!(answer["response"]["allowed"], false);
+    let message = answer["response"]["status"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("holds more than 10000 JSON array elements")
+            && message.contains("(limits.review_array_items in the injector config)"),
+        "{message}"
+    );
+    // Below the limit the pod is decided as usual.
+    let got = answer_of(&injector, &with_env(9_000));
+    assert_eq!(got, Outcome::Mutated);
+}
+
+fn answer_of(injector: &Injector, review: &Value) -> Outcome {
+    answer(injector, review).outcome
+}
+
+#[test]
+fn limits_are_checked_at_start() {
+    let problems = Config::parse(
+        "server: {max_concurrent_reviews: 0, body_timeout: 0s}\nlimits: {token_requests: 0, token_annotation_bytes: 300000, token_annotations_total_bytes: 10}",
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    for needle in [
+        "server.max_concurrent_reviews: must be between 1 and 1024",
+        "server.body_timeout: must be above zero",
+        "limits.token_requests: must be at least 1",
+        "limits.token_annotation_bytes: 300000 is not between 1024 and 262144",
+        "limits.token_annotations_total_bytes: 10 is not between 1024 and 262144",
+    ] {
+        assert!(problems.contains(needle), "{needle:?} in:\n{problems}");
+    }
+    let defaults = Config::default();
+    assert_eq!(defaults.server.max_body, 2 * 1024 * 1024);
+    assert_eq!(defaults.limits.token_requests, 32);
+    assert!(!defaults.agent.allow_local_idp);
+}
+
 /// A change to a review.
 type Edit = Box<dyn FnOnce(&mut Value)>;
 
@@ -512,6 +569,218 @@ fn every_denial_names_the_problem_and_patches_nothing() {
         );
     }
     assert_eq!(count, 18);
+}
+
+/// The denial message of `review` by `injector`, which must deny it without a patch.
+fn denial(injector: &Injector, review: &Value) -> String {
+    let got = answer(injector, review);
+    assert_eq!(got.outcome, Outcome::Denied, "{}", got.review);
+    assert_eq!(got.review["response"]["allowed"], false);
+    assert!(got.patch.is_none(), "a denial carries no patch");
+    let message = got.review["response"]["status"]["message"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(message.starts_with("flyte-auth-injector: "), "{message}");
+    message
+}
+
+fn assert_contains_all(message: &str, needles: &[&str]) {
+    for needle in needles {
+        assert!(message.contains(needle), "{needle:?} not in {message:?}");
+    }
+}
+
+/// The pod of the harness review with `n` token requests.
+fn many_requests(n: usize, json: bool) -> Value {
+    serde_json::from_slice(&harness::review_with_requests("many", n, json)).unwrap()
+}
+
+#[test]
+fn too_many_token_requests_are_denied_before_any_is_decoded() {
+    let injector = default_injector();
+    // Propeller's form: 21,000 annotations, one of them undecodable. Only the count is looked
+    // at, so that one's decode error never shows (nor would 21,000 decodes happen).
+    let mut review = many_requests(21_000, false);
+    review["request"]["object"]["metadata"]["annotations"]["flyte.tokens/t7"] =
+        json!("NOT-BASE32!");
+    let message = denial(&injector, &review);
+    assert_contains_all(
+        &message,
+        &[
+            "the pod has 21000 token requests (21000 flyte.tokens/* annotations, 0 in flyte.org/token-requests)",
+            "at most 32 are allowed (limits.token_requests in the injector config)",
+            "limits.token_annotations_total_bytes",
+        ],
+    );
+    assert!(!message.contains("base32"), "decoded: {message}");
+    assert!(message.len() < 1024, "a short message: {}", message.len());
+
+    // The JSON form, as in issue 11 (2.9 MB): counted without being parsed into values.
+    let review = many_requests(21_000, true);
+    let message = denial(&injector, &review);
+    assert_contains_all(
+        &message,
+        &[
+            "the pod has 21000 token requests (0 flyte.tokens/* annotations, 21000 in flyte.org/token-requests)",
+            "limits.token_requests",
+            "annotation flyte.org/token-requests (",
+            "over 32768 bytes, the most one token annotation may hold (limits.token_annotation_bytes in the injector config)",
+        ],
+    );
+
+    // 32 is allowed; 33 is not; the limit is the config's.
+    let got = answer(&injector, &many_requests(32, true));
+    assert_eq!(got.outcome, Outcome::Mutated, "{}", got.review);
+    let message = denial(&injector, &many_requests(33, false));
+    assert!(
+        message.contains("the pod has 33 token requests"),
+        "{message}"
+    );
+    let small = Injector::new(Config::parse("limits: {token_requests: 2}", "test").unwrap());
+    let message = denial(&small, &many_requests(3, true));
+    assert!(
+        message.contains("at most 2 are allowed (limits.token_requests"),
+        "{message}"
+    );
+}
+
+#[test]
+fn oversized_token_annotations_are_denied_naming_the_limit() {
+    let injector = default_injector();
+    let b32 = flyte_auth_proto::annotation::encode_text;
+    // One request whose client id alone is 30,000 characters: over 32 KiB in base32.
+    let big = b32(&format!(
+        "name: \"big\" client {{ client_id: \"{}\" client_secret {{ group: \"g\" key: \"k\" }} }} token_endpoint: \"https://idp.example.com/token\"",
+        "c".repeat(30_000)
+    ));
+    let review = propeller_review(|r| annotate(r, "flyte.tokens/t0", &big));
+    let message = denial(&injector, &review);
+    assert_contains_all(
+        &message,
+        &[
+            &format!(
+                "annotation flyte.tokens/t0 ({} bytes): over 32768 bytes",
+                big.len()
+            ),
+            "limits.token_annotation_bytes in the injector config",
+        ],
+    );
+    // Three that fit one by one, but not together.
+    let medium = b32(&format!(
+        "name: \"m\" client {{ client_id: \"{}\" client_secret {{ group: \"g\" key: \"k\" }} }} token_endpoint: \"https://idp.example.com/token\"",
+        "c".repeat(15_000)
+    ));
+    assert!(medium.len() < 32 * 1024);
+    let review = propeller_review(|r| {
+        for i in 0..3 {
+            annotate(r, &format!("flyte.tokens/t{i}"), &medium);
+        }
+    });
+    let message = denial(&injector, &review);
+    assert_contains_all(
+        &message,
+        &[
+            "the token annotations (flyte.tokens/*, flyte.org/token-requests) hold",
+            "at most 65536 are allowed (limits.token_annotations_total_bytes in the injector config)",
+        ],
+    );
+    assert!(
+        !message.contains("limits.token_annotation_bytes"),
+        "{message}"
+    );
+}
+
+#[test]
+fn token_requests_may_not_reach_the_executor_credential_or_the_pods_own_network() {
+    let injector = default_injector();
+    let json_request = |edit: Box<dyn FnOnce(&mut Value)>| {
+        propeller_review(move |r| {
+            annotate(r, "flyte.org/token-requests", &token_request_json(edit))
+        })
+    };
+    let endpoint = |url: &'static str| -> Box<dyn FnOnce(&mut Value)> {
+        Box::new(move |t| t["tokenEndpoint"] = json!(url))
+    };
+    let allow = "set agent.allow_local_idp in the injector config to allow it";
+    let cases: Vec<(&str, Value, Vec<&str>)> = vec![
+        (
+            "the Admin client Secret, another key",
+            json_request(Box::new(|t| {
+                t["client"]["clientSecret"] = json!({"group": "flyte-secret-auth", "key": "other"})
+            })),
+            vec!["flyte.org/token-requests[0].client.clientSecret.group: \"flyte-secret-auth\" is the Admin client Secret (admin.client_secret in the injector config)"],
+        ),
+        (
+            "the Admin client Secret, propeller's form",
+            propeller_review(|r| {
+                let text = "name: \"steal\" client { client_id: \"c\" client_secret { group: \"flyte-secret-auth\" key: \"client_secret\" } } token_endpoint: \"https://idp.example.com/token\"";
+                annotate(r, "flyte.tokens/t5", &flyte_auth_proto::annotation::encode_text(text))
+            }),
+            vec!["flyte.tokens/t5.client.clientSecret.group: \"flyte-secret-auth\" is the Admin client Secret"],
+        ),
+        (
+            "loopback",
+            json_request(endpoint("http://127.0.0.1:8080/token")),
+            vec!["flyte.org/token-requests[0].tokenEndpoint: http://127.0.0.1:8080/token is a loopback address (127.0.0.0/8)", allow],
+        ),
+        (
+            "loopback, IPv6",
+            json_request(endpoint("https://[::1]:8443/token")),
+            vec!["tokenEndpoint: https://[::1]:8443/token is a loopback address (::1)", allow],
+        ),
+        (
+            "localhost",
+            json_request(Box::new(|t| {
+                t.as_object_mut().unwrap().remove("tokenEndpoint");
+                t["idpDiscoveryEndpoint"] = json!("https://idp.localhost:9000");
+            })),
+            vec!["flyte.org/token-requests[0].idpDiscoveryEndpoint: https://idp.localhost:9000/ is a loopback name (localhost)", allow],
+        ),
+        (
+            "cloud metadata",
+            json_request(endpoint("https://169.254.169.254/token")),
+            vec!["tokenEndpoint: https://169.254.169.254/token is a link-local address (169.254.0.0/16", allow],
+        ),
+        (
+            "link-local, IPv6",
+            json_request(endpoint("https://[fe80::1]/token")),
+            vec!["is a link-local address (fe80::/10)", allow],
+        ),
+        (
+            "unspecified",
+            json_request(endpoint("https://0.0.0.0/token")),
+            vec!["tokenEndpoint: https://0.0.0.0/token is an unspecified address", allow],
+        ),
+        (
+            "a reserved data key",
+            json_request(Box::new(|t| t["client"]["clientSecret"]["key"] = json!("..data"))),
+            vec!["flyte.org/token-requests[0].client.clientSecret.key: \"..data\" starts with '..', which Kubernetes reserves in secret volumes"],
+        ),
+    ];
+    for (what, review, needles) in &cases {
+        let message = denial(&injector, review);
+        for needle in needles {
+            assert!(
+                message.contains(needle),
+                "{what}: {needle:?} not in {message:?}"
+            );
+        }
+    }
+
+    // With the key set, a local IdP is the platform engineer's choice (tests, a node-local IdP).
+    let text = std::fs::read_to_string(fixtures().join("config.yaml"))
+        .unwrap()
+        .replace("agent:\n", "agent:\n  allow_local_idp: true\n");
+    let allowing = Injector::new(Config::parse(&text, "test").unwrap());
+    for (what, review, _) in &cases[2..8] {
+        let got = answer(&allowing, review);
+        assert_eq!(got.outcome, Outcome::Mutated, "{what}: {}", got.review);
+    }
+    // The Secret and the key stay refused whatever the key says.
+    for (_, review, _) in [&cases[0], &cases[8]] {
+        denial(&allowing, review);
+    }
 }
 
 #[test]

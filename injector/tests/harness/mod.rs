@@ -123,13 +123,50 @@ pub fn review(uid: &str, opted_in: bool) -> Vec<u8> {
     serde_json::to_vec(&review).unwrap()
 }
 
+/// [`review`] with `n` more token requests: propeller's `flyte.tokens/t<i>` annotations, or
+/// with `json` one `flyte.org/token-requests` array, each request valid on its own (the attack
+/// of issue 11: 21,000 of them in 2.9 MB).
+pub fn review_with_requests(uid: &str, n: usize, json: bool) -> Vec<u8> {
+    let mut review: Value = serde_json::from_slice(&self::review(uid, true)).unwrap();
+    let annotations = &mut review["request"]["object"]["metadata"]["annotations"];
+    let request = |i: usize| {
+        json!({
+            "name": format!("r{i}"),
+            "client": {"clientId": "c", "clientSecret": {"group": "g", "key": "k"}},
+            "tokenEndpoint": "https://idp.example.com/token",
+        })
+    };
+    if json {
+        let all: Vec<Value> = (0..n).map(request).collect();
+        annotations["flyte.org/token-requests"] = serde_json::to_string(&all).unwrap().into();
+    } else {
+        annotations
+            .as_object_mut()
+            .unwrap()
+            .remove("flyte.org/token-requests");
+        for i in 0..n {
+            let text = format!(
+                "name: \"r{i}\" client {{ client_id: \"c\" client_secret {{ group: \"g\" key: \"k\" }} }} token_endpoint: \"https://idp.example.com/token\""
+            );
+            annotations[format!("flyte.tokens/t{i}")] =
+                flyte_auth_proto::annotation::encode_text(&text).into();
+        }
+    }
+    serde_json::to_vec(&review).unwrap()
+}
+
 /// A config serving on 127.0.0.1 (any port) with `cert` and `key`, written into `dir`.
 pub fn write_config(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
+    write_config_with(dir, cert, key, "")
+}
+
+/// [`write_config`] with more `server` keys (YAML lines, each indented by two spaces).
+pub fn write_config_with(dir: &Path, cert: &Path, key: &Path, server: &str) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
-            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n",
+            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n{server}",
             cert.display(),
             key.display()
         ),

@@ -85,6 +85,8 @@ pub const ENV_LIMITS_REQUEST_HEAD_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_REQUE
 pub const ENV_LIMITS_H2_KEEPALIVE_INTERVAL: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_INTERVAL";
 /// Env var: how long an HTTP/2 ping may go unanswered before the connection is closed.
 pub const ENV_LIMITS_H2_KEEPALIVE_TIMEOUT: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT";
+/// Env var: the HTTP/2 flow-control window on the socket.
+pub const ENV_LIMITS_H2_WINDOW: &str = "FLYTE_AUTH_AGENT_LIMITS_H2_WINDOW";
 /// Env var: most gRPC calls the Admin proxy carries at once.
 pub const ENV_LIMITS_MAX_INFLIGHT_CALLS: &str = "FLYTE_AUTH_AGENT_LIMITS_MAX_INFLIGHT_CALLS";
 /// Env var: most concurrent streams (calls) on one HTTP/2 connection.

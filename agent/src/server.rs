@@ -211,6 +211,8 @@ fn connection_builder(
                 .timer(hyper_util::rt::TokioTimer::new())
                 .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
                 .max_concurrent_streams(limits.h2_max_concurrent_streams)
+                .initial_stream_window_size(limits.h2_window)
+                .initial_connection_window_size(limits.h2_window)
                 .keep_alive_interval(limits.h2_keepalive_interval)
                 .keep_alive_timeout(limits.h2_keepalive_timeout);
         }

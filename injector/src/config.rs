@@ -99,6 +99,12 @@ pub struct ServerConfig {
     /// refused.
     #[serde(deserialize_with = "de_duration")]
     pub review_queue_timeout: Duration,
+    /// Most connections open at once; one more is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// How long a new connection may take to send a complete request head (HTTP/1.1) or the
+    /// HTTP/2 preface and a first request, after its TLS handshake.
+    #[serde(deserialize_with = "de_duration")]
+    pub request_head_timeout: Duration,
     /// How long open connections get to finish on shutdown.
     #[serde(deserialize_with = "de_duration")]
     pub shutdown_grace: Duration,
@@ -118,6 +124,9 @@ impl Default for ServerConfig {
             body_timeout: Duration::from_secs(3),
             max_concurrent_reviews: 4,
             review_queue_timeout: Duration::from_secs(3),
+            // The API server multiplexes reviews over a few HTTP/2 connections per replica.
+            max_connections: 128,
+            request_head_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -424,6 +433,15 @@ impl Config {
                 "server.max_concurrent_reviews",
                 "must be between 1 and 1024".into(),
             );
+        }
+        if !(1..=65_536).contains(&self.server.max_connections) {
+            err(
+                "server.max_connections",
+                "must be between 1 and 65536".into(),
+            );
+        }
+        if self.server.request_head_timeout.is_zero() {
+            err("server.request_head_timeout", "must be above zero".into());
         }
         let limits = &self.limits;
         if limits.token_requests == 0 {

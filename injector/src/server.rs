@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use flyte_auth_agent::server::{serve, Handler, Protocols};
+use flyte_auth_agent::server::{serve, Handler, Protocols, ServeLimits};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -34,6 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
+use crate::config::ServerConfig;
 use crate::metrics::Metrics;
 use crate::review::{self, Injector, Reviewed};
 use crate::tls::{CertStore, TlsError, TlsListener};
@@ -69,13 +70,29 @@ pub async fn run(
         TlsListener::new(listener, tls, HANDSHAKE_TIMEOUT),
         webhook,
         Protocols::Http1And2,
-        flyte_auth_agent::server::ServeLimits::default(),
+        listener_limits(&server),
         shutdown,
         server.shutdown_grace,
     )
     .await;
     Ok(())
 }
+
+/// What the HTTPS listener accepts. HTTP/2 windows are what bounds the request bodies a
+/// connection can make the server hold before a review slot reads them (hyper's default 1 MiB
+/// each let 60 stalled connections hold 75 MiB), so they are small: the API server sends one body
+/// at a time per stream and the loop reads it as soon as a slot is free.
+fn listener_limits(server: &ServerConfig) -> ServeLimits {
+    ServeLimits {
+        max_connections: server.max_connections,
+        request_head_timeout: server.request_head_timeout,
+        h2_window: H2_WINDOW,
+        ..ServeLimits::default()
+    }
+}
+
+/// The webhook's HTTP/2 flow-control window, per stream and per connection: HTTP/2's minimum.
+const H2_WINDOW: u32 = 65_535;
 
 /// The webhook's routes.
 struct Webhook {

@@ -1112,3 +1112,48 @@ async fn a_review_as_large_as_max_body_runs_alone_while_small_ones_share_the_slo
     assert_eq!(answer["response"]["uid"], "large");
     assert_eq!(answer["response"]["allowed"], true, "{answer}");
 }
+
+#[tokio::test]
+async fn connections_beyond_server_max_connections_are_closed_until_one_ends() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(2030);
+    let secret = SecretDir::new(&leaf.cert_pem, &leaf.key_pem);
+    let mut config = test_config(&secret);
+    config.server.max_connections = 2;
+    let server = start(config, &ca.pem()).await;
+    // Two kept-alive connections that have each been served hold both places.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut conn = loop {
+            // The readiness probe's connection may still hold a place for a moment.
+            match tls_connect(&ca.pem(), server.addr).await {
+                Ok(stream) => break Conn::open(stream).await,
+                Err(e) => assert!(Instant::now() < deadline, "no place: {e}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        assert_eq!(conn.request("GET", "/healthz", Vec::new()).await.0, 200);
+        held.push(conn);
+    }
+    eventually("a third connection to be closed at once", || async {
+        tls_connect(&ca.pem(), server.addr).await.is_err()
+    })
+    .await;
+    held.pop();
+    eventually("a place to be free again", || async {
+        match tls_connect(&ca.pem(), server.addr).await {
+            Ok(stream) => {
+                Conn::open(stream)
+                    .await
+                    .request("GET", "/healthz", Vec::new())
+                    .await
+                    .0
+                    == 200
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    server.shutdown.cancel();
+}

@@ -372,7 +372,7 @@ fn answer_of(injector: &Injector, review: &Value) -> Outcome {
 #[test]
 fn limits_are_checked_at_start() {
     let problems = Config::parse(
-        "server: {max_concurrent_reviews: 0, body_timeout: 0s}\nlimits: {token_requests: 0, token_annotation_bytes: 300000, token_annotations_total_bytes: 10}",
+        "server: {max_concurrent_reviews: 0, body_timeout: 0s, max_connections: 0, request_head_timeout: 0s}\nlimits: {token_requests: 0, token_annotation_bytes: 300000, token_annotations_total_bytes: 10}",
         "test",
     )
     .unwrap_err()
@@ -380,6 +380,8 @@ fn limits_are_checked_at_start() {
     for needle in [
         "server.max_concurrent_reviews: must be between 1 and 1024",
         "server.body_timeout: must be above zero",
+        "server.max_connections: must be between 1 and 65536",
+        "server.request_head_timeout: must be above zero",
         "limits.token_requests: must be at least 1",
         "limits.token_annotation_bytes: 300000 is not between 1024 and 262144",
         "limits.token_annotations_total_bytes: 10 is not between 1024 and 262144",

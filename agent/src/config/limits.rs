@@ -14,7 +14,7 @@ use super::{parse_duration, Loader};
 
 use crate::env::{
     ENV_LIMITS_H2_KEEPALIVE_INTERVAL, ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
-    ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS, ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
+    ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS, ENV_LIMITS_H2_WINDOW, ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
     ENV_LIMITS_HEALTH_MAX_HEADER_BYTES, ENV_LIMITS_MAX_HEADERS, ENV_LIMITS_MAX_INFLIGHT_CALLS,
     ENV_LIMITS_REQUEST_HEAD_TIMEOUT, ENV_LIMITS_SOCKET_MAX_CONNECTIONS,
     ENV_LIMITS_SOCKET_MAX_HEADER_BYTES,
@@ -45,7 +45,14 @@ pub struct ServeLimits {
     pub h2_keepalive_timeout: Duration,
     /// Most concurrent streams on one HTTP/2 connection.
     pub h2_max_concurrent_streams: u32,
+    /// HTTP/2 flow-control window of each stream and of the whole connection, in bytes: the
+    /// most request body a connection can make the server hold before the handler reads it.
+    pub h2_window: u32,
 }
+
+/// The default HTTP/2 window: far above a gRPC call's typical message on a local socket, and
+/// 256 connections hold at most 64 MiB of unread request bodies (hyper's own default is 1 MiB).
+pub const DEFAULT_H2_WINDOW: u32 = 256 * 1024;
 
 /// The unix socket's defaults: room for every process of a task (flytekit keeps one HTTP/2
 /// connection each) and for gRPC metadata, which is larger than a token GET.
@@ -57,6 +64,7 @@ pub const DEFAULT_SOCKET_LIMITS: ServeLimits = ServeLimits {
     h2_keepalive_interval: Duration::from_secs(60),
     h2_keepalive_timeout: Duration::from_secs(20),
     h2_max_concurrent_streams: 100,
+    h2_window: DEFAULT_H2_WINDOW,
 };
 
 /// The health port's defaults: probes and a scraper send a few small GETs.
@@ -68,6 +76,7 @@ pub const DEFAULT_HEALTH_LIMITS: ServeLimits = ServeLimits {
     h2_keepalive_interval: Duration::from_secs(60),
     h2_keepalive_timeout: Duration::from_secs(20),
     h2_max_concurrent_streams: 100,
+    h2_window: DEFAULT_H2_WINDOW,
 };
 
 impl Default for ServeLimits {
@@ -115,6 +124,7 @@ pub(super) struct RawLimits {
     h2_keepalive_interval: Option<String>,
     h2_keepalive_timeout: Option<String>,
     h2_max_concurrent_streams: Option<u64>,
+    h2_window: Option<u64>,
     max_inflight_calls: Option<u64>,
 }
 
@@ -203,6 +213,14 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
         u64::from(d.socket.h2_max_concurrent_streams),
         count(1, 10_000),
     );
+    let h2_window = l.parsed(
+        "limits.h2_window",
+        Some(ENV_LIMITS_H2_WINDOW),
+        n(raw.h2_window),
+        u64::from(d.socket.h2_window),
+        // HTTP/2's own floor (RFC 9113 §6.9.2) and ceiling.
+        count(65_535, (1 << 31) - 1),
+    );
     let max_inflight_calls = l.parsed(
         "limits.max_inflight_calls",
         Some(ENV_LIMITS_MAX_INFLIGHT_CALLS),
@@ -219,6 +237,7 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
         h2_keepalive_interval,
         h2_keepalive_timeout,
         h2_max_concurrent_streams: h2_max_concurrent_streams as u32,
+        h2_window: h2_window as u32,
     };
     Limits {
         socket: shared(socket_max_connections, socket_max_header_bytes),
@@ -263,9 +282,13 @@ mod tests {
             &[
                 (ENV_LIMITS_SOCKET_MAX_CONNECTIONS, "5"),
                 (ENV_LIMITS_H2_KEEPALIVE_INTERVAL, "90s"),
+                (ENV_LIMITS_H2_WINDOW, "131072"),
+                (ENV_LIMITS_MAX_INFLIGHT_CALLS, "7"),
             ],
         )
         .unwrap();
+        assert_eq!(c.limits.socket.h2_window, 131_072);
+        assert_eq!(c.limits.max_inflight_calls, 7);
         assert_eq!(c.limits.socket.max_connections, 5);
         assert_eq!(c.limits.health.max_header_bytes, 16384);
         assert_eq!(c.limits.socket.request_head_timeout, Duration::from_secs(2));
@@ -288,7 +311,11 @@ mod tests {
         assert!(e.contains("unknown field `bogus`"), "{e}");
         let e = load(
             "limits:\n  socket_max_connections: 0\n  socket_max_header_bytes: 100\n  request_head_timeout: 0s\n  max_headers: 5000\n",
-            &[(ENV_LIMITS_H2_KEEPALIVE_TIMEOUT, "never")],
+            &[
+                (ENV_LIMITS_H2_KEEPALIVE_TIMEOUT, "never"),
+                (ENV_LIMITS_H2_WINDOW, "1000"),
+                (ENV_LIMITS_MAX_INFLIGHT_CALLS, "0"),
+            ],
         )
         .unwrap_err()
         .to_string();
@@ -298,6 +325,8 @@ mod tests {
             "limits.request_head_timeout: \"0s\" must be above zero",
             "limits.max_headers: \"5000\" is not a whole number from 1 to 1024",
             "env FLYTE_AUTH_AGENT_LIMITS_H2_KEEPALIVE_TIMEOUT: limits.h2_keepalive_timeout: \"never\" is not a duration",
+            "limits.h2_window: \"1000\" is not a whole number from 65535 to 2147483647",
+            "limits.max_inflight_calls: \"0\" is not a whole number from 1 to 65536",
         ] {
             assert!(e.contains(needle), "expected {needle:?} in:\n{e}");
         }

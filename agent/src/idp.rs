@@ -37,6 +37,7 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::config::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
+use crate::hosts::local_host;
 use crate::token::{jwt_exp, SecretString, Token};
 
 /// Largest IdP response read; discovery documents and token responses are a few kB.
@@ -481,6 +482,7 @@ impl Idp {
             .url()
             .clone();
         check_idp_url(&token_endpoint, self.allow_insecure_http).map_err(failed)?;
+        stays_off_the_pod(url, &token_endpoint).map_err(failed)?;
         Ok(Arc::new(Metadata { token_endpoint }))
     }
 
@@ -927,9 +929,62 @@ pub fn parse_retry_after(value: &str) -> Option<Duration> {
     Some(delay.min(MAX_RETRY_AFTER))
 }
 
+/// Refuses a discovered token endpoint on the pod's own network (loopback, link-local) when the
+/// issuer is elsewhere: the client secret would go to whatever listens there, the task itself or
+/// the cloud's metadata service. An issuer on loopback (a test, `dev`) may name one.
+fn stays_off_the_pod(discovery: &Url, token_endpoint: &Url) -> Result<(), String> {
+    match (
+        discovery.host_str().and_then(local_host),
+        token_endpoint.host_str().and_then(local_host),
+    ) {
+        (None, Some(kind)) => Err(format!(
+            "the document names a token endpoint on {kind}, but the issuer is not on the pod's own network"
+        )),
+        _ => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_discovered_token_endpoint_stays_off_the_pod() {
+        let url = |s: &str| Url::parse(s).unwrap();
+        for (issuer, token, ok) in [
+            (
+                "https://idp.example.com",
+                "https://idp.example.com/token",
+                true,
+            ),
+            (
+                "https://idp.example.com",
+                "http://127.0.0.1:9911/token",
+                false,
+            ),
+            (
+                "https://idp.example.com",
+                "http://169.254.169.254/token",
+                false,
+            ),
+            ("https://idp.example.com", "https://localhost/token", false),
+            ("http://127.0.0.1:4444", "http://127.0.0.1:4444/token", true),
+            (
+                "http://localhost:4444",
+                "https://idp.example.com/token",
+                true,
+            ),
+        ] {
+            let got = stays_off_the_pod(&url(issuer), &url(token));
+            assert_eq!(got.is_ok(), ok, "{issuer} -> {token}: {got:?}");
+        }
+        let message = stays_off_the_pod(
+            &url("https://idp.example.com"),
+            &url("http://169.254.169.254/"),
+        )
+        .unwrap_err();
+        assert!(message.contains("link-local"), "{message}");
+    }
 
     #[test]
     fn retry_after_forms() {

@@ -17,6 +17,7 @@ pub mod config;
 pub mod dev;
 pub mod env;
 pub mod health;
+pub mod hosts;
 pub mod idp;
 pub mod metrics;
 pub mod proxy;

@@ -12,7 +12,6 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use flyte_auth_agent::config::{validate_token_requests, Endpoint, TokenRequest};
 use flyte_auth_proto::annotation;
@@ -160,7 +159,7 @@ pub fn from_annotations(
                 Endpoint::Token(url) => ("tokenEndpoint", url),
                 Endpoint::Discovery(url) => ("idpDiscoveryEndpoint", url),
             };
-            if let Some(kind) = url.host_str().and_then(local_host) {
+            if let Some(kind) = url.host_str().and_then(flyte_auth_agent::hosts::local_host) {
                 problems.push(format!(
                     "{path}.{field}: {url} is {kind}, which inside the pod is the pod itself (or the node's metadata service), and the agent would send it the client secret; set agent.allow_local_idp in the injector config to allow it"
                 ));
@@ -282,55 +281,6 @@ fn count_array_elements(text: &str) -> Option<usize> {
     serde::Deserializer::deserialize_seq(&mut de, Count).ok()
 }
 
-/// What kind of local address `host` (a URL's host: a name, an IPv4 address, or an IPv6
-/// address in brackets) is, if it is one an IdP must not be on without `agent.allow_local_idp`.
-/// Names are judged as written: a DNS name that resolves to loopback cannot be seen without a
-/// lookup, and the webhook makes no network calls.
-pub fn local_host(host: &str) -> Option<&'static str> {
-    let ip = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        Some(v6) => v6.parse::<Ipv6Addr>().ok().map(IpAddr::V6),
-        None => host.parse::<Ipv4Addr>().ok().map(IpAddr::V4),
-    };
-    match ip {
-        Some(ip) => local_ip(ip),
-        None => {
-            let name = host.trim_end_matches('.').to_ascii_lowercase();
-            (name == "localhost" || name.ends_with(".localhost"))
-                .then_some("a loopback name (localhost)")
-        }
-    }
-}
-
-fn local_ip(ip: IpAddr) -> Option<&'static str> {
-    match ip {
-        IpAddr::V4(v4) => {
-            if v4.is_loopback() {
-                Some("a loopback address (127.0.0.0/8)")
-            } else if v4.is_link_local() {
-                Some("a link-local address (169.254.0.0/16, where clouds serve instance metadata)")
-            } else if v4.octets()[0] == 0 {
-                // 0.0.0.0 (and the rest of 0/8) reaches the local host on Linux.
-                Some("an unspecified address (0.0.0.0/8)")
-            } else {
-                None
-            }
-        }
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                local_ip(IpAddr::V4(v4))
-            } else if v6.is_loopback() {
-                Some("a loopback address (::1)")
-            } else if v6.is_unspecified() {
-                Some("an unspecified address (::)")
-            } else if v6.segments()[0] & 0xffc0 == 0xfe80 {
-                Some("a link-local address (fe80::/10)")
-            } else {
-                None
-            }
-        }
-    }
-}
-
 /// Checks a Secret data key (`[-._a-zA-Z0-9]+`, at most 253 characters, not starting with `..`).
 pub fn check_secret_key(key: &str) -> Result<(), String> {
     if key.is_empty() {
@@ -360,36 +310,6 @@ pub fn check_secret_key(key: &str) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn local_hosts() {
-        for (host, want) in [
-            ("127.0.0.1", Some("loopback")),
-            ("127.9.8.7", Some("loopback")),
-            ("[::1]", Some("loopback")),
-            ("[::ffff:127.0.0.1]", Some("loopback")),
-            ("localhost", Some("loopback")),
-            ("LocalHost.", Some("loopback")),
-            ("idp.localhost", Some("loopback")),
-            ("169.254.169.254", Some("link-local")),
-            ("[fe80::1]", Some("link-local")),
-            ("[febf::1]", Some("link-local")),
-            ("0.0.0.0", Some("unspecified")),
-            ("[::]", Some("unspecified")),
-            ("10.0.0.1", None),
-            ("[fec0::1]", None),
-            ("[2001:db8::1]", None),
-            ("idp.example.com", None),
-            ("localhost.example.com", None),
-            ("notlocalhost", None),
-        ] {
-            let got = local_host(host);
-            match want {
-                Some(kind) => assert!(got.is_some_and(|g| g.contains(kind)), "{host}: {got:?}"),
-                None => assert_eq!(got, None, "{host}"),
-            }
-        }
-    }
 
     #[test]
     fn array_elements_are_counted_without_being_built() {

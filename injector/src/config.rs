@@ -2,6 +2,7 @@
 //! like, and the FlyteAdmin settings every injected agent gets. Read once at start from YAML
 //! (`--config`, usually a ConfigMap); every problem is reported at once, naming the field.
 
+use flyte_auth_agent::env;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -248,11 +249,11 @@ impl Default for AgentSettings {
                 ..Default::default()
             },
             run_as_user: 65532,
-            health_port: 9911,
-            tokens_dir: "/var/run/flyte/tokens".into(),
+            health_port: env::DEFAULT_HEALTH_PORT,
+            tokens_dir: env::DEFAULT_TOKENS_DIR.into(),
             tokens_size_limit: quantity("1Mi"),
-            socket_dir: "/var/run/flyte-auth-agent".into(),
-            secrets_dir: "/etc/flyte/secrets".into(),
+            socket_dir: env::DEFAULT_SOCKET_DIR.into(),
+            secrets_dir: env::DEFAULT_SECRETS_DIR.into(),
             service_account_token_dir: "/var/run/secrets/flyte-auth-agent".into(),
             log_level: "info".into(),
             log_format: "json".into(),

@@ -29,8 +29,8 @@ pub use admin::{
     CheckedAdmin, MethodFilter,
 };
 pub use limits::{
-    Limits, ServeLimits, DEFAULT_HEALTH_LIMITS, DEFAULT_SOCKET_LIMITS, MAX_HEADER_BYTES,
-    MIN_HEADER_BYTES,
+    limits_section_env, Limits, ServeLimits, DEFAULT_HEALTH_LIMITS, DEFAULT_SOCKET_LIMITS,
+    MAX_HEADER_BYTES, MIN_HEADER_BYTES,
 };
 
 use crate::cache::RefreshPolicy;

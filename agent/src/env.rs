@@ -64,6 +64,8 @@ pub const ENV_ALLOW_INSECURE_HTTP: &str = "FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"
 pub const ENV_ADMIN_PREFIX: &str = "FLYTE_AUTH_AGENT_ADMIN_";
 /// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.
 pub const ENV_ADMIN_SERVE_TOKEN: &str = "FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN";
+/// The prefix of the `limits` section's env overrides (`…_SOCKET_MAX_CONNECTIONS`, …).
+pub const ENV_LIMITS_PREFIX: &str = "FLYTE_AUTH_AGENT_LIMITS_";
 /// Env var: most connections open at once on the unix socket.
 pub const ENV_LIMITS_SOCKET_MAX_CONNECTIONS: &str =
     "FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS";

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flyte_auth_agent::config::{admin_section_env, AdminMode};
+use flyte_auth_agent::config::{admin_section_env, limits_section_env, AdminMode};
 use flyte_auth_agent::config::{ConfigError, ConfigErrors};
 use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
@@ -231,6 +231,10 @@ pub struct AgentSettings {
     /// unspecified. Off: in the pod such an "IdP" is the task itself (it shares the network
     /// namespace), and the agent would send it the client secret; link-local is cloud metadata.
     pub allow_local_idp: bool,
+    /// The agent's own `limits` section (what its socket and health port accept), checked by the
+    /// agent's rules at start and passed to it as `FLYTE_AUTH_AGENT_LIMITS_*`; unset keys keep the
+    /// agent's defaults.
+    pub limits: serde_json::Value,
 }
 
 impl Default for AgentSettings {
@@ -260,6 +264,7 @@ impl Default for AgentSettings {
             startup_timeout: Duration::from_secs(120),
             once_timeout: Duration::from_secs(60),
             allow_insecure_http: false,
+            limits: serde_json::Value::Null,
             allow_local_idp: false,
         }
     }
@@ -355,6 +360,20 @@ impl Config {
         };
         config.check(source)?;
         Ok(config)
+    }
+
+    /// The env that carries `agent.limits` to the agent.
+    pub fn agent_limits_env(&self) -> Result<Vec<(String, String)>, ConfigErrors> {
+        limits_section_env(self.agent.limits.clone(), "injector config").map_err(|e| {
+            ConfigErrors(
+                e.0.into_iter()
+                    .map(|mut e| {
+                        e.field = format!("agent.{}", e.field);
+                        e
+                    })
+                    .collect(),
+            )
+        })
     }
 
     /// Every problem serde cannot see.
@@ -495,6 +514,9 @@ impl Config {
                 Ok(_) => {}
                 Err(ConfigErrors(e)) => errors.extend(e),
             }
+        }
+        if let Err(ConfigErrors(e)) = self.agent_limits_env() {
+            errors.extend(e);
         }
         if errors.is_empty() {
             Ok(())

@@ -511,6 +511,9 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
     if let Some(admin) = plan.admin {
         env.extend(admin.env.iter().map(|(k, v)| value(k, v.clone())));
     }
+    // Checked when the config was read, so this cannot fail here.
+    let limits = plan.config.agent_limits_env().unwrap_or_default();
+    env.extend(limits.into_iter().map(|(k, v)| value(&k, v)));
     env
 }
 

@@ -280,3 +280,55 @@ fn the_binary_denies_a_pod_that_sets_the_agents_env() {
         "{message}"
     );
 }
+
+#[test]
+fn agent_limits_in_the_injector_config_reach_the_agent_as_its_own_env() {
+    let text = std::fs::read_to_string(fixtures().join("config.yaml")).unwrap()
+        + "\n# appended by the test\n";
+    let text = text.replace(
+        "agent:\n",
+        "agent:\n  limits: {socket_max_connections: 8, request_head_timeout: 5s, max_inflight_calls: 16}\n",
+    );
+    let injector = Injector::new(Config::parse(&text, "config.yaml").unwrap());
+    let body = review_with(json!([request("a", "a-oauth", "secret", json!({}))]));
+    let reviewed = injector.review(&body);
+    let review: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    let patch: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::STANDARD
+            .decode(review["response"]["patch"].as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap();
+    // The same env the agent crate makes of the section (its loader reads that back: config::limits).
+    let env: std::collections::HashMap<String, String> = agent_env(&patch)
+        .iter()
+        .filter_map(|v| {
+            Some((
+                v["name"].as_str()?.to_string(),
+                v["value"].as_str()?.to_string(),
+            ))
+        })
+        .collect();
+    assert_eq!(env["FLYTE_AUTH_AGENT_LIMITS_SOCKET_MAX_CONNECTIONS"], "8");
+    let limits = flyte_auth_agent::config::limits_section_env(
+        json!({"socket_max_connections": 8, "request_head_timeout": "5s", "max_inflight_calls": 16}),
+        "expected",
+    )
+    .unwrap();
+    for (k, v) in limits {
+        assert_eq!(env.get(&k), Some(&v), "{k}");
+    }
+
+    let bad = text.replace(
+        "socket_max_connections: 8",
+        "socket_max_connections: 0, bogus: 1",
+    );
+    let problems = Config::parse(&bad, "config.yaml").unwrap_err().to_string();
+    assert!(problems.contains("agent.limits.bogus"), "{problems}");
+    let bad = text.replace("socket_max_connections: 8", "socket_max_connections: 0");
+    let problems = Config::parse(&bad, "config.yaml").unwrap_err().to_string();
+    assert!(
+        problems.contains("agent.limits.socket_max_connections: \"0\" is not a whole number"),
+        "{problems}"
+    );
+}

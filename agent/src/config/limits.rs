@@ -246,6 +246,61 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
     }
 }
 
+/// Checks a `limits` section (keys as in the agent's config file) the way the agent will read it
+/// and returns the env vars that carry it (`FLYTE_AUTH_AGENT_LIMITS_<KEY>`), for the injector,
+/// which configures the agent through its env only. Every problem names `limits.<key>`.
+pub fn limits_section_env(
+    section: serde_json::Value,
+    source: &str,
+) -> Result<Vec<(String, String)>, super::ConfigErrors> {
+    let fail = |field: String, problem: String| {
+        super::ConfigErrors(vec![super::ConfigError {
+            source: source.to_string(),
+            field,
+            problem,
+        }])
+    };
+    let section = match section {
+        serde_json::Value::Null => return Ok(Vec::new()),
+        serde_json::Value::Object(map) => map,
+        other => return Err(fail("limits".into(), format!("{other} is not a mapping"))),
+    };
+    // Unknown keys and wrong types, by the same type the agent's file is read with.
+    serde_path_to_error::deserialize::<_, RawLimits>(serde_json::Value::Object(section.clone()))
+        .map_err(|e| fail(format!("limits.{}", e.path()), e.into_inner().to_string()))?;
+    let env: Vec<(String, String)> = section
+        .into_iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(key, value)| {
+            let value = match value {
+                serde_json::Value::String(s) => s,
+                other => other.to_string(),
+            };
+            (
+                format!(
+                    "{}{}",
+                    crate::env::ENV_LIMITS_PREFIX,
+                    key.to_ascii_uppercase()
+                ),
+                value,
+            )
+        })
+        .collect();
+    // Values, by the agent's own rules, read from exactly the env it will be given.
+    let map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut l = Loader {
+        file_source: source.to_string(),
+        env: &map,
+        errors: Vec::new(),
+    };
+    build_limits(RawLimits::default(), &mut l);
+    if l.errors.is_empty() {
+        Ok(env)
+    } else {
+        Err(super::ConfigErrors(l.errors))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;
@@ -330,5 +385,47 @@ mod tests {
         ] {
             assert!(e.contains(needle), "expected {needle:?} in:\n{e}");
         }
+    }
+
+    #[test]
+    fn a_section_becomes_the_env_the_agent_reads_it_from() {
+        let yaml = "socket_max_connections: 9\nsocket_max_header_bytes: 16384\nhealth_max_connections: 3\nhealth_max_header_bytes: 9000\nmax_headers: 10\nrequest_head_timeout: 4s\nh2_keepalive_interval: 30s\nh2_keepalive_timeout: 5s\nh2_max_concurrent_streams: 7\nh2_window: 70000\nmax_inflight_calls: 11\n";
+        let section: serde_json::Value = serde_yaml_ng::from_str(yaml).unwrap();
+        let env = limits_section_env(section, "injector config").unwrap();
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let from_env = load("", &env).unwrap();
+        let indented: String = yaml.lines().map(|l| format!("  {l}\n")).collect();
+        let from_file = load(&format!("limits:\n{indented}"), &[]).map(|c| c.limits);
+        assert_eq!(Ok(from_env.limits), from_file.map_err(|e| e.to_string()));
+        assert_eq!(from_env.limits.max_inflight_calls, 11);
+        assert_eq!(from_env.limits.socket.h2_window, 70_000);
+    }
+
+    #[test]
+    fn a_bad_section_is_named_as_the_agent_would() {
+        let check = |json: serde_json::Value| {
+            limits_section_env(json, "injector config")
+                .unwrap_err()
+                .to_string()
+        };
+        let e = check(serde_json::json!({"bogus": 1}));
+        assert!(
+            e.contains("injector config: limits.bogus") || e.contains("unknown field `bogus`"),
+            "{e}"
+        );
+        let e = check(serde_json::json!({"max_headers": "many"}));
+        assert!(e.contains("limits.max_headers"), "{e}");
+        let e = check(serde_json::json!({"socket_max_connections": 0}));
+        assert!(
+            e.contains(
+                "limits.socket_max_connections: \"0\" is not a whole number from 1 to 65536"
+            ),
+            "{e}"
+        );
+        assert!(check(serde_json::json!([1])).contains("is not a mapping"));
+        assert_eq!(
+            limits_section_env(serde_json::Value::Null, "x").unwrap(),
+            Vec::new()
+        );
     }
 }

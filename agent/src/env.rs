@@ -94,6 +94,16 @@ pub const ENV_LIMITS_MAX_INFLIGHT_CALLS: &str = "FLYTE_AUTH_AGENT_LIMITS_MAX_INF
 /// Env var: most concurrent streams (calls) on one HTTP/2 connection.
 pub const ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS: &str =
     "FLYTE_AUTH_AGENT_LIMITS_H2_MAX_CONCURRENT_STREAMS";
+/// Env var: the project of the pod's execution, as the injector derived it from the pod's
+/// namespace; the Admin proxy lets a task act in this project only.
+pub const ENV_ADMIN_PROJECT: &str = "FLYTE_AUTH_AGENT_ADMIN_PROJECT";
+/// Env var: the domain of the pod's execution (from the namespace, like the project).
+pub const ENV_ADMIN_DOMAIN: &str = "FLYTE_AUTH_AGENT_ADMIN_DOMAIN";
+/// Env var: the org of the pod's execution, where Flyte uses orgs (empty: none).
+pub const ENV_ADMIN_ORG: &str = "FLYTE_AUTH_AGENT_ADMIN_ORG";
+/// Env var: the execution id the pod reports (`FLYTE_INTERNAL_EXECUTION_ID`), for audit lines
+/// only: the pod's author writes it, so it is never used to decide anything.
+pub const ENV_EXECUTION_ID: &str = "FLYTE_AUTH_AGENT_EXECUTION_ID";
 /// The secrets directory (propeller's secret webhook sets it in task containers).
 pub const ENV_SECRETS_DIR: &str = "FLYTE_SECRETS_DEFAULT_DIR";
 /// The prefix of secrets given as env vars.

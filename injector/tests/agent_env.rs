@@ -9,7 +9,6 @@ mod harness;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
@@ -212,23 +211,7 @@ fn the_agents_env_is_its_settings_and_prefixed_secrets_each_once() {
 fn the_binary_denies_a_pod_that_sets_the_agents_env() {
     let dir = tempfile::tempdir().unwrap();
     let bin = env!("CARGO_BIN_EXE_flyte-auth-injector");
-    let certs = Command::new(bin)
-        .args([
-            "init-certs",
-            "--service-name",
-            "flyte-auth-injector",
-            "--namespace",
-            "flyte",
-        ])
-        .arg("--cert-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        certs.status.success(),
-        "{}",
-        String::from_utf8_lossy(&certs.stderr)
-    );
+    let ca = harness::init_certs(bin, dir.path());
     let config = harness::write_config(
         dir.path(),
         &dir.path().join("tls.crt"),
@@ -245,12 +228,11 @@ fn the_binary_denies_a_pod_that_sets_the_agents_env() {
     )]);
     review["request"]["object"]["metadata"]["annotations"]["flyte.org/token-requests"] =
         json!(requests.to_string());
-    let ca = std::fs::read(dir.path().join("ca.crt")).unwrap();
     let host = "flyte-auth-injector.flyte.svc";
     let client = reqwest::blocking::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(&ca).unwrap())
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.as_bytes()).unwrap())
         .resolve(host, addr)
         .timeout(Duration::from_secs(10))
         .build()

@@ -346,24 +346,7 @@ async fn a_review_over_https_gets_the_injectors_answer_on_kept_alive_connections
 #[tokio::test]
 async fn init_certs_output_serves_a_patch_to_a_client_trusting_only_its_ca() {
     let dir = tempfile::tempdir().unwrap();
-    let output = Command::new(binary())
-        .args([
-            "init-certs",
-            "--service-name",
-            "flyte-auth-injector",
-            "--namespace",
-            "flyte",
-        ])
-        .arg("--cert-dir")
-        .arg(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let ca_pem = std::fs::read_to_string(dir.path().join("ca.crt")).unwrap();
+    let ca_pem = harness::init_certs(binary(), dir.path());
     let mut config = Config::default();
     config.server.cert_file = dir.path().join("tls.crt");
     config.server.key_file = dir.path().join("tls.key");

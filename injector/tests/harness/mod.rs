@@ -207,3 +207,26 @@ pub fn spawn_serve(bin: &str, config: &Path) -> (Child, SocketAddr) {
     };
     (child, addr)
 }
+
+/// `bin init-certs` for the Service `flyte-auth-injector.flyte` into `dir` (offline mode); the CA
+/// certificate it wrote, which a client trusts to reach `flyte-auth-injector.flyte.svc`.
+pub fn init_certs(bin: &str, dir: &Path) -> String {
+    let output = Command::new(bin)
+        .args([
+            "init-certs",
+            "--service-name",
+            "flyte-auth-injector",
+            "--namespace",
+            "flyte",
+        ])
+        .arg("--cert-dir")
+        .arg(dir)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    std::fs::read_to_string(dir.join("ca.crt")).unwrap()
+}

@@ -15,8 +15,8 @@
 //!   of the reviews whose typed parse costs most per byte (tiny objects: as many as
 //!   `limits.review_array_items` allows, and 2 MB of them); and 60 HTTP/2 connections whose
 //!   streams stall, whose unread bytes the connections hold up to their flow-control windows
-//!   (set in the shared connection loop, agent/src/server.rs, not here). The first three also against `max_body: 4194304`, so the other limits are measured
-//!   without the body limit doing the work.
+//!   (the webhook's are 64 KiB). The first three also against `max_body: 4194304`, so the
+//!   other limits are measured without the body limit doing the work.
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count
 //! and every wait by a timeout.
@@ -25,6 +25,7 @@
 #[path = "../../agent/benches/common/mod.rs"]
 mod common;
 #[path = "../tests/harness/mod.rs"]
+#[allow(dead_code)] // The harness also serves the HTTPS tests.
 mod harness;
 
 use std::net::SocketAddr;

@@ -111,10 +111,11 @@ impl AdminAuth {
     ) -> Result<T, IdpError> {
         match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
+            // Admin is trusted, but its words reach logs and 503 bodies like an IdP's do.
             Ok(Err(status)) => Err(self.metadata_error(format!(
                 "{method}: {:?}: {}",
                 status.code(),
-                status.message()
+                crate::idp::clean_text(status.message())
             ))),
             Err(_) => Err(self.metadata_error(format!(
                 "{method} did not answer within {}",

@@ -17,5 +17,6 @@ pub mod mutate;
 pub mod names;
 pub mod requests;
 pub mod review;
+pub mod scope;
 pub mod server;
 pub mod tls;

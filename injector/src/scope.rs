@@ -104,6 +104,14 @@ pub enum NoMatch {
     /// The review names no namespace.
     #[error("the AdmissionReview names no namespace")]
     NoNamespace,
+    /// The review's namespace is no namespace name (only a forged review's can be).
+    #[error(
+        "the AdmissionReview's namespace {shown:?} is not a namespace name (a DNS-1123 label)"
+    )]
+    NotANamespace {
+        /// Its first 70 characters.
+        shown: String,
+    },
     /// No reading of the template gives this namespace.
     #[error("namespace {namespace:?} is not scope.namespace_template {template:?} for any project, any domain of scope.domains {domains:?}{org}")]
     NoReading {
@@ -222,6 +230,13 @@ impl ScopeRules {
             Some(ns) if !ns.is_empty() => ns,
             _ => return Err(NoMatch::NoNamespace),
         };
+        // Bounds the reading below (every prefix of the rest for every placeholder), whatever
+        // a forged review sends.
+        if check_dns_label(namespace).is_err() {
+            return Err(NoMatch::NotANamespace {
+                shown: namespace.chars().take(70).collect(),
+            });
+        }
         let mut found = Vec::new();
         let mut bound = Bound::default();
         self.read(&self.parts, namespace, &mut bound, &mut found);
@@ -449,9 +464,12 @@ pub fn disagreements(pod: &Pod, scope: &Scope, scope_source: &str) -> Vec<String
                 _ => &scope.domain,
             };
             (claim.value != *own).then(|| {
+                // Label values are at most 63 characters, env values are not: only so much is
+                // repeated back.
+                let said: String = claim.value.chars().take(70).collect();
                 format!(
-                    "{} says {} {:?}, but {scope_source} is {} {own:?}",
-                    claim.source, claim.field, claim.value, claim.field
+                    "{} says {} {said:?}, but {scope_source} is {} {own:?}",
+                    claim.source, claim.field, claim.field
                 )
             })
         })

@@ -56,6 +56,14 @@ fn the_default_template_reads_project_dash_domain() {
         assert!(r.of_namespace(Some(ns)).is_err(), "{ns}");
     }
     assert_eq!(r.of_namespace(None), Err(NoMatch::NoNamespace));
+    // What the API server never sends, only a forged review: refused before any reading, and
+    // not echoed whole.
+    let long = format!("{}-development", "a".repeat(1 << 20));
+    let err = r.of_namespace(Some(&long)).unwrap_err();
+    assert!(matches!(err, NoMatch::NotANamespace { .. }), "{err:?}");
+    assert!(err.to_string().len() < 200, "{err}");
+    let err = r.of_namespace(Some("ML-development")).unwrap_err();
+    assert!(matches!(err, NoMatch::NotANamespace { .. }), "{err:?}");
 }
 
 #[test]

@@ -781,7 +781,7 @@ fn example_task_pods_opt_in_and_decode() {
             }
         }
         decoded.push(json);
-        assert_scope_from_namespace(&config, pod, &name);
+        assert_scope_from_namespace(&config, pod, name);
     }
     assert!(
         pods[0]["metadata"]["annotations"]

@@ -17,7 +17,7 @@ use serde::Deserialize;
 use crate::config::{AdminEnv, Config};
 use crate::mutate;
 use crate::requests;
-use crate::scope::ScopeRules;
+use crate::scope::{ScopeRules, ScopeSource};
 
 /// The pod annotation that picks the Admin credential mode for one pod.
 pub const ADMIN_MODE_ANNOTATION: &str = "flyte.org/auth-agent-admin-mode";
@@ -59,6 +59,8 @@ pub struct Reviewed {
     pub body: Vec<u8>,
     /// How it ended.
     pub outcome: Outcome,
+    /// Where the pod's Admin scope came from, when it was to get an Admin proxy.
+    pub scope: Option<ScopeSource>,
 }
 
 /// The webhook's decision logic over a checked configuration.
@@ -170,7 +172,8 @@ impl Injector {
             pod = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let (answer, outcome) = self.decide(request, pod, &span);
+        let mut scope = None;
+        let (answer, outcome) = self.decide(request, pod, &span, &mut scope);
         match outcome {
             Outcome::Denied => {
                 tracing::info!(outcome = outcome.as_str(), reason = %answer.response.result.message, "pod denied")
@@ -180,6 +183,7 @@ impl Injector {
         Reviewed {
             body: encode(answer),
             outcome,
+            scope,
         }
     }
 
@@ -207,6 +211,7 @@ impl Injector {
         request: &AdmissionRequest<T>,
         pod: Result<Pod, String>,
         span: &tracing::Span,
+        scope: &mut Option<ScopeSource>,
     ) -> (Answer, Outcome) {
         let allow = Answer::from(AdmissionResponse::from(request));
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
@@ -260,8 +265,12 @@ impl Injector {
         // first, the pod's author writes (or omits) the second.
         let execution = match rules.execution(request.namespace.as_deref(), &pod, admin.is_some()) {
             Ok(execution) => execution,
-            Err(problems) => return deny(problems),
+            Err(problems) => {
+                *scope = Some(ScopeSource::Disagreed);
+                return deny(problems);
+            }
         };
+        *scope = execution.source;
         // No scope, no proxy: a proxy with no scope would act anywhere.
         let admin = admin.filter(|_| execution.scope.is_some());
         let requests = match requests::from_annotations(annotations, &self.policy) {
@@ -341,6 +350,7 @@ pub fn refuse(uid: Option<&str>, message: &str) -> Reviewed {
     Reviewed {
         body: encode(Answer::from(response)),
         outcome: Outcome::Invalid,
+        scope: None,
     }
 }
 

@@ -513,9 +513,44 @@ pub fn execution_id(pod: &Pod) -> Result<Option<String>, String> {
     }
 }
 
+/// Where a pod's Admin scope came from (the metrics label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeSource {
+    /// Read from its namespace.
+    Namespace,
+    /// The namespace matched nothing; `scope.fallback`.
+    Fallback,
+    /// The namespace matched nothing and there is no fallback: no Admin proxy.
+    Unmatched,
+    /// The pod's labels or env disagreed: denied.
+    Disagreed,
+}
+
+impl ScopeSource {
+    /// Every source, for metrics that must exist from the start.
+    pub const ALL: [ScopeSource; 4] = [
+        Self::Namespace,
+        Self::Fallback,
+        Self::Unmatched,
+        Self::Disagreed,
+    ];
+
+    /// The metrics label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Namespace => "namespace",
+            Self::Fallback => "fallback",
+            Self::Unmatched => "unmatched",
+            Self::Disagreed => "disagreed",
+        }
+    }
+}
+
 /// What the agent learns about the pod's execution.
 #[derive(Debug, Clone, Default)]
 pub struct Execution {
+    /// Where the scope came from; `None` when no Admin proxy was wanted.
+    pub source: Option<ScopeSource>,
     /// The scope its Admin proxy acts in; `None`: no Admin proxy.
     pub scope: Option<Scope>,
     /// The execution id the pod reports, for audit lines.
@@ -544,6 +579,7 @@ impl ScopeRules {
         }
         let (scope, source) = match self.of_namespace(namespace) {
             Ok(scope) => {
+                execution.source = Some(ScopeSource::Namespace);
                 let source = format!(
                     "namespace {:?} (scope.namespace_template {:?})",
                     namespace.unwrap_or_default(),
@@ -553,12 +589,14 @@ impl ScopeRules {
             }
             Err(no_match) => match &self.fallback {
                 Some(fallback) => {
+                    execution.source = Some(ScopeSource::Fallback);
                     execution.warnings.push(format!(
                         "{no_match}; the FlyteAdmin proxy acts in the fallback scope, {fallback} (scope.fallback)"
                     ));
                     (fallback.clone(), "scope.fallback".to_string())
                 }
                 None => {
+                    execution.source = Some(ScopeSource::Unmatched);
                     execution.warnings.push(format!(
                         "{no_match}; the pod gets no FlyteAdmin proxy (its token requests are still served). Set scope.fallback, or scope.namespace_template and scope.domains to match Flyte's namespace_mapping"
                     ));

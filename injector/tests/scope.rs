@@ -13,6 +13,7 @@ use flyte_auth_agent::env::{
 };
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::{Injector, Outcome};
+use flyte_auth_injector::scope::ScopeSource;
 use serde_json::{json, Map, Value};
 
 fn fixtures() -> PathBuf {
@@ -42,6 +43,7 @@ fn in_namespace(ns: &str) -> impl FnOnce(&mut Value) + '_ {
 
 struct Answer {
     outcome: Outcome,
+    scope: Option<ScopeSource>,
     review: Value,
     pod: Option<Value>,
 }
@@ -99,6 +101,7 @@ fn answer(injector: &Injector, review: &Value) -> Answer {
     });
     Answer {
         outcome: reviewed.outcome,
+        scope: reviewed.scope,
         review: answer,
         pod,
     }
@@ -114,6 +117,7 @@ fn the_agent_gets_the_scope_of_the_reviews_namespace() {
         }),
     );
     assert_eq!(got.outcome, Outcome::Mutated, "{}", got.review);
+    assert_eq!(got.scope, Some(ScopeSource::Namespace));
     let env = got.agent_env();
     assert_eq!(env[ENV_ADMIN_PROJECT], "flytesnacks");
     assert_eq!(env[ENV_ADMIN_DOMAIN], "development");
@@ -199,6 +203,7 @@ fn a_pod_naming_another_project_or_domain_is_denied_naming_both() {
         });
         let got = answer(&injector, &review);
         assert_eq!(got.outcome, Outcome::Denied, "{what}: {}", got.review);
+        assert_eq!(got.scope, Some(ScopeSource::Disagreed), "{what}");
         assert!(got.pod.is_none(), "{what}: a denial carries no patch");
         let message = got.message();
         for needle in needles {
@@ -214,6 +219,7 @@ fn a_pod_naming_another_project_or_domain_is_denied_naming_both() {
 fn an_unmatched_namespace_gets_no_admin_proxy_but_its_tokens() {
     let got = answer(&injector(""), &review(in_namespace("batch-jobs")));
     assert_eq!(got.outcome, Outcome::Mutated, "{}", got.review);
+    assert_eq!(got.scope, Some(ScopeSource::Unmatched));
     let warnings = got.warnings();
     assert!(
         warnings
@@ -276,6 +282,7 @@ fn an_unmatched_namespace_gets_the_fallback_scope_when_configured() {
     let injector = injector("scope:\n  fallback: {project: flytesnacks, domain: development}\n");
     let got = answer(&injector, &review(in_namespace("batch-jobs")));
     assert_eq!(got.outcome, Outcome::Mutated, "{}", got.review);
+    assert_eq!(got.scope, Some(ScopeSource::Fallback));
     let env = got.agent_env();
     assert_eq!(env[ENV_ADMIN_PROJECT], "flytesnacks");
     assert_eq!(env[ENV_ADMIN_DOMAIN], "development");

@@ -695,7 +695,7 @@ async fn scopes_are_counted_by_where_they_came_from() {
     for (series, value) in [
         (
             "flyte_auth_injector_scopes_total{source=\"namespace\"}",
-            2.0,
+            1.0,
         ),
         (
             "flyte_auth_injector_scopes_total{source=\"unmatched\"}",
@@ -704,7 +704,7 @@ async fn scopes_are_counted_by_where_they_came_from() {
         ("flyte_auth_injector_scopes_total{source=\"fallback\"}", 0.0),
         (
             "flyte_auth_injector_scopes_total{source=\"disagreed\"}",
-            0.0,
+            1.0,
         ),
     ] {
         assert_eq!(metric(&text, series), Some(value), "{series} in\n{text}");

@@ -1,5 +1,6 @@
 //! The injector's Prometheus metrics (through `prometheus-client`): reviews by outcome and their
-//! latency, reviews refused before a decision by the limit they met, certificate reloads, and the serving certificate's expiry so operators can alert
+//! latency, reviews refused before a decision by the limit they met, where each proxied pod's
+//! execution scope came from, certificate reloads, and the serving certificate's expiry so operators can alert
 //! before the API server starts refusing the webhook. Labels carry outcomes only, never pod data.
 
 use std::time::Duration;

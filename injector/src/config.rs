@@ -14,6 +14,8 @@ use k8s_openapi::api::core::v1::ResourceRequirements;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Deserialize;
 
+use crate::scope::{ScopeRules, ScopeSettings};
+
 /// The label value a pod opts in with, by default.
 pub const DEFAULT_OPT_IN_LABEL: &str = "flyte.org/auth-agent";
 
@@ -57,6 +59,8 @@ pub struct Config {
     pub admin: Option<AdminSettings>,
     /// Bounds on what one pod may ask for.
     pub limits: PodLimits,
+    /// How a pod's execution scope (project, domain, org) is read from its namespace.
+    pub scope: ScopeSettings,
 }
 
 impl Default for Config {
@@ -69,6 +73,7 @@ impl Default for Config {
             agent: AgentSettings::default(),
             admin: None,
             limits: PodLimits::default(),
+            scope: ScopeSettings::default(),
         }
     }
 }
@@ -511,9 +516,34 @@ impl Config {
                 }
             }
             match self.admin_env(None) {
-                Ok(_) => {}
+                Ok(env) => {
+                    // The scope is each pod's own, from its namespace: one configured for
+                    // every agent would let every task act in that one project.
+                    let scoped = [
+                        env::ENV_ADMIN_PROJECT,
+                        env::ENV_ADMIN_DOMAIN,
+                        env::ENV_ADMIN_ORG,
+                    ];
+                    for (var, _) in env.iter().flat_map(|e| &e.env) {
+                        if scoped.contains(&var.as_str()) {
+                            let key = var.trim_start_matches(env::ENV_ADMIN_PREFIX).to_lowercase();
+                            errors.push(ConfigError {
+                                source: source.to_string(),
+                                field: format!("admin.{key}"),
+                                problem: "is derived for each pod from its namespace (the scope section); remove it".into(),
+                            });
+                        }
+                    }
+                }
                 Err(ConfigErrors(e)) => errors.extend(e),
             }
+        }
+        if let Err(problems) = ScopeRules::new(&self.scope) {
+            errors.extend(problems.into_iter().map(|(field, problem)| ConfigError {
+                source: source.to_string(),
+                field,
+                problem,
+            }));
         }
         if let Err(ConfigErrors(e)) = self.agent_limits_env() {
             errors.extend(e);

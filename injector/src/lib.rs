@@ -3,6 +3,7 @@
 //! the sidecar only, and points the task's containers at its token files, socket and Admin proxy.
 //!
 //! [`review::Injector::review`] turns one AdmissionReview body into the answer (pure, no I/O);
+//! [`scope`] reads the execution scope the Admin proxy acts in from the review's namespace;
 //! [`server`] serves it over HTTPS with certificates re-read on rotation; [`certs`] is
 //! `init-certs`, the serving certificate's bootstrap.
 
@@ -17,5 +18,6 @@ pub mod mutate;
 pub mod names;
 pub mod requests;
 pub mod review;
+pub mod scope;
 pub mod server;
 pub mod tls;

@@ -1,5 +1,6 @@
 //! The injector's Prometheus metrics (through `prometheus-client`): reviews by outcome and their
-//! latency, reviews refused before a decision by the limit they met, certificate reloads, and the serving certificate's expiry so operators can alert
+//! latency, reviews refused before a decision by the limit they met, where each proxied pod's
+//! execution scope came from, certificate reloads, and the serving certificate's expiry so operators can alert
 //! before the API server starts refusing the webhook. Labels carry outcomes only, never pod data.
 
 use std::time::Duration;
@@ -11,6 +12,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::review::Outcome;
+use crate::scope::ScopeSource;
 
 type Label = [(&'static str, &'static str); 1];
 
@@ -25,6 +27,7 @@ pub struct Metrics {
     review_duration: Histogram,
     refused: Family<Label, Counter>,
     reloads: Family<Label, Counter>,
+    scopes: Family<Label, Counter>,
     expiry: Gauge,
 }
 
@@ -80,6 +83,15 @@ impl Metrics {
         for result in ["ok", "error"] {
             let _ = reloads.get_or_create(&[("result", result)]);
         }
+        let scopes = Family::<Label, Counter>::default();
+        registry.register(
+            "scopes",
+            "Pods to get an Admin proxy, by where its scope came from (namespace; fallback: scope.fallback; unmatched: no proxy; disagreed: labels or env named another scope, denied)",
+            scopes.clone(),
+        );
+        for source in ScopeSource::ALL {
+            let _ = scopes.get_or_create(&[("source", source.as_str())]);
+        }
         let expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",
@@ -92,6 +104,7 @@ impl Metrics {
             review_duration,
             refused,
             reloads,
+            scopes,
             expiry,
         }
     }
@@ -102,6 +115,13 @@ impl Metrics {
             .get_or_create(&[("outcome", outcome.as_str())])
             .inc();
         self.review_duration.observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts where one pod's Admin scope came from.
+    pub fn scope(&self, source: ScopeSource) {
+        self.scopes
+            .get_or_create(&[("source", source.as_str())])
+            .inc();
     }
 
     /// Counts one review refused before a decision; `reason` is one of [`REFUSALS`] (anything
@@ -148,6 +168,7 @@ mod tests {
         m.reload(false);
         m.refused("busy");
         m.certificate_expiry(1_900_000_000);
+        m.scope(ScopeSource::Unmatched);
         let text = m.encode();
         for line in [
             "flyte_auth_injector_reviews_total{outcome=\"mutated\"} 2",
@@ -159,6 +180,8 @@ mod tests {
             "flyte_auth_injector_certificate_expiry_timestamp_seconds 1900000000",
             "flyte_auth_injector_refused_reviews_total{reason=\"busy\"} 1",
             "flyte_auth_injector_refused_reviews_total{reason=\"body_timeout\"} 0",
+            "flyte_auth_injector_scopes_total{source=\"unmatched\"} 1",
+            "flyte_auth_injector_scopes_total{source=\"disagreed\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

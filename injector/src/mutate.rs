@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use flyte_auth_agent::env::{
-    DEFAULT_SECRETS_ENV_PREFIX, ENV_ALLOW_INSECURE_HTTP, ENV_HEALTH_ADDR, ENV_LOG_FILTER,
-    ENV_LOG_FORMAT, ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX, ENV_SOCKET,
+    DEFAULT_SECRETS_ENV_PREFIX, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT,
+    ENV_ALLOW_INSECURE_HTTP, ENV_EXECUTION_ID, ENV_HEALTH_ADDR, ENV_LOG_FILTER, ENV_LOG_FORMAT,
+    ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX, ENV_SOCKET,
     ENV_TOKEN_REQUESTS,
 };
 pub use flyte_auth_agent::env::{ENV_TOKENS_PATH_PREFIX, SOCKET_FILE};
@@ -27,6 +28,7 @@ use serde::Serialize;
 use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, SA_TOKEN_FILE};
 use crate::names::{check_dns_label, check_env_name};
 use crate::requests::PodRequests;
+use crate::scope::Execution;
 
 /// The annotation marking a pod the injector has already changed (value: the mode).
 pub const INJECTED_ANNOTATION: &str = "flyte.org/auth-agent-injected";
@@ -49,6 +51,7 @@ struct Plan<'a> {
     config: &'a Config,
     requests: &'a PodRequests,
     admin: Option<&'a AdminEnv>,
+    execution: &'a Execution,
     secrets: SecretMounts,
 }
 
@@ -79,19 +82,24 @@ struct SecretMounts {
     env: BTreeMap<String, (String, String)>,
 }
 
-/// The pod with the agent added, as a patch; or every reason it cannot be.
+/// The pod with the agent added, as a patch; or every reason it cannot be. `admin` is the
+/// Admin proxy's settings, given only with `execution.scope` (the scope it acts in).
 pub fn mutate(
     config: &Config,
     pod: &Pod,
     requests: &PodRequests,
     admin: Option<&AdminEnv>,
+    execution: &Execution,
 ) -> Result<Mutation, Vec<String>> {
     let mut problems = Vec::new();
+    // Never a proxy without the scope it must keep to.
+    let admin = admin.filter(|_| execution.scope.is_some());
     let secrets = secret_mounts(config, requests, admin, &mut problems);
     let plan = Plan {
         config,
         requests,
         admin,
+        execution,
         secrets,
     };
     let volumes = volumes(&plan);
@@ -510,6 +518,16 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
     }
     if let Some(admin) = plan.admin {
         env.extend(admin.env.iter().map(|(k, v)| value(k, v.clone())));
+        if let Some(scope) = &plan.execution.scope {
+            env.push(value(ENV_ADMIN_PROJECT, scope.project.clone()));
+            env.push(value(ENV_ADMIN_DOMAIN, scope.domain.clone()));
+            if let Some(org) = &scope.org {
+                env.push(value(ENV_ADMIN_ORG, org.clone()));
+            }
+        }
+    }
+    if let Some(id) = &plan.execution.id {
+        env.push(value(ENV_EXECUTION_ID, id.clone()));
     }
     // Checked when the config was read, so this cannot fail here.
     let limits = plan.config.agent_limits_env().unwrap_or_default();

@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::config::{AdminEnv, Config};
 use crate::mutate;
 use crate::requests;
+use crate::scope::{ScopeRules, ScopeSource};
 
 /// The pod annotation that picks the Admin credential mode for one pod.
 pub const ADMIN_MODE_ANNOTATION: &str = "flyte.org/auth-agent-admin-mode";
@@ -58,6 +59,8 @@ pub struct Reviewed {
     pub body: Vec<u8>,
     /// How it ended.
     pub outcome: Outcome,
+    /// Where the pod's Admin scope came from, when it was to get an Admin proxy.
+    pub scope: Option<ScopeSource>,
 }
 
 /// The webhook's decision logic over a checked configuration.
@@ -69,6 +72,9 @@ pub struct Injector {
     admin: BTreeMap<&'static str, Result<Option<AdminEnv>, String>>,
     /// What token requests may ask for.
     policy: requests::Policy,
+    /// How a namespace reads as an execution scope, or why the `scope` settings are unusable
+    /// (only for a config that [`Config::parse`] did not check).
+    scope: Result<ScopeRules, String>,
 }
 
 impl Injector {
@@ -92,10 +98,18 @@ impl Injector {
             })
             .collect();
         let policy = requests::Policy::new(&config);
+        let scope = ScopeRules::new(&config.scope).map_err(|problems| {
+            problems
+                .iter()
+                .map(|(field, problem)| format!("{field}: {problem}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        });
         Self {
             config,
             admin,
             policy,
+            scope,
         }
     }
 
@@ -158,7 +172,8 @@ impl Injector {
             pod = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let (answer, outcome) = self.decide(request, pod, &span);
+        let mut scope = None;
+        let (answer, outcome) = self.decide(request, pod, &span, &mut scope);
         match outcome {
             Outcome::Denied => {
                 tracing::info!(outcome = outcome.as_str(), reason = %answer.response.result.message, "pod denied")
@@ -168,6 +183,7 @@ impl Injector {
         Reviewed {
             body: encode(answer),
             outcome,
+            scope,
         }
     }
 
@@ -195,6 +211,7 @@ impl Injector {
         request: &AdmissionRequest<T>,
         pod: Result<Pod, String>,
         span: &tracing::Span,
+        scope: &mut Option<ScopeSource>,
     ) -> (Answer, Outcome) {
         let allow = Answer::from(AdmissionResponse::from(request));
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
@@ -240,24 +257,44 @@ impl Injector {
             Ok(admin) => admin,
             Err(problem) => return deny(vec![problem]),
         };
+        let rules = match &self.scope {
+            Ok(rules) => rules,
+            Err(problem) => return deny(vec![format!("the injector's scope settings: {problem}")]),
+        };
+        // The review's namespace, not the pod's metadata.namespace: the API server fills in the
+        // first, the pod's author writes (or omits) the second.
+        let execution = match rules.execution(request.namespace.as_deref(), &pod, admin.is_some()) {
+            Ok(execution) => execution,
+            Err(problems) => {
+                *scope = Some(ScopeSource::Disagreed);
+                return deny(problems);
+            }
+        };
+        *scope = execution.source;
+        // No scope, no proxy: a proxy with no scope would act anywhere.
+        let admin = admin.filter(|_| execution.scope.is_some());
         let requests = match requests::from_annotations(annotations, &self.policy) {
             Ok(requests) => requests,
             Err(problems) => return deny(problems),
         };
         if requests.is_empty() && admin.is_none() {
             let mut answer = allow;
-            answer.response.warnings = Some(vec![format!(
-                "{}={} is set but the pod has no token requests and no Admin proxy is configured; the auth agent was not added",
+            let mut warnings = execution.warnings;
+            warnings.push(format!(
+                "{}={} is set but the pod has no token requests and no Admin proxy; the auth agent was not added",
                 opt_in.label, opt_in.value
-            )]);
+            ));
+            answer.response.warnings = Some(warnings);
             return (answer, Outcome::Unchanged);
         }
-        match mutate::mutate(&self.config, &pod, &requests, admin) {
+        match mutate::mutate(&self.config, &pod, &requests, admin, &execution) {
             Err(problems) => deny(problems),
             Ok(mutation) => {
                 let mut answer = allow;
-                if !mutation.warnings.is_empty() {
-                    answer.response.warnings = Some(mutation.warnings);
+                let mut warnings = execution.warnings;
+                warnings.extend(mutation.warnings);
+                if !warnings.is_empty() {
+                    answer.response.warnings = Some(warnings);
                 }
                 answer.patch = Some(mutation.patch);
                 (answer, Outcome::Mutated)
@@ -313,6 +350,7 @@ pub fn refuse(uid: Option<&str>, message: &str) -> Reviewed {
     Reviewed {
         body: encode(Answer::from(response)),
         outcome: Outcome::Invalid,
+        scope: None,
     }
 }
 

@@ -319,6 +319,9 @@ impl Webhook {
         let reviewed = span.in_scope(|| self.injector.review(&body));
         let elapsed = started.elapsed();
         self.metrics.review(reviewed.outcome, elapsed);
+        if let Some(source) = reviewed.scope {
+            self.metrics.scope(source);
+        }
         span.record("duration_us", elapsed.as_micros() as u64);
         reviewed
     }

@@ -12,7 +12,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use base64::Engine as _;
-use flyte_auth_agent::env::{is_agent_owned, DEFAULT_SECRETS_ENV_PREFIX, ENV_TOKEN_REQUESTS};
+use flyte_auth_agent::env::{
+    is_agent_owned, DEFAULT_SECRETS_ENV_PREFIX, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT,
+    ENV_EXECUTION_ID, ENV_TOKEN_REQUESTS,
+};
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::{Injector, Outcome};
 use serde_json::{json, Value};
@@ -82,6 +85,11 @@ fn a_token_request_cannot_set_the_agents_own_env() {
         "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
         "FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP",
         "FLYTE_TOKENS_PATH_PREFIX",
+        // The execution scope is the injector's, from the namespace: a pod must not name its own.
+        ENV_ADMIN_PROJECT,
+        ENV_ADMIN_DOMAIN,
+        ENV_ADMIN_ORG,
+        ENV_EXECUTION_ID,
     ];
     for var in settings
         .into_iter()

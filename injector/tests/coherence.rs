@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::{python, sget, workspace, Admin, AgentProcess, Idp, Pod};
+use flyte_auth_agent::env::{ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT};
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::{Injector, Outcome};
 use flyte_auth_proto::flyteidl::core::{
@@ -210,6 +211,20 @@ admin:
     let pod = mutated(&injector, &review_of(pod));
     let agent = &pod["spec"]["initContainers"][0];
     let task = &pod["spec"]["containers"][0];
+    // The agent acts as the execution of the review's namespace, flytesnacks-development.
+    let agent_env = container_env(agent);
+    let scope: BTreeMap<&str, &str> = agent_env
+        .iter()
+        .filter(|(k, _)| [ENV_ADMIN_PROJECT, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG].contains(&k.as_str()))
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        scope,
+        BTreeMap::from([
+            (ENV_ADMIN_PROJECT, "flytesnacks"),
+            (ENV_ADMIN_DOMAIN, "development")
+        ])
+    );
 
     // The sidecar, as the kubelet would start it.
     materialize_mounts(&pod, agent);

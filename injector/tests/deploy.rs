@@ -781,6 +781,7 @@ fn example_task_pods_opt_in_and_decode() {
             }
         }
         decoded.push(json);
+        assert_scope_from_namespace(&config, pod, name);
     }
     assert!(
         pods[0]["metadata"]["annotations"]
@@ -791,6 +792,62 @@ fn example_task_pods_opt_in_and_decode() {
     );
     assert_eq!(decoded[0], decoded[1], "both forms carry the same request");
     assert_eq!(decoded[0][0]["name"], "my-api");
+}
+
+/// The example pod, reviewed in its namespace with the shipped config, is injected and its
+/// agent acts in the project and domain the namespace names (which its labels agree with).
+fn assert_scope_from_namespace(config: &Config, pod: &Value, name: &str) {
+    use base64::Engine as _;
+    use flyte_auth_agent::env::{ENV_ADMIN_DOMAIN, ENV_ADMIN_PROJECT};
+    use flyte_auth_injector::review::{Injector, Outcome};
+
+    let namespace = str_at(pod, "/metadata/namespace");
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "5c0be000-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": namespace,
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
+            "object": pod,
+        }
+    });
+    let reviewed = Injector::new(config.clone()).review(&serde_json::to_vec(&review).unwrap());
+    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    assert_eq!(reviewed.outcome, Outcome::Mutated, "{name}: {answer}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(str_at(&answer, "/response/patch"))
+        .unwrap();
+    let patch: Value = serde_json::from_slice(&patch).unwrap();
+    let agent_env = patch
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|op| op["path"] == "/spec/initContainers")
+        .map(|op| op["value"][0]["env"].clone())
+        .unwrap_or_else(|| panic!("{name}: no agent container in the patch"));
+    let value = |var: &str| {
+        agent_env
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["name"] == var)
+            .map(|e| e["value"].clone())
+    };
+    let (labels, ns) = (&pod["metadata"]["labels"], namespace.to_string());
+    assert_eq!(
+        value(ENV_ADMIN_PROJECT),
+        Some(labels["project"].clone()),
+        "{name} in {ns}"
+    );
+    assert_eq!(
+        value(ENV_ADMIN_DOMAIN),
+        Some(labels["domain"].clone()),
+        "{name} in {ns}"
+    );
 }
 
 /// The shipped config passes the real binary's `check`, and the init-certs Job's flags are ones

@@ -641,6 +641,62 @@ async fn routes_health_and_metrics() {
 }
 
 #[tokio::test]
+async fn scopes_are_counted_by_where_they_came_from() {
+    let ca = Ca::new();
+    let leaf = ca.leaf(2030);
+    let secret = SecretDir::new(&leaf.cert_pem, &leaf.key_pem);
+    let mut config = test_config(&secret);
+    let admin = Config::parse(
+        "admin: {endpoint: 'dns:///flyteadmin:81', insecure: true, mode: client-secret, client_id: p, client_secret: {group: s, key: k}}",
+        "test",
+    )
+    .unwrap();
+    config.admin = admin.admin;
+    let server = start(config, &ca.pem()).await;
+    let client = client(&ca.pem(), server.addr, true);
+    let in_namespace = |uid: &str, ns: &str| {
+        let mut review: serde_json::Value = serde_json::from_slice(&review(uid, true)).unwrap();
+        review["request"]["namespace"] = serde_json::json!(ns);
+        serde_json::to_vec(&review).unwrap()
+    };
+    // The harness pod says it is flytesnacks/development: in ml-production it is denied.
+    for body in [
+        in_namespace("a", "flytesnacks-development"),
+        in_namespace("b", "ml-production"),
+        in_namespace("c", "batch-jobs"),
+    ] {
+        let status = client
+            .post(server.url("/mutate"))
+            .body(body)
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+    }
+    let text = metrics(&client, &server).await;
+    for (series, value) in [
+        (
+            "flyte_auth_injector_scopes_total{source=\"namespace\"}",
+            1.0,
+        ),
+        (
+            "flyte_auth_injector_scopes_total{source=\"unmatched\"}",
+            1.0,
+        ),
+        ("flyte_auth_injector_scopes_total{source=\"fallback\"}", 0.0),
+        (
+            "flyte_auth_injector_scopes_total{source=\"disagreed\"}",
+            1.0,
+        ),
+    ] {
+        assert_eq!(metric(&text, series), Some(value), "{series} in\n{text}");
+    }
+    server.shutdown.cancel();
+    server.task.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn clients_that_never_say_hello_do_not_stop_others_being_served() {
     let ca = Ca::new();
     let leaf = ca.leaf(2030);

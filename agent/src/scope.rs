@@ -10,14 +10,16 @@
 //!   `UpdateNamedEntity`, which archives entities and rewrites their descriptions);
 //! - **open**: `AuthMetadataService/*`, which flytekit calls before it has a credential and
 //!   which carries no request data;
-//! - **read-only, unscoped**: `AdminService/GetVersion`, `AdminService/GetDomains` and
-//!   `IdentityService/UserInfo`: platform facts that name no tenant (still decoded, so any
-//!   identifier they carry is checked);
+//! - **read-only, unscoped**: `AdminService/GetVersion`, `AdminService/GetDomains`,
+//!   `IdentityService/UserInfo` (platform facts that name no tenant) and
+//!   `AdminService/ListProjects` (project names and descriptions, which Flyte shows every
+//!   signed-in user and `FlyteRemote` users call; its `org` is still checked). They are still
+//!   decoded, so any identifier they carry must be the scope;
 //! - **project-level**: `GetProject`, `GetProjectAttributes` must name the execution's project
 //!   (a domain is optional there);
 //! - **scoped**: every other method must name the execution's project and domain, and nothing
-//!   else. `ListProjects` and `ListMatchableAttributes` (whose requests name no project and
-//!   answer for every project), `CreateDownloadLocation` (a bare blob URL) and anything that is
+//!   else. `ListMatchableAttributes` (whose request names no project and answers for every
+//!   project), `CreateDownloadLocation` (a bare blob URL) and anything that is
 //!   not a FlyteAdmin method of flyteidl 1.16 are therefore refused too.
 //!
 //! A scoped request is decoded as its method's input type (descriptors from
@@ -143,7 +145,7 @@ pub fn rule(service: &str, method: &str) -> Option<Rule> {
     Some(match (service, method) {
         ("flyteidl.service.AuthMetadataService", _) => Rule::Open,
         ("flyteidl.service.IdentityService", "UserInfo") => Rule::ReadOnly,
-        (ADMIN, "GetVersion" | "GetDomains") => Rule::ReadOnly,
+        (ADMIN, "GetVersion" | "GetDomains" | "ListProjects") => Rule::ReadOnly,
         (ADMIN, "GetProject" | "GetProjectAttributes") => Rule::ProjectLevel,
         (
             ADMIN,
@@ -313,7 +315,7 @@ impl Policy {
         if required {
             return Err(refuse(
                 Reason::Unscoped,
-                format!("the request names no {}; only GetVersion, GetDomains, UserInfo and AuthMetadataService may name none", if named.project.is_none() { "project" } else { "domain" }),
+                format!("the request names no {}; only GetVersion, GetDomains, ListProjects, UserInfo and AuthMetadataService may name none", if named.project.is_none() { "project" } else { "domain" }),
             ));
         }
         Ok(named)

@@ -169,7 +169,7 @@ fn every_admin_method_has_a_rule_and_the_table_is_as_documented() {
     );
     assert_eq!(
         with(Rule::ReadOnly),
-        ["GetDomains", "GetVersion", "UserInfo"]
+        ["GetDomains", "GetVersion", "ListProjects", "UserInfo"]
     );
     assert_eq!(
         with(Rule::Open),
@@ -371,9 +371,12 @@ fn project_named_by_id_and_by_flyte_url() {
 }
 
 /// For each allowed method: (method, every scope path of its input type).
-fn method_paths() -> Vec<(String, Vec<(Vec<String>, Part)>)> {
+/// Every path to a scope field of one input type, with its part.
+type ScopePaths = Vec<(Vec<String>, Part)>;
+
+fn method_paths() -> Vec<(String, ScopePaths)> {
     let policy = Policy::new(own());
-    let mut all: Vec<(String, Vec<(Vec<String>, Part)>)> = policy
+    let mut all: Vec<(String, ScopePaths)> = policy
         .methods
         .iter()
         .filter(|(_, e)| e.rule != Rule::Open)
@@ -451,7 +454,7 @@ fn the_own_scope_everywhere_passes_for_every_allowed_method() {
             .map(|(p, part)| (&p[..], own_value(*part)))
             .collect();
         let url = "flyte://v1/flytesnacks/development/a1/n0/0/o".to_string();
-        let flyte_url = vec!["flyte_url".to_string()];
+        let flyte_url = ["flyte_url".to_string()];
         if path.ends_with("/GetData") {
             set_paths.push((&flyte_url[..], url.as_str()));
         }
@@ -460,7 +463,7 @@ fn the_own_scope_everywhere_passes_for_every_allowed_method() {
         match entry.rule {
             Rule::ReadOnly => assert!(verdict.is_ok(), "{path}: {verdict:?}"),
             _ if paths.is_empty() && !path.ends_with("/GetData") => {
-                // Names nothing it could be scoped by (ListProjects, CreateDownloadLocation…).
+                // Names nothing it could be scoped by (ListMatchableAttributes, CreateDownloadLocation…).
                 assert_eq!(verdict.unwrap_err().reason, Reason::Unscoped, "{path}")
             }
             _ => {

@@ -159,6 +159,17 @@ impl Proxy {
                 org: config.org.clone(),
             }))
         });
+        match (&policy, &config.project, &config.domain) {
+            (None, _, _) => tracing::warn!(
+                "admin.policy is unrestricted: a task may make any call FlyteAdmin allows the executor credential, in every project and domain"
+            ),
+            (Some(_), None, _) | (Some(_), _, None) => tracing::warn!(
+                project = crate::env::ENV_ADMIN_PROJECT,
+                domain = crate::env::ENV_ADMIN_DOMAIN,
+                "the agent has no execution project or domain: every Admin call that names one will be refused"
+            ),
+            _ => {}
+        }
         let max_request = config.max_request_bytes;
         let execution_id = config.pod_reported_execution_id.as_deref().map(Arc::from);
         Self {

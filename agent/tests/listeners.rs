@@ -127,6 +127,9 @@ fn admin_env(pod: &Pod, idp: &Idp, port: u16, extra: &[(&str, &str)]) -> Vec<(St
             "FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER",
             "flyte-authorization".into(),
         ),
+        // These tests send empty messages to made-up methods to test the transport; the
+        // execution-scope policy, which would refuse them, is tested in admin_proxy.rs.
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
     ] {
         env.push((k.to_string(), v));
     }

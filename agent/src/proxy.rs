@@ -227,31 +227,14 @@ impl Proxy {
         };
         let (parts, body) = req.into_parts();
         let body: RequestBody = match (entry, self.policy.as_deref()) {
-            (Some(entry), Some(policy)) => {
-                let bytes = match read_body(body, self.max_request).await {
-                    Ok(b) => b,
-                    Err(reason) => {
-                        let refusal = Refusal {
-                            reason,
-                            method: path.trim_start_matches('/').to_string(),
-                            detail: match reason {
-                                Reason::TooLarge => format!(
-                                    "the request is larger than admin.max_request_bytes ({} bytes)",
-                                    self.max_request
-                                ),
-                                _ => "the request body ended with an error".into(),
-                            },
-                        };
-                        return self.refused(call, &refusal);
-                    }
-                };
-                call.request_bytes = Some(bytes.len());
-                match policy.check(&path, entry, &bytes) {
-                    Ok(named) => call.named = named,
-                    Err(refusal) => return self.refused(call, &refusal),
+            (Some(entry), Some(policy)) => match self.judge(policy, entry, &path, body).await {
+                Ok((bytes, named)) => {
+                    call.request_bytes = Some(bytes.len());
+                    call.named = named;
+                    Full::new(bytes).map_err(BoxError::from).boxed_unsync()
                 }
-                Full::new(bytes).map_err(BoxError::from).boxed_unsync()
-            }
+                Err(refusal) => return self.refused(call, &refusal),
+            },
             _ => {
                 call.request_bytes = parts
                     .headers
@@ -273,6 +256,32 @@ impl Proxy {
             })
             .boxed_unsync()
         })
+    }
+
+    /// Reads the whole request (at most `admin.max_request_bytes`) and has the policy judge it;
+    /// the bytes to forward and what they named.
+    async fn judge(
+        &self,
+        policy: &Policy,
+        entry: &crate::scope::Entry,
+        path: &str,
+        body: Incoming,
+    ) -> Result<(Bytes, Named), Refusal> {
+        let bytes = read_body(body, self.max_request)
+            .await
+            .map_err(|reason| Refusal {
+                reason,
+                method: path.trim_start_matches('/').to_string(),
+                detail: match reason {
+                    Reason::TooLarge => format!(
+                        "the request is larger than admin.max_request_bytes ({} bytes)",
+                        self.max_request
+                    ),
+                    _ => "the request body ended with an error".into(),
+                },
+            })?;
+        let named = policy.check(path, entry, &bytes)?;
+        Ok((bytes, named))
     }
 
     /// The record of one call, finished with its outcome.

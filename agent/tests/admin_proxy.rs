@@ -906,3 +906,19 @@ fn the_unrestricted_policy_forwards_other_projects() {
     );
     assert!(methods(&c.admin.authenticated_calls()).contains(&"CreateWorkflowEvent".to_string()));
 }
+
+#[test]
+fn a_request_over_max_request_bytes_is_resource_exhausted_before_admin() {
+    let mut c = cluster(&[("FLYTE_AUTH_AGENT_ADMIN_MAX_REQUEST_BYTES", "16")]);
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("RESOURCE_EXHAUSTED"), "{seen}");
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "GetExecution: the request is larger than admin.max_request_bytes (16 bytes)",
+    );
+    assert!(c.admin.authenticated_calls().is_empty());
+    assert_contains(
+        &c.metrics(),
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="too_large"} 1"#,
+    );
+}

@@ -3,7 +3,8 @@
 //! `admin.org`, set per pod by the injector from the pod's namespace), never as the platform's
 //! control loop whose credential the proxy attaches.
 //!
-//! Each method has one [`Rule`], fixed here from flyteidl 1.16's 67 methods:
+//! Each method has one [`Rule`], fixed here for the 66 methods of flyteidl 1.16's Admin services
+//! (56 of them AdminService's):
 //! - **refused**: event writing (`CreateWorkflowEvent`, `CreateNodeEvent`, `CreateTaskEvent`:
 //!   marking any execution succeeded or failed is propeller's job) and project administration
 //!   (`RegisterProject`, `UpdateProject`, every `Update…Attributes`/`Delete…Attributes`, and

@@ -5,6 +5,11 @@
 //! parties share the machine's cores, so when throughput is CPU-bound the agent's CPU per call
 //! against the floor's is what bounds the throughput ratio.
 //!
+//! A third row sends the same calls as `AdminService/GetExecution` of the agent's own execution
+//! (a real WorkflowExecutionGetRequest, which the execution-scope policy reads and judges; the
+//! upstream answers it as GetPublicClientConfig): its p50 against the second row's is what the
+//! policy adds to a call end to end (GetPublicClientConfig is forwarded unread).
+//!
 //! Run: `cargo bench -p flyte-auth-agent --bench admin_proxy`. Every loop is bounded by a count.
 
 mod common;
@@ -72,12 +77,41 @@ impl AuthMetadataService for Minimal {
     }
 }
 
+const GET_EXECUTION: &str = "/flyteidl.service.AdminService/GetExecution";
+const GET_CONFIG: &str = "/flyteidl.service.AuthMetadataService/GetPublicClientConfig";
+
+/// Answers GetExecution as GetPublicClientConfig (prost skips the request's fields, which the
+/// empty PublicClientAuthConfigRequest does not have).
+#[derive(Clone)]
+struct AsConfig(AuthMetadataServiceServer<Minimal>);
+
+impl tower_service::Service<http::Request<Incoming>> for AsConfig {
+    type Response = <AuthMetadataServiceServer<Minimal> as tower_service::Service<
+        http::Request<Incoming>,
+    >>::Response;
+    type Error = std::convert::Infallible;
+    type Future = <AuthMetadataServiceServer<Minimal> as tower_service::Service<
+        http::Request<Incoming>,
+    >>::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        tower_service::Service::<http::Request<Incoming>>::poll_ready(&mut self.0, cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<Incoming>) -> Self::Future {
+        if req.uri().path() == GET_EXECUTION {
+            *req.uri_mut() = GET_CONFIG.parse().unwrap();
+        }
+        self.0.call(req)
+    }
+}
+
 async fn serve_minimal(listener: UnixListener, service: AuthMetadataServiceServer<Minimal>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             return;
         };
-        let service = TowerToHyperService::new(service.clone());
+        let service = TowerToHyperService::new(AsConfig(service.clone()));
         tokio::spawn(async move {
             let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), service)
@@ -86,9 +120,13 @@ async fn serve_minimal(listener: UnixListener, service: AuthMetadataServiceServe
     }
 }
 
-/// A tonic transport over one HTTP/2 connection on a unix socket.
+/// A tonic transport over one HTTP/2 connection on a unix socket; with a request frame, every
+/// call is sent as GetExecution with that frame as its body.
 #[derive(Clone)]
-struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+struct H2(
+    hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+    Option<bytes::Bytes>,
+);
 
 impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
     type Response = http::Response<Incoming>;
@@ -100,7 +138,11 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
     }
 
     fn call(&mut self, mut req: http::Request<tonic::body::Body>) -> Self::Future {
-        let path = req.uri().path().to_string();
+        let mut path = req.uri().path().to_string();
+        if let Some(frame) = &self.1 {
+            path = GET_EXECUTION.into();
+            *req.body_mut() = tonic::body::Body::new(http_body_util::Full::new(frame.clone()));
+        }
         *req.uri_mut() = format!("http://localhost{path}").parse().unwrap();
         let fut = self.0.send_request(req);
         Box::pin(fut)
@@ -109,14 +151,14 @@ impl tower_service::Service<http::Request<tonic::body::Body>> for H2 {
 
 type Client = AuthMetadataServiceClient<H2>;
 
-async fn client(socket: &Path) -> Client {
+async fn client(socket: &Path, get_execution: Option<bytes::Bytes>) -> Client {
     let stream = UnixStream::connect(socket).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .handshake(TokioIo::new(stream))
         .await
         .unwrap();
     tokio::spawn(conn);
-    AuthMetadataServiceClient::new(H2(sender))
+    AuthMetadataServiceClient::new(H2(sender, get_execution))
 }
 
 async fn call(client: &mut Client) {
@@ -150,9 +192,14 @@ fn cpu(pid: Option<u32>) -> Duration {
     Duration::from_secs_f64(ticks as f64 / 100.0)
 }
 
-fn measure(rt: &tokio::runtime::Runtime, socket: &Path, agent: Option<u32>) -> Figures {
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+    agent: Option<u32>,
+    get_execution: Option<bytes::Bytes>,
+) -> Figures {
     rt.block_on(async {
-        let mut c = client(socket).await;
+        let mut c = client(socket, get_execution.clone()).await;
         for _ in 0..WARMUP {
             call(&mut c).await;
         }
@@ -166,7 +213,7 @@ fn measure(rt: &tokio::runtime::Runtime, socket: &Path, agent: Option<u32>) -> F
         let per_task = THROUGHPUT_CALLS / (THROUGHPUT_CONNECTIONS * THROUGHPUT_IN_FLIGHT);
         let mut clients = Vec::new();
         for _ in 0..THROUGHPUT_CONNECTIONS {
-            clients.push(client(socket).await);
+            clients.push(client(socket, get_execution.clone()).await);
         }
         let (self_before, agent_before) = (cpu(None), agent.map(|p| cpu(Some(p))));
         let started = Instant::now();
@@ -198,6 +245,24 @@ fn measure(rt: &tokio::runtime::Runtime, socket: &Path, agent: Option<u32>) -> F
             cpu_agent,
         }
     })
+}
+
+/// A framed WorkflowExecutionGetRequest for flytesnacks/development.
+fn get_execution_frame() -> bytes::Bytes {
+    use prost::Message as _;
+    let desc = flyte_auth_proto::admin_pool()
+        .get_message_by_name("flyteidl.admin.WorkflowExecutionGetRequest")
+        .unwrap();
+    let m = prost_reflect::DynamicMessage::deserialize(
+        desc,
+        serde_json::json!({"id": {"project": "flytesnacks", "domain": "development", "name": "a1b2c3d4e5"}}),
+    )
+    .unwrap();
+    let body = m.encode_to_vec();
+    let mut out = vec![0];
+    out.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    out.extend_from_slice(&body);
+    out.into()
 }
 
 fn main() {
@@ -258,6 +323,8 @@ fn main() {
             ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
             ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
             ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyteadmin".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_PROJECT", "flytesnacks".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_DOMAIN", "development".into()),
             ("RUST_LOG", "warn".into()),
         ])
         .stdout(Stdio::null())
@@ -273,9 +340,15 @@ fn main() {
         std::thread::sleep(Duration::from_millis(1));
     }
 
-    let direct = measure(&clients, &upstream_sock, None);
+    let direct = measure(&clients, &upstream_sock, None, None);
     let credentialed_before = with_credential.load(Ordering::Relaxed);
-    let proxied = measure(&clients, &agent_sock, Some(agent.id()));
+    let proxied = measure(&clients, &agent_sock, Some(agent.id()), None);
+    let scoped = measure(
+        &clients,
+        &agent_sock,
+        Some(agent.id()),
+        Some(get_execution_frame()),
+    );
     let credentialed = with_credential.load(Ordering::Relaxed) - credentialed_before;
     let (rss, hwm) = rss_kib(agent.id());
     let _ = Command::new("kill")
@@ -291,7 +364,8 @@ fn main() {
             * THROUGHPUT_CONNECTIONS
             * THROUGHPUT_IN_FLIGHT) as u64;
     assert_eq!(
-        credentialed, total,
+        credentialed,
+        2 * total,
         "every proxied call carried the credential"
     );
 
@@ -303,6 +377,7 @@ fn main() {
     for (label, f) in [
         ("direct (the floor)", &direct),
         ("through the agent's Admin proxy", &proxied),
+        ("  as GetExecution, policy-checked", &scoped),
     ] {
         println!(
             "  {label:<34} {:>9.1} {:>9.1} {:>11.0} {:>20.1} {:>14.1}",
@@ -319,6 +394,12 @@ fn main() {
         us(proxied.p99) - us(direct.p99),
         proxied.rps / direct.rps
     );
+    println!(
+        "  added by the execution-scope policy (GetExecution vs the unread call): p50 {:.1} µs (target <= 10), p99 {:.1} µs",
+        us(scoped.p50) - us(proxied.p50),
+        us(scoped.p99) - us(proxied.p99),
+    );
+    let total = 2 * total;
     println!(
         "  agent RSS after {total} proxied calls: {:.1} MiB (peak {:.1} MiB); every call carried the credential",
         rss as f64 / 1024.0,

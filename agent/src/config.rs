@@ -25,7 +25,7 @@ mod admin;
 mod limits;
 
 pub use admin::{
-    admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminTls,
+    admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminPolicy, AdminTls,
     CheckedAdmin, MethodFilter,
 };
 pub use limits::{

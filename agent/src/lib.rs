@@ -21,6 +21,7 @@ pub mod hosts;
 pub mod idp;
 pub mod metrics;
 pub mod proxy;
+pub mod scope;
 pub mod secret;
 pub mod server;
 pub mod sink;

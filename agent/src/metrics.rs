@@ -3,7 +3,8 @@
 //! time; gRPC calls proxied to FlyteAdmin by method and status, and the latency the proxy adds.
 //! Labels carry token request names, methods and outcomes only, never values, and every label
 //! comes from a bounded set: token request names from the configuration, gRPC methods from
-//! [`MethodLabels`] (the rest are `other`), gRPC codes 0–16 by name.
+//! [`MethodLabels`] (the rest are `other`), gRPC codes 0–16 by name, policy refusal reasons from
+//! [`crate::scope::Reason`].
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -31,8 +32,11 @@ pub struct Metrics {
     cache_hits: Family<NameLabel, Counter>,
     cache_misses: Family<NameLabel, Counter>,
     admin_calls: Family<OutcomeLabels, Counter>,
+    admin_refusals: Family<RefusalLabels, Counter>,
     admin_overhead: Histogram,
 }
+
+type RefusalLabels = [(&'static str, String); 2];
 
 /// The per-name handles used on hot paths, so a cache hit costs one atomic add.
 #[derive(Debug, Clone)]
@@ -88,6 +92,12 @@ impl Metrics {
             "gRPC calls proxied to FlyteAdmin, by method and gRPC status as the task saw it",
             admin_calls.clone(),
         );
+        let admin_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "admin_policy_refusals",
+            "gRPC calls the execution-scope policy refused, by method and reason (a fixed set)",
+            admin_refusals.clone(),
+        );
         // 10 µs to ~40 ms: a credential from the cache costs microseconds, a cold one an IdP trip.
         let admin_overhead = Histogram::new(
             prometheus_client::metrics::histogram::exponential_buckets(0.00001, 2.0, 12),
@@ -105,6 +115,7 @@ impl Metrics {
             cache_hits,
             cache_misses,
             admin_calls,
+            admin_refusals,
             admin_overhead,
         }
     }
@@ -133,6 +144,17 @@ impl Metrics {
             .get_or_create(&[
                 ("method", method.to_string()),
                 ("code", code_label(code).to_string()),
+            ])
+            .inc();
+    }
+
+    /// Counts a call the execution-scope policy refused; `method` must come from
+    /// [`MethodLabels`], `reason` from [`crate::scope::Reason::as_str`].
+    pub fn admin_refusal(&self, method: &str, reason: &'static str) {
+        self.admin_refusals
+            .get_or_create(&[
+                ("method", method.to_string()),
+                ("reason", reason.to_string()),
             ])
             .inc();
     }

@@ -17,6 +17,16 @@
 //! never sees is UNAUTHENTICATED itself: flytekit answers that by starting an interactive login,
 //! which hangs in a pod, so a refusal that survives the retry becomes PERMISSION_DENIED naming
 //! the agent and Admin's reason.
+//!
+//! Under the default policy (`admin.policy: execution`, see [`crate::scope`]) a call is also
+//! judged before anything is sent: its method must be one a task may call, and its request (one
+//! length-prefixed, uncompressed message of at most `admin.max_request_bytes`, read in full
+//! first) must name only the execution's own project, domain and org. A refusal is
+//! PERMISSION_DENIED naming the method and field, counted in `admin_policy_refusals`.
+//!
+//! Every call, forwarded or refused, leaves one audit event (tracing target `audit`): method,
+//! the project and domain the request named, the execution id the pod reported, the gRPC code the
+//! task saw, the duration and the request size. Never a credential or a request body.
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -35,16 +45,22 @@ use tracing::Instrument as _;
 
 use crate::admin::AdminAuth;
 use crate::cache::TokenCache;
-use crate::metrics::{MethodLabels, Metrics, DENIED};
+use crate::config::AdminPolicy;
+use crate::metrics::{code_label, MethodLabels, Metrics, DENIED};
+use crate::scope::{Named, Policy, Reason, Refusal, Scope};
 use crate::token::Token;
 use crate::upstream::{BoxError, Upstream};
 
 /// The response body the proxy hands back.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
 
+/// A request body on its way to Admin: the task's stream, or the message the policy read.
+type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
+
 /// gRPC status codes the proxy uses or looks for.
 pub(crate) mod code {
     pub const OK: u16 = 0;
+    pub const CANCELLED: u16 = 1;
     pub const UNIMPLEMENTED: u16 = 12;
     pub const INTERNAL: u16 = 13;
     pub const PERMISSION_DENIED: u16 = 7;
@@ -111,6 +127,12 @@ pub struct Proxy {
     /// One permit per call in flight, held until its response body is dropped.
     inflight: Arc<Semaphore>,
     max_inflight: usize,
+    /// The execution-scope policy; `None` under `admin.policy: unrestricted`.
+    policy: Option<Arc<Policy>>,
+    /// `admin.max_request_bytes`.
+    max_request: usize,
+    /// The execution id the pod reported, for audit events only.
+    execution_id: Option<Arc<str>>,
 }
 
 impl Proxy {
@@ -129,6 +151,27 @@ impl Proxy {
                 .map(String::as_str),
         );
         let max_inflight = crate::config::Limits::default().max_inflight_calls;
+        let config = auth.config();
+        let policy = (config.policy == AdminPolicy::Execution).then(|| {
+            Arc::new(Policy::new(Scope {
+                project: config.project.clone(),
+                domain: config.domain.clone(),
+                org: config.org.clone(),
+            }))
+        });
+        match (&policy, &config.project, &config.domain) {
+            (None, _, _) => tracing::warn!(
+                "admin.policy is unrestricted: a task may make any call FlyteAdmin allows the executor credential, in every project and domain"
+            ),
+            (Some(_), None, _) | (Some(_), _, None) => tracing::warn!(
+                project = crate::env::ENV_ADMIN_PROJECT,
+                domain = crate::env::ENV_ADMIN_DOMAIN,
+                "the agent has no execution project or domain: every Admin call that names one will be refused"
+            ),
+            _ => {}
+        }
+        let max_request = config.max_request_bytes;
+        let execution_id = config.pod_reported_execution_id.as_deref().map(Arc::from);
         Self {
             upstream,
             auth,
@@ -137,6 +180,9 @@ impl Proxy {
             labels,
             inflight: Arc::new(Semaphore::new(max_inflight)),
             max_inflight,
+            policy,
+            max_request,
+            execution_id,
         }
     }
 
@@ -153,34 +199,55 @@ impl Proxy {
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
         let started = Instant::now();
         let Some(path) = canonical_path(req.uri()) else {
-            self.metrics.admin_call(DENIED, code::PERMISSION_DENIED);
             // The path is the task's; the message names the rule, not the (unbounded) input.
-            return grpc_error(
+            return self.call(DENIED.into(), DENIED.into(), started).refuse(
                 code::PERMISSION_DENIED,
                 "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)",
             );
         };
         let config = self.auth.config();
         if !config.allowed_methods.allows(&path) {
-            self.metrics.admin_call(DENIED, code::PERMISSION_DENIED);
-            return grpc_error(
-                code::PERMISSION_DENIED,
-                &format!("flyte-auth-agent: {path} is not in admin.allowed_methods"),
-            );
+            let message = format!("flyte-auth-agent: {path} is not in admin.allowed_methods");
+            return self
+                .call(path, DENIED.into(), started)
+                .refuse(code::PERMISSION_DENIED, &message);
         }
+        let mut call = self.call(path.clone(), self.label(&path), started);
+        let entry = match self.policy.as_deref().map(|p| p.admit(&path)) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(entry))) => Some(entry),
+            Some(Err(refusal)) => return self.refused(call, &refusal),
+        };
         let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-            self.metrics
-                .admin_call(&self.label(&path), code::RESOURCE_EXHAUSTED);
-            return grpc_error(
-                code::RESOURCE_EXHAUSTED,
-                &format!(
-                    "flyte-auth-agent: {} calls are already in flight to FlyteAdmin (limits.max_inflight_calls); retry",
-                    self.max_inflight
-                ),
+            let message = format!(
+                "flyte-auth-agent: {} calls are already in flight to FlyteAdmin (limits.max_inflight_calls); retry",
+                self.max_inflight
             );
+            return call.refuse(code::RESOURCE_EXHAUSTED, &message);
+        };
+        let (parts, body) = req.into_parts();
+        let body: RequestBody = match (entry, self.policy.as_deref()) {
+            (Some(entry), Some(policy)) => match self.judge(policy, entry, &path, body).await {
+                Ok((bytes, named)) => {
+                    call.request_bytes = Some(bytes.len());
+                    call.named = named;
+                    Full::new(bytes).map_err(BoxError::from).boxed_unsync()
+                }
+                Err(refusal) => return self.refused(call, &refusal),
+            },
+            _ => {
+                call.request_bytes = parts
+                    .headers
+                    .get(http::header::CONTENT_LENGTH)
+                    .and_then(|v| v.to_str().ok()?.parse().ok());
+                body.map_err(BoxError::from).boxed_unsync()
+            }
         };
         let span = tracing::info_span!("admin_call", method = %path);
-        let response = self.forward(req, path, started).instrument(span).await;
+        let response = self
+            .forward(Request::from_parts(parts, body), call)
+            .instrument(span)
+            .await;
         // The permit lives as long as the response body: a stream counts until it ends.
         response.map(|body| {
             body.map_frame(move |frame| {
@@ -191,25 +258,70 @@ impl Proxy {
         })
     }
 
+    /// Reads the whole request (at most `admin.max_request_bytes`) and has the policy judge it;
+    /// the bytes to forward and what they named.
+    async fn judge(
+        &self,
+        policy: &Policy,
+        entry: &crate::scope::Entry,
+        path: &str,
+        body: Incoming,
+    ) -> Result<(Bytes, Named), Refusal> {
+        let bytes = read_body(body, self.max_request)
+            .await
+            .map_err(|reason| Refusal {
+                reason,
+                method: path.trim_start_matches('/').to_string(),
+                detail: match reason {
+                    Reason::TooLarge => format!(
+                        "the request is larger than admin.max_request_bytes ({} bytes)",
+                        self.max_request
+                    ),
+                    _ => "the request body ended with an error".into(),
+                },
+            })?;
+        let named = policy.check(path, entry, &bytes)?;
+        Ok((bytes, named))
+    }
+
+    /// The record of one call, finished with its outcome.
+    fn call(&self, method: String, label: String, started: Instant) -> Call {
+        Call {
+            label,
+            method,
+            named: Named::default(),
+            request_bytes: None,
+            started,
+            metrics: self.metrics.clone(),
+            execution_id: self.execution_id.clone(),
+        }
+    }
+
+    /// Answers a policy refusal: PERMISSION_DENIED (RESOURCE_EXHAUSTED when too large), counted
+    /// by reason.
+    fn refused(&self, call: Call, refusal: &Refusal) -> Response<ProxyBody> {
+        self.metrics
+            .admin_refusal(&call.label, refusal.reason.as_str());
+        tracing::warn!(method = %call.method, reason = refusal.reason.as_str(), "call refused by the execution-scope policy");
+        let code = match refusal.reason {
+            Reason::TooLarge => code::RESOURCE_EXHAUSTED,
+            _ => code::PERMISSION_DENIED,
+        };
+        call.refuse(code, &refusal.to_string())
+    }
+
     /// The bounded metric label for `path`.
     fn label(&self, path: &str) -> String {
         self.labels.label(path).to_string()
     }
 
-    async fn forward(
-        &self,
-        req: Request<Incoming>,
-        path: String,
-        started: Instant,
-    ) -> Response<ProxyBody> {
+    async fn forward(&self, req: Request<RequestBody>, call: Call) -> Response<ProxyBody> {
         let config = self.auth.config();
         let (token, header) = match self.credential().await {
             Ok(v) => v,
             Err(message) => {
                 tracing::warn!(%message, "no FlyteAdmin credential");
-                self.metrics
-                    .admin_call(&self.label(&path), code::UNAVAILABLE);
-                return grpc_error(code::UNAVAILABLE, &message);
+                return call.refuse(code::UNAVAILABLE, &message);
             }
         };
         let (mut parts, body) = req.into_parts();
@@ -229,13 +341,13 @@ impl Proxy {
             with_credential(parts.clone(), &header, &token),
             tee.boxed_unsync(),
         );
-        self.metrics.admin_overhead(started.elapsed());
+        self.metrics.admin_overhead(call.started.elapsed());
         let response = match self.upstream.send(first).await {
             Ok(r) => r,
-            Err(e) => return self.unavailable(&path, &e.to_string()),
+            Err(e) => return unavailable(call, &e.to_string()),
         };
         if header_status(response.headers()) != Some(code::UNAUTHENTICATED) {
-            return self.pass(path, response);
+            return pass(call, response);
         }
 
         // Admin refused the credential: renew it (one IdP call however many calls saw the
@@ -247,10 +359,10 @@ impl Proxy {
         let (renewed, replay) = match (renewed, replay) {
             (Ok(t), Some(body)) => (t, body),
             (Err(e), _) => {
-                return self.denied(&path, &format!("FlyteAdmin refused the executor credential ({refusal}) and no new one could be had: {e}"));
+                return denied(call, &format!("FlyteAdmin refused the executor credential ({refusal}) and no new one could be had: {e}"));
             }
             (Ok(_), None) => {
-                return self.denied(&path, &format!("FlyteAdmin refused the executor credential ({refusal}); a new one is ready, but this call's request was too large to replay (admin.retry_buffer is {} bytes); retry the call", config.retry_buffer));
+                return denied(call, &format!("FlyteAdmin refused the executor credential ({refusal}); a new one is ready, but this call's request was too large to replay (admin.retry_buffer is {} bytes); retry the call", config.retry_buffer));
             }
         };
         let second = Request::from_parts(
@@ -259,16 +371,16 @@ impl Proxy {
         );
         let response = match self.upstream.send(second).await {
             Ok(r) => r,
-            Err(e) => return self.unavailable(&path, &e.to_string()),
+            Err(e) => return unavailable(call, &e.to_string()),
         };
         if header_status(response.headers()) == Some(code::UNAUTHENTICATED) {
             let again = grpc_message(response.headers());
-            return self.denied(
-                &path,
+            return denied(
+                call,
                 &format!("FlyteAdmin refused the executor credential twice, also after renewing it: {again}"),
             );
         }
-        self.pass(path, response)
+        pass(call, response)
     }
 
     async fn credential(&self) -> Result<(Arc<Token>, http::HeaderName), String> {
@@ -284,41 +396,83 @@ impl Proxy {
             .map_err(|e| format!("flyte-auth-agent: {e}"))?;
         Ok((token, header))
     }
+}
 
-    fn unavailable(&self, path: &str, reason: &str) -> Response<ProxyBody> {
-        tracing::warn!(%reason, "FlyteAdmin unavailable");
-        self.metrics
-            .admin_call(&self.label(path), code::UNAVAILABLE);
-        grpc_error(code::UNAVAILABLE, &format!("flyte-auth-agent: {reason}"))
+fn unavailable(call: Call, reason: &str) -> Response<ProxyBody> {
+    tracing::warn!(%reason, "FlyteAdmin unavailable");
+    call.refuse(code::UNAVAILABLE, &format!("flyte-auth-agent: {reason}"))
+}
+
+fn denied(call: Call, reason: &str) -> Response<ProxyBody> {
+    tracing::warn!(%reason, "call refused");
+    call.refuse(
+        code::PERMISSION_DENIED,
+        &format!("flyte-auth-agent: {reason}"),
+    )
+}
+
+/// Hands Admin's response to the task, finishing the call when its status is known: now for a
+/// trailers-only answer, at the trailers otherwise.
+fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
+    let (parts, body) = response.into_parts();
+    if let Some(status) = header_status(&parts.headers) {
+        call.finish(status);
+        return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
+    }
+    let body = Trailers {
+        inner: body,
+        done: Some(call),
+    };
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Reads a whole request body of at most `limit` bytes (its trailers, which a gRPC client never
+/// sends, are dropped).
+async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Reason> {
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reason::TooLarge),
+        Err(_) => Err(Reason::Undecodable),
+    }
+}
+
+/// One call, from arrival to its gRPC status: counted in metrics and written as one audit event.
+struct Call {
+    /// The bounded metric label.
+    label: String,
+    /// The method path, canonical (or [`DENIED`] when it was not).
+    method: String,
+    /// What the request named, when the policy read it.
+    named: Named,
+    /// The request's size, when known.
+    request_bytes: Option<usize>,
+    started: Instant,
+    metrics: Arc<Metrics>,
+    execution_id: Option<Arc<str>>,
+}
+
+impl Call {
+    /// Answers the call with the agent's own error and finishes it with that code.
+    fn refuse(self, code: u16, message: &str) -> Response<ProxyBody> {
+        self.finish(code);
+        grpc_error(code, message)
     }
 
-    fn denied(&self, path: &str, reason: &str) -> Response<ProxyBody> {
-        tracing::warn!(%reason, "call refused");
-        self.metrics
-            .admin_call(&self.label(path), code::PERMISSION_DENIED);
-        grpc_error(
-            code::PERMISSION_DENIED,
-            &format!("flyte-auth-agent: {reason}"),
-        )
-    }
-
-    /// Hands Admin's response to the task, recording its status when it is known: now for a
-    /// trailers-only answer, at the trailers otherwise.
-    fn pass(&self, path: String, response: Response<Incoming>) -> Response<ProxyBody> {
-        let (parts, body) = response.into_parts();
-        let path = self.label(&path);
-        if let Some(status) = header_status(&parts.headers) {
-            self.metrics.admin_call(&path, status);
-            return Response::from_parts(parts, body.map_err(BoxError::from).boxed_unsync());
-        }
-        let body = Trailers {
-            inner: body,
-            done: Some(Done {
-                path,
-                metrics: self.metrics.clone(),
-            }),
-        };
-        Response::from_parts(parts, body.boxed_unsync())
+    /// Counts the call and writes its audit event (never a credential or body: the fields
+    /// below are all there is).
+    fn finish(self, code: u16) {
+        self.metrics.admin_call(&self.label, code);
+        tracing::info!(
+            target: "audit",
+            method = %self.method.trim_start_matches('/'),
+            project = self.named.project.as_deref(),
+            domain = self.named.domain.as_deref(),
+            pod_reported_execution_id = self.execution_id.as_deref(),
+            code = code_label(code),
+            duration_us = self.started.elapsed().as_micros() as u64,
+            request_bytes = self.request_bytes.map(|n| n as u64),
+            "admin call"
+        );
     }
 }
 
@@ -479,17 +633,20 @@ where
     }
 }
 
-struct Done {
-    /// The call's metric label.
-    path: String,
-    metrics: Arc<Metrics>,
-}
-
 /// A response body that records the call's gRPC status from its trailers and turns an
 /// UNAUTHENTICATED there (a streaming call refused part-way) into PERMISSION_DENIED.
 struct Trailers {
     inner: Incoming,
-    done: Option<Done>,
+    done: Option<Call>,
+}
+
+impl Drop for Trailers {
+    fn drop(&mut self) {
+        // The task went away before the call ended: it saw a cancelled call.
+        if let Some(call) = self.done.take() {
+            call.finish(code::CANCELLED);
+        }
+    }
 }
 
 impl hyper::body::Body for Trailers {
@@ -509,9 +666,8 @@ impl hyper::body::Body for Trailers {
                         let message = format!("flyte-auth-agent: FlyteAdmin refused the executor credential during the call: {reason}");
                         set_status(&mut trailers, code::PERMISSION_DENIED, &message);
                     }
-                    if let Some(done) = self.done.take() {
-                        let status = header_status(&trailers).unwrap_or(code::OK);
-                        done.metrics.admin_call(&done.path, status);
+                    if let Some(call) = self.done.take() {
+                        call.finish(header_status(&trailers).unwrap_or(code::OK));
                     }
                     Poll::Ready(Some(Ok(Frame::trailers(trailers))))
                 }
@@ -519,10 +675,10 @@ impl hyper::body::Body for Trailers {
             },
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(BoxError::from(e)))),
             Poll::Ready(None) => {
-                if let Some(done) = self.done.take() {
+                if let Some(call) = self.done.take() {
                     // A stream that ends without trailers broke the gRPC protocol; clients
                     // report that as INTERNAL.
-                    done.metrics.admin_call(&done.path, code::INTERNAL);
+                    call.finish(code::INTERNAL);
                 }
                 Poll::Ready(None)
             }

@@ -9,12 +9,23 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::*;
+use flyte_auth_agent::env::{
+    ENV_ADMIN_DOMAIN, ENV_ADMIN_PROJECT, ENV_EXECUTION_ID, ENV_LOG_FORMAT,
+};
 use serde_json::{json, Value};
 
 const PROPELLER_SECRET: &str = "propeller-secret-value";
 /// Opts in to `GET /v1/admin/token` (`admin.serve_token`), which the tests of flytekit's
 /// ExternalCommand mode and of the Python package's `admin_token()` need.
 const SERVE_TOKEN: (&str, &str) = ("FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN", "true");
+/// The execution's scope, as the injector sets it from the pod's namespace.
+const SCOPE: [(&str, &str); 2] = [
+    (ENV_ADMIN_PROJECT, "flytesnacks"),
+    (ENV_ADMIN_DOMAIN, "development"),
+];
+/// Turns the execution-scope policy off (for the streaming tests, whose services are not
+/// Admin's).
+const UNRESTRICTED: (&str, &str) = ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted");
 
 /// The IdP, the Admin stand-in, and an agent proxying to it.
 struct Cluster {
@@ -44,7 +55,7 @@ fn admin_env(pod: &Pod, admin: &Admin, extra: &[(&str, &str)]) -> Vec<(String, S
         "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
         r#"{"group": "flyte-admin", "key": "client_secret"}"#,
     );
-    for (k, v) in extra {
+    for (k, v) in SCOPE.iter().chain(extra) {
         set(k, v);
     }
     env
@@ -387,7 +398,15 @@ fn fifty_task_processes_share_one_credential_and_one_renewal() {
 
 #[test]
 fn streams_pass_messages_and_trailers_and_deadlines_propagate() {
-    let mut c = cluster(&[]);
+    // AsyncAgentService and SyncAgentService are not Admin's: only the unrestricted policy
+    // forwards them, and says so at start.
+    let mut c = cluster(&[UNRESTRICTED]);
+    wait_for("the start warning", Duration::from_secs(10), || {
+        c.agent
+            .output()
+            .contains("admin.policy is unrestricted")
+            .then_some(())
+    });
     let seen = c.task(&["stream", "5"]);
     assert_eq!(
         seen["lines"],
@@ -449,6 +468,8 @@ fn service_account_cluster(idp: Idp, mode: &str, client_id: &str, token: String)
                 "FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE",
                 token_file.display().to_string(),
             ),
+            (SCOPE[0].0, SCOPE[0].1.into()),
+            (SCOPE[1].0, SCOPE[1].1.into()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
@@ -725,4 +746,179 @@ fn the_admin_token_is_handed_out_only_when_opted_in_and_never_as_a_token_name() 
     );
     let (status, _) = sget(c.agent.socket(), "/v1/tokens/.admin", "text/plain");
     assert_eq!(status, 404);
+}
+
+/// The audit events in the agent's JSON log (tracing target `audit`).
+fn audit_events(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == json!("audit"))
+        .collect()
+}
+
+#[test]
+fn the_execution_scope_lets_the_tasks_own_calls_through_and_refuses_the_rest() {
+    let mut c = cluster(&[
+        SERVE_TOKEN,
+        (ENV_LOG_FORMAT, "json"),
+        (ENV_EXECUTION_ID, "a1b2c3"),
+    ]);
+    // The Admin credential must appear in no log line (stop() checks every sensitive value).
+    let (status, token) = sget(c.agent.socket(), "/v1/admin/token", "text/plain");
+    assert_eq!(status, 200, "{token}");
+    c.pod.sensitive.add(token);
+
+    let seen = c.task(&["scope"]);
+    for ok in [
+        "get_own",
+        "list_own",
+        "create_own",
+        "list_projects",
+        "version",
+    ] {
+        assert_eq!(seen[ok]["code"], json!("OK"), "{ok}: {seen}");
+    }
+    let denied = |name: &str, needle: &str| {
+        assert_eq!(
+            seen[name]["code"],
+            json!("PERMISSION_DENIED"),
+            "{name}: {seen}"
+        );
+        assert_contains(seen[name]["message"].as_str().unwrap(), needle);
+    };
+    assert_eq!(
+        seen["get_other_project"]["message"],
+        json!("flyte-auth-agent: flyteidl.service.AdminService/GetExecution: id.project \"payroll\" is not this execution's project \"flytesnacks\"")
+    );
+    denied(
+        "get_other_domain",
+        "id.domain \"production\" is not this execution's domain \"development\"",
+    );
+    denied(
+        "list_other_project",
+        "ListExecutions: id.project \"payroll\"",
+    );
+    denied(
+        "create_other_domain",
+        "CreateExecution: domain \"production\"",
+    );
+    denied(
+        "create_foreign_launch_plan",
+        "spec.launch_plan.project \"payroll\" is not this execution's project",
+    );
+    denied(
+        "workflow_event",
+        "CreateWorkflowEvent: writes execution events or administers projects",
+    );
+    denied(
+        "register_project",
+        "RegisterProject: writes execution events or administers projects",
+    );
+    denied(
+        "forged_nested",
+        "GetTaskExecution: id.node_execution_id.execution_id.project \"payroll\"",
+    );
+    denied("compressed", "the request is compressed");
+
+    // Admin saw the task's own calls and nothing else.
+    let calls = c.admin.authenticated_calls();
+    assert_eq!(
+        methods(&calls),
+        [
+            "GetExecution",
+            "ListExecutions",
+            "CreateExecution",
+            "ListProjects",
+            "GetVersion"
+        ]
+    );
+    all_authorized_as(&calls, "flytepropeller");
+
+    let metrics = c.metrics();
+    for line in [
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="foreign_project"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="foreign_domain"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="compressed"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/CreateWorkflowEvent",reason="admin_method"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetTaskExecution",reason="foreign_project"} 1"#,
+        r#"flyte_auth_agent_admin_calls_total{method="/flyteidl.service.AdminService/GetExecution",code="PermissionDenied"} 3"#,
+    ] {
+        assert_contains(&metrics, line);
+    }
+
+    // One audit event per call, forwarded or refused, with what the request named.
+    let audit = wait_for("14 audit events", Duration::from_secs(10), || {
+        let events = audit_events(&c.agent.output());
+        (events.len() >= 14).then_some(events)
+    });
+    assert_eq!(audit.len(), 14, "{audit:#?}");
+    let own = &audit[0];
+    assert_eq!(
+        own["method"],
+        json!("flyteidl.service.AdminService/GetExecution"),
+        "{own}"
+    );
+    assert_eq!(own["project"], json!("flytesnacks"), "{own}");
+    assert_eq!(own["domain"], json!("development"), "{own}");
+    assert_eq!(own["pod_reported_execution_id"], json!("a1b2c3"), "{own}");
+    assert_eq!(own["code"], json!("Ok"), "{own}");
+    assert!(own["request_bytes"].as_u64().unwrap() > 5, "{own}");
+    assert!(own["duration_us"].is_u64(), "{own}");
+    let refused = &audit[3];
+    assert_eq!(refused["code"], json!("PermissionDenied"), "{refused}");
+    assert_eq!(refused["project"], Value::Null, "{refused}");
+    // Nothing of a request body: "seed", the execution name every request carried, is absent.
+    for event in &audit {
+        assert!(!event.to_string().contains("seed"), "{event}");
+    }
+    let (code, _) = c.agent.stop();
+    assert_eq!(code, 0);
+}
+
+#[test]
+fn an_agent_without_a_scope_refuses_scoped_calls_naming_the_missing_setting() {
+    let mut c = cluster(&[(ENV_ADMIN_PROJECT, "")]);
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("PERMISSION_DENIED"), "{seen}");
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "the agent has no admin.project (FLYTE_AUTH_AGENT_ADMIN_PROJECT)",
+    );
+    assert!(c.admin.authenticated_calls().is_empty());
+    let mut c = cluster(&[(ENV_ADMIN_DOMAIN, "")]);
+    let seen = call(&c);
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "the agent has no admin.domain (FLYTE_AUTH_AGENT_ADMIN_DOMAIN)",
+    );
+    assert!(c.admin.authenticated_calls().is_empty());
+}
+
+#[test]
+fn the_unrestricted_policy_forwards_other_projects() {
+    let mut c = cluster(&[UNRESTRICTED]);
+    let seen = c.task(&["scope"]);
+    assert_eq!(
+        seen["get_other_project"]["code"],
+        json!("NOT_FOUND"),
+        "{seen}"
+    );
+    assert!(methods(&c.admin.authenticated_calls()).contains(&"CreateWorkflowEvent".to_string()));
+}
+
+#[test]
+fn a_request_over_max_request_bytes_is_resource_exhausted_before_admin() {
+    let mut c = cluster(&[("FLYTE_AUTH_AGENT_ADMIN_MAX_REQUEST_BYTES", "16")]);
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("RESOURCE_EXHAUSTED"), "{seen}");
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "GetExecution: the request is larger than admin.max_request_bytes (16 bytes)",
+    );
+    assert!(c.admin.authenticated_calls().is_empty());
+    assert_contains(
+        &c.metrics(),
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="too_large"} 1"#,
+    );
 }

@@ -127,6 +127,9 @@ fn admin_env(pod: &Pod, idp: &Idp, port: u16, extra: &[(&str, &str)]) -> Vec<(St
             "FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER",
             "flyte-authorization".into(),
         ),
+        // These tests send empty messages to made-up methods to test the transport; the
+        // execution-scope policy, which would refuse them, is tested in admin_proxy.rs.
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
     ] {
         env.push((k.to_string(), v));
     }
@@ -401,6 +404,54 @@ fn twenty_thousand_distinct_methods_keep_the_metrics_bounded() {
         metrics.len() < 16 * 1024,
         "{} bytes of metrics",
         metrics.len()
+    );
+}
+
+#[test]
+fn policy_refusals_of_many_distinct_methods_keep_the_metrics_bounded() {
+    const CALLS: usize = 2_000;
+    // The default policy this time (the later env entry wins).
+    let p = proxied(&[
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "execution"),
+        (flyte_auth_agent::env::ENV_ADMIN_PROJECT, "flytesnacks"),
+        (flyte_auth_agent::env::ENV_ADMIN_DOMAIN, "development"),
+    ]);
+    let codes = rt().block_on(async {
+        let sender = h2(p.agent.socket()).await;
+        let mut calls = tokio::task::JoinSet::new();
+        let mut codes = std::collections::BTreeMap::new();
+        for i in 0..CALLS {
+            while calls.len() >= 64 {
+                let code = calls.join_next().await.and_then(|r| r.ok());
+                *codes.entry(format!("{code:?}")).or_insert(0) += 1;
+            }
+            let mut sender = sender.clone();
+            let uri = format!("http://agent/flyteidl.service.AdminService/Attack{i:05}");
+            calls.spawn(async move { call(&mut sender, grpc_request(&uri, &[], None)).await });
+        }
+        while let Some(done) = calls.join_next().await {
+            *codes.entry(format!("{:?}", done.ok())).or_insert(0) += 1;
+        }
+        codes
+    });
+    assert_eq!(
+        codes,
+        [(format!("{:?}", Some(Ok::<u16, String>(7))), CALLS)].into(),
+        "{}",
+        p.agent.output()
+    );
+    assert!(p.admin.seen().is_empty(), "Admin saw a refused call");
+    let metrics = p.agent.health_get("/metrics").1;
+    let series: Vec<_> = metrics
+        .lines()
+        .filter(|l| l.starts_with("flyte_auth_agent_admin_policy_refusals_total{"))
+        .collect();
+    assert_eq!(
+        series,
+        [format!(
+            r#"flyte_auth_agent_admin_policy_refusals_total{{method="other",reason="unknown_method"}} {CALLS}"#
+        )],
+        "{metrics}"
     );
 }
 

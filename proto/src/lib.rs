@@ -43,6 +43,25 @@ pub fn descriptor_pool() -> &'static DescriptorPool {
     &POOL
 }
 
+/// The FileDescriptorSet of FlyteAdmin's services (`flyteidl/service/{admin,dataproxy,signal,
+/// identity,auth}.proto` and every file they import), as PyPI flyteidl 1.16.8 compiled them.
+/// Dumped by `tests/python/flyteidl_fixtures.py admin_descriptor_set` and committed rather than
+/// compiled from `.proto` text: Admin's files import google.api and openapiv2 option files this
+/// crate would otherwise have to vendor, and the dump is byte-checked against the pinned
+/// flyteidl by `tests/flyteidl_python.rs`, so it cannot drift.
+pub const ADMIN_DESCRIPTOR_SET: &[u8] = include_bytes!("../descriptors/flyteidl-admin.binpb");
+
+static ADMIN_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    // A committed, test-checked file: failing to decode it is a build defect, not input.
+    DescriptorPool::decode(ADMIN_DESCRIPTOR_SET).expect("committed admin descriptor set decodes")
+});
+
+/// The descriptors of every request and response message of FlyteAdmin's services (kept apart
+/// from [`descriptor_pool`], whose files this crate generates Rust types from).
+pub fn admin_pool() -> &'static DescriptorPool {
+    &ADMIN_POOL
+}
+
 /// Why a JSON value is not a valid message; `path` is where, e.g. `tokens[1].client.clientId`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {

@@ -1,7 +1,7 @@
 //! The gRPC methods FlyteAdmin serves a task, by service, as flyteidl 1.16 declares them in
-//! `flyteidl/service/*.proto`. Only their names are here (the crate does not carry Admin's
-//! request and response messages): enough to label metrics by method and to say which paths are
-//! Admin's. `tests/flyteidl_python.rs` checks the list against PyPI flyteidl's descriptors.
+//! `flyteidl/service/*.proto`: their names, enough to label metrics by method and to say which
+//! paths are Admin's (their request and response descriptors are in [`crate::admin_pool`]).
+//! `tests/flyteidl_python.rs` checks the list against PyPI flyteidl's descriptors and the pool.
 
 /// `(service full name, method names)` for every service Admin's endpoint serves.
 pub const FLYTEADMIN_SERVICES: &[(&str, &[&str])] = &[

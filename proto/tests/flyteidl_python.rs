@@ -612,3 +612,26 @@ fn admin_service_methods_match_flyteidl() {
     )));
     assert_eq!(methods, ["GetOAuth2Metadata", "GetPublicClientConfig"]);
 }
+
+#[test]
+fn committed_admin_descriptors_are_what_the_pinned_flyteidl_gives() {
+    let python = unhex(fixtures("admin_descriptor_set", "").trim());
+    assert!(
+        python == flyte_auth_proto::ADMIN_DESCRIPTOR_SET,
+        "proto/descriptors/flyteidl-admin.binpb differs from PyPI flyteidl's descriptors: \
+         regenerate it with `tests/.venv/bin/python tests/python/flyteidl_fixtures.py \
+         admin_descriptor_set | xxd -r -p > proto/descriptors/flyteidl-admin.binpb`"
+    );
+    // Every method the crate lists has its service and input type in the pool, and nothing more.
+    let pool = flyte_auth_proto::admin_pool();
+    for (service, methods) in flyte_auth_proto::services::FLYTEADMIN_SERVICES {
+        let s = pool
+            .get_service_by_name(service)
+            .unwrap_or_else(|| panic!("{service} not in admin_pool"));
+        let names: Vec<String> = s.methods().map(|m| m.name().to_string()).collect();
+        assert_eq!(names, *methods, "{service}");
+        for m in s.methods() {
+            assert!(!m.is_client_streaming(), "{service}/{} streams", m.name());
+        }
+    }
+}

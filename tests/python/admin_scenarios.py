@@ -15,6 +15,11 @@ Usage: admin_scenarios.py SCENARIO [ARG]
   deadline   GetTaskLogs that sleeps past a 0.5 s deadline: the status code
   token NAME flyte_auth_agent.token(NAME): {"token"} or {"error": exception type, "message"}
   admin-token  flyte_auth_agent.admin_token(): {"token"} or {"error", "message"}
+  scope      the execution-scope policy through the socket with plain flyteidl stubs: the task's
+             own GetExecution/ListExecutions/CreateExecution, then the same for another project
+             and domain, CreateWorkflowEvent, RegisterProject, a TaskExecutionGetRequest whose
+             inner execution id names another project, a gzip-compressed GetExecution, and
+             ListProjects/GetVersion (read-only, name no project): {name: {"code", "message"}}
   bidi N     ExecuteTaskSync: send a message, wait for its echo, N times (a proxy that buffered
              the request stream would deadlock here), then half-close
 """
@@ -188,6 +193,63 @@ def scenario_bidi(n):
     out({"echoes": echoes, "after_close": len(rest), "trailers": dict(call.trailing_metadata())})
 
 
+def scenario_scope():
+    import grpc
+    from flyteidl.admin import event_pb2, execution_pb2, project_pb2, task_execution_pb2, version_pb2
+    from flyteidl.admin import common_pb2
+    from flyteidl.core import identifier_pb2 as ids
+    from flyteidl.event import event_pb2 as events
+    from flyteidl.service import admin_pb2_grpc
+
+    stub = admin_pb2_grpc.AdminServiceStub(channel())
+
+    def wf(project=PROJECT, domain=DOMAIN, name="seed"):
+        return ids.WorkflowExecutionIdentifier(project=project, domain=domain, name=name)
+
+    def create(project=PROJECT, domain=DOMAIN, name="scoped-child", lp_project=PROJECT):
+        lp = ids.Identifier(resource_type=ids.LAUNCH_PLAN, project=lp_project, domain=domain,
+                            name="sub_wf", version="v1")
+        return execution_pb2.ExecutionCreateRequest(
+            project=project, domain=domain, name=name, spec=execution_pb2.ExecutionSpec(launch_plan=lp))
+
+    def listing(project=PROJECT, domain=DOMAIN):
+        return common_pb2.ResourceListRequest(
+            id=common_pb2.NamedEntityIdentifier(project=project, domain=domain), limit=10)
+
+    forged = task_execution_pb2.TaskExecutionGetRequest(id=ids.TaskExecutionIdentifier(
+        task_id=ids.Identifier(resource_type=ids.TASK, project=PROJECT, domain=DOMAIN, name="t", version="v1"),
+        node_execution_id=ids.NodeExecutionIdentifier(node_id="n0", execution_id=wf(project="payroll")),
+    ))
+    calls = {
+        "get_own": (stub.GetExecution, execution_pb2.WorkflowExecutionGetRequest(id=wf()), None),
+        "list_own": (stub.ListExecutions, listing(), None),
+        "create_own": (stub.CreateExecution, create(), None),
+        "get_other_project": (stub.GetExecution, execution_pb2.WorkflowExecutionGetRequest(id=wf(project="payroll")), None),
+        "get_other_domain": (stub.GetExecution, execution_pb2.WorkflowExecutionGetRequest(id=wf(domain="production")), None),
+        "list_other_project": (stub.ListExecutions, listing(project="payroll"), None),
+        "create_other_domain": (stub.CreateExecution, create(domain="production", name="x"), None),
+        "create_foreign_launch_plan": (stub.CreateExecution, create(name="y", lp_project="payroll"), None),
+        "workflow_event": (stub.CreateWorkflowEvent, event_pb2.WorkflowExecutionEventRequest(
+            event=events.WorkflowExecutionEvent(execution_id=wf())), None),
+        "register_project": (stub.RegisterProject, project_pb2.ProjectRegisterRequest(
+            project=project_pb2.Project(id="mine", name="mine")), None),
+        "forged_nested": (stub.GetTaskExecution, forged, None),
+        # Long enough that grpc compresses it.
+        "compressed": (stub.GetExecution, execution_pb2.WorkflowExecutionGetRequest(id=wf(name="c" * 4096)),
+                       grpc.Compression.Gzip),
+        "list_projects": (stub.ListProjects, project_pb2.ProjectListRequest(), None),
+        "version": (stub.GetVersion, version_pb2.GetVersionRequest(), None),
+    }
+    seen = {}
+    for name, (method, request, compression) in calls.items():
+        try:
+            method(request, timeout=20, compression=compression)
+            seen[name] = {"code": "OK", "message": ""}
+        except grpc.RpcError as e:
+            seen[name] = {"code": e.code().name, "message": e.details()}
+    out(seen)
+
+
 def package_call(f, *args):
     try:
         out({"token": f(*args)})
@@ -217,6 +279,7 @@ if __name__ == "__main__":
         "stream": scenario_stream,
         "deadline": scenario_deadline,
         "bidi": scenario_bidi,
+        "scope": scenario_scope,
         "token": scenario_token,
         "admin-token": scenario_admin_token,
     }

@@ -10,6 +10,10 @@ Modes:
                {"error": text} per line, as json_format.Parse (unknown fields rejected) sees it
   parse_text   read JSON lines {"message", "text"} on stdin; print {"hex"} of text_format.Parse,
                or {"error"}, per line
+  admin_descriptor_set
+               write (hex, on stdout) the FileDescriptorSet of every file Admin's services need:
+               flyteidl/service/{admin,dataproxy,signal,identity,auth}.proto and everything they
+               import, dependencies first, each file once (proto/descriptors/flyteidl-admin.binpb)
   descriptors  read a file name on stdin (flyteidl/core/security.proto when empty) and print
                that whole file as its descriptors have it: package, syntax, every message
                (nested ones too), field, enum value and service method
@@ -195,9 +199,29 @@ def admin_services():
     print(json.dumps(services))
 
 
+def admin_descriptor_set():
+    """The FileDescriptorSet of Admin's service files and their imports, dependencies first."""
+    import importlib
+    out = descriptor_pb2.FileDescriptorSet()
+    seen = set()
+
+    def add(fd):
+        if fd.name in seen:
+            return
+        seen.add(fd.name)
+        for dep in fd.dependencies:
+            add(dep)
+        fd.CopyToProto(out.file.add())
+
+    for module in ("admin_pb2", "dataproxy_pb2", "signal_pb2", "identity_pb2", "auth_pb2"):
+        add(importlib.import_module(f"flyteidl.service.{module}").DESCRIPTOR)
+    print(out.SerializeToString(deterministic=True).hex())
+
+
 if __name__ == "__main__":
     modes = {"encode": encode, "decode": decode, "parse": parse, "parse_text": parse_text,
-             "descriptors": descriptors, "admin_services": admin_services}
+             "descriptors": descriptors, "admin_services": admin_services,
+             "admin_descriptor_set": admin_descriptor_set}
     if len(sys.argv) != 2 or sys.argv[1] not in modes:
         raise SystemExit(f"usage: {sys.argv[0]} {'|'.join(modes)}")
     modes[sys.argv[1]]()

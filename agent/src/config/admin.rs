@@ -115,6 +115,28 @@ impl MethodFilter {
     }
 }
 
+/// How far the proxy lets a task reach (see [`crate::scope`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum AdminPolicy {
+    /// The execution scope: a task's calls must stay in its own project and domain, and event
+    /// writing and project administration are refused.
+    #[default]
+    Execution,
+    /// Every call is forwarded with the executor credential (the behaviour before issue 12);
+    /// warned about at start.
+    Unrestricted,
+}
+
+impl AdminPolicy {
+    /// The configuration spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Execution => "execution",
+            Self::Unrestricted => "unrestricted",
+        }
+    }
+}
+
 /// The validated `admin` section.
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
@@ -151,6 +173,19 @@ pub struct AdminConfig {
     pub connect_timeout: Duration,
     /// HTTP/2 keep-alive ping interval.
     pub keepalive: Duration,
+    /// How far the proxy lets a task reach.
+    pub policy: AdminPolicy,
+    /// The execution's project (`FLYTE_AUTH_AGENT_ADMIN_PROJECT`, set per pod by the injector).
+    pub project: Option<String>,
+    /// The execution's domain (`FLYTE_AUTH_AGENT_ADMIN_DOMAIN`).
+    pub domain: Option<String>,
+    /// The execution's org (`FLYTE_AUTH_AGENT_ADMIN_ORG`); `None` is the empty org.
+    pub org: Option<String>,
+    /// The execution id the pod reports (`FLYTE_AUTH_AGENT_EXECUTION_ID`), for audit lines
+    /// only: the pod's author writes it, so nothing is decided by it.
+    pub pod_reported_execution_id: Option<String>,
+    /// Largest request the policy reads; larger calls are refused with RESOURCE_EXHAUSTED.
+    pub max_request_bytes: usize,
     /// Whether `GET /v1/admin/token` hands the credential to the task (off by default: with it
     /// on, a task can carry the Admin token out of the pod and use it until it expires).
     pub serve_token: bool,
@@ -177,6 +212,11 @@ pub(super) struct RawAdmin {
     connect_timeout: Option<String>,
     keepalive: Option<String>,
     serve_token: Option<bool>,
+    policy: Option<String>,
+    project: Option<String>,
+    domain: Option<String>,
+    org: Option<String>,
+    max_request_bytes: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -196,7 +236,10 @@ impl StringOrList {
     }
 }
 
-use crate::env::{ENV_ADMIN_PREFIX as ENV, ENV_ADMIN_SERVE_TOKEN};
+use crate::env::{
+    ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PREFIX as ENV, ENV_ADMIN_PROJECT,
+    ENV_ADMIN_SERVE_TOKEN, ENV_EXECUTION_ID,
+};
 
 fn env(field: &str) -> String {
     format!("{ENV}{}", field.to_ascii_uppercase())
@@ -452,6 +495,51 @@ pub(super) fn build_admin(
         false,
         parse_bool,
     );
+    let policy = l.parsed(
+        "admin.policy",
+        Some(&env("policy")),
+        raw.policy,
+        AdminPolicy::Execution,
+        |s| match s {
+            "execution" => Ok(AdminPolicy::Execution),
+            "unrestricted" => Ok(AdminPolicy::Unrestricted),
+            _ => Err(format!("{s:?} is not execution or unrestricted")),
+        },
+    );
+    let scope_name = |l: &mut Loader<'_>, field: &str, var: &str, file: Option<String>| {
+        let (value, source) = l.pick(Some(var), file)?;
+        let value = value.trim().to_string();
+        // Flyte's project and domain ids: letters, digits, '-' and '_' (a namespace part).
+        let valid = value
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !valid || value.len() > 253 {
+            l.error(
+                &source,
+                &format!("admin.{field}"),
+                format!("{value:?} is not a Flyte {field} name (letters, digits, '-', '_', '.')"),
+            );
+            return None;
+        }
+        (!value.is_empty()).then_some(value)
+    };
+    let project = scope_name(l, "project", ENV_ADMIN_PROJECT, raw.project);
+    let domain = scope_name(l, "domain", ENV_ADMIN_DOMAIN, raw.domain);
+    let org = scope_name(l, "org", ENV_ADMIN_ORG, raw.org);
+    let pod_reported_execution_id = l
+        .pick(Some(ENV_EXECUTION_ID), None)
+        .map(|(v, _)| v.chars().take(256).collect::<String>())
+        .filter(|v| !v.is_empty());
+    let max_request_bytes = l.parsed(
+        "admin.max_request_bytes",
+        Some(&env("max_request_bytes")),
+        raw.max_request_bytes.map(|n| n.to_string()),
+        4 * 1024 * 1024,
+        |s| match s.parse::<usize>() {
+            Ok(n) if n >= 5 => Ok(n),
+            _ => Err(format!("{s:?} is not a number of bytes (at least 5)")),
+        },
+    );
 
     let src = l.file_source.clone();
     let Some(mode) = mode else {
@@ -506,6 +594,12 @@ pub(super) fn build_admin(
         retry_buffer,
         connect_timeout,
         keepalive,
+        policy,
+        project,
+        domain,
+        org,
+        pod_reported_execution_id,
+        max_request_bytes,
         serve_token,
     })
 }
@@ -552,10 +646,22 @@ pub fn admin_section_env(
             "is set by the injector (the projected service-account token); remove it".into(),
         ));
     }
+    for (field, set) in [
+        ("project", raw.project.is_some()),
+        ("domain", raw.domain.is_some()),
+        ("org", raw.org.is_some()),
+    ] {
+        if set {
+            return Err(fail(
+                &format!("admin.{field}"),
+                "is set by the injector per pod (from the pod's namespace); remove it".into(),
+            ));
+        }
+    }
     if raw.endpoint.is_none() {
         return Err(fail("admin.endpoint", "is missing".into()));
     }
-    let fields: [(&str, Option<String>); 17] = [
+    let fields: [(&str, Option<String>); 19] = [
         ("endpoint", raw.endpoint.clone()),
         ("insecure", raw.insecure.map(|b| b.to_string())),
         ("ca_file", raw.ca_file.clone()),
@@ -579,6 +685,11 @@ pub fn admin_section_env(
         ("connect_timeout", raw.connect_timeout.clone()),
         ("keepalive", raw.keepalive.clone()),
         ("serve_token", raw.serve_token.map(|b| b.to_string())),
+        ("policy", raw.policy.clone()),
+        (
+            "max_request_bytes",
+            raw.max_request_bytes.map(|n| n.to_string()),
+        ),
     ];
     let mut env: Vec<(String, String)> = fields
         .into_iter()
@@ -757,5 +868,95 @@ mod tests {
             errors[0].to_string(),
             "env FLYTE_AUTH_AGENT_ADMIN_SERVE_TOKEN: admin.serve_token: \"maybe\" is not true or false"
         );
+    }
+}
+
+#[cfg(test)]
+mod scope_tests {
+    use super::*;
+
+    fn load(env: &[(&str, &str)]) -> (Option<AdminConfig>, Vec<String>) {
+        let mut vars: std::collections::HashMap<String, String> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for (k, v) in [
+            ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
+            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
+            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
+            ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
+        ] {
+            vars.insert(k.into(), v.into());
+        }
+        let mut l = Loader {
+            file_source: "config".into(),
+            env: &vars,
+            errors: Vec::new(),
+        };
+        let idp = IdpSettings {
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow_insecure_http: false,
+        };
+        let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
+        (admin, l.errors.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn the_scope_comes_from_the_env_contract_and_the_policy_defaults_to_execution() {
+        let (admin, errors) = load(&[
+            (ENV_ADMIN_PROJECT, "flytesnacks"),
+            (ENV_ADMIN_DOMAIN, "development"),
+            (ENV_EXECUTION_ID, "a1b2c3"),
+        ]);
+        assert_eq!(errors, Vec::<String>::new());
+        let admin = admin.unwrap();
+        assert_eq!(admin.policy, AdminPolicy::Execution);
+        assert_eq!(admin.project.as_deref(), Some("flytesnacks"));
+        assert_eq!(admin.domain.as_deref(), Some("development"));
+        assert_eq!(admin.org, None);
+        assert_eq!(admin.pod_reported_execution_id.as_deref(), Some("a1b2c3"));
+        assert_eq!(admin.max_request_bytes, 4 * 1024 * 1024);
+        let (admin, _) = load(&[("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted")]);
+        assert_eq!(admin.unwrap().policy, AdminPolicy::Unrestricted);
+        let (_, errors) = load(&[
+            ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "open"),
+            (ENV_ADMIN_PROJECT, "a b"),
+            ("FLYTE_AUTH_AGENT_ADMIN_MAX_REQUEST_BYTES", "2"),
+        ]);
+        assert_eq!(
+            errors,
+            [
+                "env FLYTE_AUTH_AGENT_ADMIN_POLICY: admin.policy: \"open\" is not execution or unrestricted",
+                "env FLYTE_AUTH_AGENT_ADMIN_PROJECT: admin.project: \"a b\" is not a Flyte project name (letters, digits, '-', '_', '.')",
+                "env FLYTE_AUTH_AGENT_ADMIN_MAX_REQUEST_BYTES: admin.max_request_bytes: \"2\" is not a number of bytes (at least 5)",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_injector_section_cannot_set_the_scope_but_carries_the_policy() {
+        let base = serde_json::json!({
+            "endpoint": "dns:///flyteadmin.flyte:81",
+            "mode": "jwt-bearer",
+            "client_id": "workload",
+        });
+        for field in ["project", "domain", "org"] {
+            let mut section = base.clone();
+            section[field] = "flytesnacks".into();
+            let e = admin_section_env(section, "injector config", "/t", false).unwrap_err();
+            assert!(
+                e.to_string()
+                    .contains(&format!("admin.{field}: is set by the injector per pod")),
+                "{e}"
+            );
+        }
+        let mut section = base;
+        section["policy"] = "unrestricted".into();
+        let checked = admin_section_env(section, "injector config", "/t", false).unwrap();
+        assert!(checked.env.contains(&(
+            "FLYTE_AUTH_AGENT_ADMIN_POLICY".to_string(),
+            "unrestricted".to_string()
+        )));
     }
 }

@@ -373,6 +373,10 @@ impl AgentProcess {
                     panic!("agent exited early with {status}:\n{out}");
                 }
                 let line = out.lines().find(|l| l.contains("serving"))?;
+                // `log_format: json` writes the address as a field.
+                if let Ok(event) = serde_json::from_str::<Value>(line) {
+                    return Some(event["health"].as_str()?.to_string());
+                }
                 let start = line.find("health=")? + "health=".len();
                 Some(line[start..].split_whitespace().next()?.to_string())
             },

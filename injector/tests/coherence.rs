@@ -138,7 +138,7 @@ fn the_mutated_pod_runs_the_agent_and_the_task_uses_it() {
         ("reader", READER_SECRET, "client_secret_basic"),
         ("writer", WRITER_SECRET, "client_secret_post"),
     ]);
-    let admin = Admin::start(json!({ "issuer": idp.issuer }));
+    let mut admin = Admin::start(json!({ "issuer": idp.issuer }));
     let dirs = Pod::new();
     for secret in [PROPELLER_SECRET, READER_SECRET, WRITER_SECRET] {
         dirs.sensitive.add(secret);
@@ -322,5 +322,52 @@ admin:
     );
     let remote = run(&["remote"]);
     assert_eq!(remote["execution"], "seed", "{remote}");
+
+    // The scope the injector read from the namespace is the one the agent's proxy enforces: the
+    // task's own calls reach Admin, another project's or domain's do not.
+    let before = admin.authenticated_calls().len();
+    let seen = run(&["scope"]);
+    for own in [
+        "get_own",
+        "list_own",
+        "create_own",
+        "list_projects",
+        "version",
+    ] {
+        assert_eq!(seen[own]["code"], "OK", "{own}: {seen}");
+    }
+    for foreign in [
+        "get_other_project",
+        "get_other_domain",
+        "list_other_project",
+        "create_other_domain",
+        "create_foreign_launch_plan",
+        "workflow_event",
+        "register_project",
+        "forged_nested",
+    ] {
+        assert_eq!(
+            seen[foreign]["code"], "PERMISSION_DENIED",
+            "{foreign}: {seen}"
+        );
+    }
+    let reached: Vec<String> = admin.authenticated_calls()[before..]
+        .iter()
+        .map(|c| {
+            let method = c["method"].as_str().unwrap_or_default();
+            method.rsplit('/').next().unwrap_or(method).to_string()
+        })
+        .collect();
+    assert_eq!(
+        reached,
+        [
+            "GetExecution",
+            "ListExecutions",
+            "CreateExecution",
+            "ListProjects",
+            "GetVersion"
+        ],
+        "Admin saw only the task's own calls"
+    );
     drop(process);
 }

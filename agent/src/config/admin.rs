@@ -833,30 +833,8 @@ mod tests {
 
         // The agent reads it from the env the injector set, and defaults to off.
         let load = |env: &[(&str, &str)]| {
-            let mut vars: std::collections::HashMap<String, String> = env
-                .iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect();
-            for (k, v) in [
-                ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
-                ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
-                ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
-                ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
-            ] {
-                vars.insert(k.into(), v.into());
-            }
-            let mut l = Loader {
-                file_source: "config".into(),
-                env: &vars,
-                errors: Vec::new(),
-            };
-            let idp = IdpSettings {
-                timeout: Duration::from_secs(1),
-                ca_file: None,
-                allow_insecure_http: false,
-            };
-            let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
-            (admin.map(|a| a.serve_token), l.errors)
+            let (admin, errors) = load_jwt_bearer(env);
+            (admin.map(|a| a.serve_token), errors)
         };
         assert_eq!(load(&[]), (Some(false), vec![]));
         assert_eq!(
@@ -871,35 +849,42 @@ mod tests {
     }
 }
 
+/// A jwt-bearer `admin` section from env alone (as the injector sets it) plus `env`, for tests.
+#[cfg(test)]
+fn load_jwt_bearer(env: &[(&str, &str)]) -> (Option<AdminConfig>, Vec<super::ConfigError>) {
+    let mut vars: std::collections::HashMap<String, String> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    for (k, v) in [
+        ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
+        ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
+        ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
+        ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
+    ] {
+        vars.insert(k.into(), v.into());
+    }
+    let mut l = Loader {
+        file_source: "config".into(),
+        env: &vars,
+        errors: Vec::new(),
+    };
+    let idp = IdpSettings {
+        timeout: Duration::from_secs(1),
+        ca_file: None,
+        allow_insecure_http: false,
+    };
+    let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
+    (admin, l.errors)
+}
+
 #[cfg(test)]
 mod scope_tests {
     use super::*;
 
     fn load(env: &[(&str, &str)]) -> (Option<AdminConfig>, Vec<String>) {
-        let mut vars: std::collections::HashMap<String, String> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        for (k, v) in [
-            ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", "flyteadmin:81"),
-            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "jwt-bearer"),
-            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "workload"),
-            ("FLYTE_AUTH_AGENT_ADMIN_TOKEN_FILE", "/sa/token"),
-        ] {
-            vars.insert(k.into(), v.into());
-        }
-        let mut l = Loader {
-            file_source: "config".into(),
-            env: &vars,
-            errors: Vec::new(),
-        };
-        let idp = IdpSettings {
-            timeout: Duration::from_secs(1),
-            ca_file: None,
-            allow_insecure_http: false,
-        };
-        let admin = build_admin(RawAdmin::default(), &mut l, &idp, None);
-        (admin, l.errors.iter().map(|e| e.to_string()).collect())
+        let (admin, errors) = load_jwt_bearer(env);
+        (admin, errors.iter().map(|e| e.to_string()).collect())
     }
 
     #[test]

@@ -227,14 +227,21 @@ impl Proxy {
         };
         let (parts, body) = req.into_parts();
         let body: RequestBody = match (entry, self.policy.as_deref()) {
-            (Some(entry), Some(policy)) => match self.judge(policy, entry, &path, body).await {
-                Ok((bytes, named)) => {
-                    call.request_bytes = Some(bytes.len());
-                    call.named = named;
-                    Full::new(bytes).map_err(BoxError::from).boxed_unsync()
+            (Some(entry), Some(policy)) => {
+                let mut body = body;
+                match self.judge(policy, entry, &path, &mut body).await {
+                    Ok((bytes, named)) => {
+                        call.request_bytes = Some(bytes.len());
+                        call.named = named;
+                        Judged {
+                            message: Some(bytes),
+                            rest: body,
+                        }
+                        .boxed_unsync()
+                    }
+                    Err(refusal) => return self.refused(call, &refusal),
                 }
-                Err(refusal) => return self.refused(call, &refusal),
-            },
+            }
             _ => {
                 call.request_bytes = parts
                     .headers
@@ -258,14 +265,14 @@ impl Proxy {
         })
     }
 
-    /// Reads the whole request (at most `admin.max_request_bytes`) and has the policy judge it;
-    /// the bytes to forward and what they named.
+    /// Reads the request's one message (at most `admin.max_request_bytes`) and has the policy
+    /// judge it; the bytes to forward and what they named.
     async fn judge(
         &self,
         policy: &Policy,
         entry: &crate::scope::Entry,
         path: &str,
-        body: Incoming,
+        body: &mut Incoming,
     ) -> Result<(Bytes, Named), Refusal> {
         let bytes = read_body(body, self.max_request)
             .await
@@ -426,13 +433,75 @@ fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
     Response::from_parts(parts, body.boxed_unsync())
 }
 
-/// Reads a whole request body of at most `limit` bytes (its trailers, which a gRPC client never
-/// sends, are dropped).
-async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, Reason> {
-    match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Reason::TooLarge),
-        Err(_) => Err(Reason::Undecodable),
+/// Reads a unary request's message: up to the end of the gRPC frame its 5-byte header announces
+/// (or of the body, if that comes first), at most `limit` bytes. It does not wait for the end of
+/// the stream, which a client may send in a later frame: the call goes on as soon as its message
+/// is judged, and [`Judged`] refuses anything the client sends after it. Trailers, which a gRPC
+/// client never sends, are dropped.
+async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes, Reason> {
+    let mut buf = bytes::BytesMut::new();
+    loop {
+        if let Some(header) = buf.get(..5) {
+            let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+            if len.saturating_add(5) > limit {
+                return Err(Reason::TooLarge);
+            }
+            if buf.len() >= len + 5 {
+                return Ok(buf.freeze());
+            }
+        }
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if buf.len().saturating_add(data.len()) > limit {
+                        return Err(Reason::TooLarge);
+                    }
+                    buf.extend_from_slice(&data);
+                }
+            }
+            Some(Err(_)) => return Err(Reason::Undecodable),
+            None => return Ok(buf.freeze()),
+        }
+    }
+}
+
+/// The body forwarded for a judged unary call: the judged message, then the rest of the task's
+/// stream, which may only end it. Any further data is an error, so Admin never receives bytes the
+/// policy did not read.
+struct Judged {
+    message: Option<Bytes>,
+    rest: Incoming,
+}
+
+impl hyper::body::Body for Judged {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(message) = self.message.take() {
+            return Poll::Ready(Some(Ok(Frame::data(message))));
+        }
+        loop {
+            return match std::task::ready!(Pin::new(&mut self.rest).poll_frame(cx)) {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(_) => Poll::Ready(Some(Err(
+                        "flyte-auth-agent: a unary call sent more than one message".into(),
+                    ))),
+                    // Request trailers never reach Admin.
+                    Err(_) => continue,
+                },
+                Some(Err(e)) => Poll::Ready(Some(Err(BoxError::from(e)))),
+                None => Poll::Ready(None),
+            };
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.message.is_none() && self.rest.is_end_stream()
     }
 }
 

@@ -37,6 +37,8 @@ struct Seen {
     path: String,
     headers: HeaderMap,
     trailers: Option<HeaderMap>,
+    /// The request body as received, or `None` when its stream broke off.
+    body: Option<Bytes>,
 }
 
 /// An HTTP/2 server on loopback in Admin's place that records each request and answers gRPC OK.
@@ -66,15 +68,13 @@ impl Recorder {
                     let record = record.clone();
                     async move {
                         let (parts, body) = req.into_parts();
-                        let trailers = body
-                            .collect()
-                            .await
-                            .ok()
-                            .and_then(|c| c.trailers().cloned());
+                        let collected = body.collect().await.ok();
+                        let trailers = collected.as_ref().and_then(|c| c.trailers().cloned());
                         record.lock().unwrap().push(Seen {
                             path: parts.uri.path_and_query().unwrap().to_string(),
                             headers: parts.headers,
                             trailers,
+                            body: collected.map(|c| c.to_bytes()),
                         });
                         let mut r = Response::new(Empty::<Bytes>::new());
                         r.headers_mut()
@@ -683,4 +683,60 @@ fn calls_beyond_the_in_flight_cap_are_resource_exhausted_until_one_ends() {
         ),
         "{metrics}"
     );
+}
+
+/// A `WorkflowExecutionGetRequest` for `project`, as one gRPC frame.
+fn get_execution(project: &str) -> Bytes {
+    let pool = flyte_auth_proto::admin_pool();
+    let desc = pool
+        .get_message_by_name("flyteidl.admin.WorkflowExecutionGetRequest")
+        .unwrap();
+    let id =
+        serde_json::json!({"id": {"project": project, "domain": "development", "name": "seed"}});
+    let request = prost_reflect::DynamicMessage::deserialize(desc, id).unwrap();
+    let message = prost::Message::encode_to_vec(&request);
+    let mut frame = vec![0];
+    frame.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&message);
+    Bytes::from(frame)
+}
+
+#[test]
+fn a_judged_unary_call_cannot_smuggle_a_second_message_to_admin() {
+    let p = proxied(&[
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "execution"),
+        (flyte_auth_agent::env::ENV_ADMIN_PROJECT, "flytesnacks"),
+        (flyte_auth_agent::env::ENV_ADMIN_DOMAIN, "development"),
+    ]);
+    let uri = "http://agent/flyteidl.service.AdminService/GetExecution";
+    let own = get_execution("flytesnacks");
+    let foreign = get_execution("payroll");
+    let codes = rt().block_on(async {
+        let mut sender = h2(p.agent.socket()).await;
+        // The task's own request alone: judged and forwarded whole.
+        let mut single = grpc_request(uri, &[], None);
+        single.body_mut().0 = VecDeque::from([Frame::data(own.clone())]);
+        let first = call(&mut sender, single).await;
+        // The same, then a second message naming another project, on one stream.
+        let mut smuggled = grpc_request(uri, &[], None);
+        smuggled.body_mut().0 =
+            VecDeque::from([Frame::data(own.clone()), Frame::data(foreign.clone())]);
+        let second = call(&mut sender, smuggled).await;
+        (first, second)
+    });
+    assert_eq!(codes.0, Ok(0), "{}", p.agent.output());
+    assert_ne!(codes.1, Ok(0), "the smuggled call must not succeed");
+    let seen = p.admin.seen();
+    assert_eq!(
+        seen[0].body.as_deref(),
+        Some(&own[..]),
+        "the judged call reaches Admin whole"
+    );
+    for s in &seen {
+        let body = s.body.clone().unwrap_or_default();
+        assert!(
+            !body.windows(b"payroll".len()).any(|w| w == b"payroll"),
+            "Admin received a message the policy did not read: {s:?}"
+        );
+    }
 }

@@ -231,3 +231,34 @@ fn refused_declarations_raise_at_decoration_naming_the_token() {
         );
     }
 }
+
+#[test]
+fn a_tasks_pod_template_gets_the_tokens_and_a_shared_one_is_left_alone() {
+    let t = script("template");
+    let decorated = &t["decorated"];
+    assert_eq!(decorated["labels"]["flyte.org/auth-agent"], "enabled");
+    assert_eq!(
+        decorated["labels"]["team"], "ml",
+        "the template's labels stay"
+    );
+    assert_eq!(decorated["annotations"]["owner"], "bob");
+    let t0 = decorated["annotations"]["flyte.tokens/t0"]
+        .as_str()
+        .unwrap();
+    assert_eq!(
+        t0, t["task_annotations"]["flyte.tokens/t0"],
+        "the same request both places"
+    );
+    let request: flyte_auth_proto::flyteidl::core::OAuth2TokenRequest =
+        flyte_auth_proto::annotation::decode(t0).unwrap();
+    assert_eq!(request.name, "my-api");
+    // Another task using the same PodTemplate object does not get the tokens.
+    assert_eq!(
+        t["shared"],
+        json!({"labels": {"team": "ml"}, "annotations": {"owner": "bob"}})
+    );
+    assert_eq!(
+        t["same_pod_spec"], true,
+        "the pod spec itself is not copied or changed"
+    );
+}

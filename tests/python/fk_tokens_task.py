@@ -5,6 +5,11 @@ requests (one plain, one with the agent's extensions): the container (image, arg
 labels and annotations (TaskTemplate.metadata.metadata, which propeller puts on the pod), plus the
 SecurityContext.tokens flytekit serialized (flyteidl JSON).
 
+`template`: prints, as JSON, the pod template of a task that had one (shared with another task)
+after decoration, that template as the other task still sees it, and the decorated task's own
+annotations. Not serialized: a flytekit PodTemplate's serialization needs the `kubernetes`
+package, which flytekit does not bring (and tests/.venv does not have).
+
 `errors`: prints, as JSON, each refused declaration: case, exception type and message.
 
 Run with PYTHONPATH=agent/python/src (the package under test) and tests/.venv's python.
@@ -66,6 +71,21 @@ def pod() -> dict:
     }
 
 
+def template() -> dict:
+    from flytekit import PodTemplate
+
+    # Any non-None pod_spec: without one, PodTemplate imports `kubernetes` to build an empty one.
+    shared = PodTemplate(pod_spec={"containers": []}, labels={"team": "ml"}, annotations={"owner": "bob"})
+    other = task(pod_template=shared)(plain)
+    decorated = decorate(request("my-api"), pod_template=shared)
+    return {
+        "decorated": {"labels": decorated.pod_template.labels, "annotations": decorated.pod_template.annotations},
+        "shared": {"labels": other.pod_template.labels, "annotations": other.pod_template.annotations},
+        "task_annotations": decorated.metadata.annotations,
+        "same_pod_spec": decorated.pod_template.pod_spec is shared.pod_spec,
+    }
+
+
 def refused(case, make):
     try:
         make()
@@ -112,7 +132,9 @@ if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "pod":
         print(json.dumps(pod()))
+    elif mode == "template":
+        print(json.dumps(template()))
     elif mode == "errors":
         print(json.dumps(errors()))
     else:
-        sys.exit("usage: fk_tokens_task.py pod|errors")
+        sys.exit("usage: fk_tokens_task.py pod|template|errors")

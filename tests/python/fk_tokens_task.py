@@ -10,6 +10,8 @@ after decoration, that template as the other task still sees it, and the decorat
 annotations. Not serialized: a flytekit PodTemplate's serialization needs the `kubernetes`
 package, which flytekit does not bring (and tests/.venv does not have).
 
+`live ISSUER TOKEN_ENDPOINT`: `pod` for a task whose requests name that IdP.
+
 `errors`: prints, as JSON, each refused declaration: case, exception type and message.
 
 Run with PYTHONPATH=agent/python/src (the package under test) and tests/.venv's python.
@@ -54,9 +56,9 @@ def call_apis() -> str:
     return faa.token("my-api")
 
 
-def pod() -> dict:
+def pod(entity=None) -> dict:
     settings = SerializationSettings(image_config=ImageConfig.auto_default_image())
-    template = get_serializable(OrderedDict(), settings, call_apis).template.to_flyte_idl()
+    template = get_serializable(OrderedDict(), settings, entity or call_apis).template.to_flyte_idl()
     meta = template.metadata.metadata
     container = template.container
     return {
@@ -103,6 +105,28 @@ def decorate(*requests, **task_kwargs):
     return faa.with_tokens(*requests)(task(**task_kwargs)(plain))
 
 
+def live(issuer: str, token_endpoint: str) -> dict:
+    """A task whose requests point at a live IdP: `reader` (propeller's encoding; FILE secret) and
+    `writer` (JSON, client_secret_post; ENV_VAR secret with a mixed-case key)."""
+    reader = OAuth2TokenRequest(
+        name="reader",
+        client=OAuth2Client(
+            client_id="reader",
+            client_secret=Secret(group="reader-oauth", key="client_secret", mount_requirement=Secret.MountType.FILE),
+        ),
+        idp_discovery_endpoint=issuer,
+    )
+    writer = OAuth2TokenRequest(
+        name="writer",
+        client=OAuth2Client(
+            client_id="writer",
+            client_secret=Secret(group="writer-oauth", key="Secret_Value", mount_requirement=Secret.MountType.ENV_VAR),
+        ),
+        token_endpoint=token_endpoint,
+    )
+    return pod(decorate(reader, faa.extend(writer, client_auth_method="client_secret_post")))
+
+
 def errors() -> list:
     unknown = request("odd")
     unknown.type_ = 7
@@ -132,9 +156,11 @@ if __name__ == "__main__":
     mode = sys.argv[1] if len(sys.argv) > 1 else ""
     if mode == "pod":
         print(json.dumps(pod()))
+    elif mode == "live" and len(sys.argv) == 4:
+        print(json.dumps(live(sys.argv[2], sys.argv[3])))
     elif mode == "template":
         print(json.dumps(template()))
     elif mode == "errors":
         print(json.dumps(errors()))
     else:
-        sys.exit("usage: fk_tokens_task.py pod|template|errors")
+        sys.exit("usage: fk_tokens_task.py pod|template|errors|live ISSUER TOKEN_ENDPOINT")

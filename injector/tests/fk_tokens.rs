@@ -175,6 +175,11 @@ fn a_flytekit_task_with_tokens_gives_the_agent_exactly_those_requests() {
         .map(|t| t["name"].as_str().unwrap())
         .collect();
     assert_eq!(recorded, ["my-api", "reports"]);
+    assert_eq!(
+        task["secrets"],
+        json!([{"group": "db", "key": "password"}]),
+        "the task's own secret_requests stay in its SecurityContext"
+    );
 
     let pod = patched(&review_for(&task));
     assert_eq!(

@@ -51,7 +51,12 @@ def request(name, group="api-client", key="secret", **kw):
         client_auth_method="client_secret_post",
     ),
 )
-@task(labels={"team": "data"}, annotations={"owner": "alice"}, environment={"APP_MODE": "prod"})
+@task(
+    labels={"team": "data"},
+    annotations={"owner": "alice"},
+    environment={"APP_MODE": "prod"},
+    secret_requests=[Secret(group="db", key="password")],
+)
 def call_apis() -> str:
     return faa.token("my-api")
 
@@ -70,6 +75,7 @@ def pod(entity=None) -> dict:
             "env": [{"name": kv.key, "value": kv.value} for kv in container.env],
         },
         "tokens": [json_format.MessageToDict(t) for t in template.security_context.tokens],
+        "secrets": [json_format.MessageToDict(t) for t in template.security_context.secrets],
     }
 
 

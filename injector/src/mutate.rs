@@ -36,6 +36,27 @@ pub const INJECTED_ANNOTATION: &str = "flyte.org/auth-agent-injected";
 pub const ENV_PLATFORM_URL: &str = "FLYTE_PLATFORM_URL";
 /// The env var that makes flytekit use plaintext (the unix socket).
 pub const ENV_PLATFORM_INSECURE: &str = "FLYTE_PLATFORM_INSECURE";
+/// The env var flytekit reads its Admin auth mode from (`[credentials] auth_mode`).
+pub const ENV_CREDENTIALS_AUTH_MODE: &str = "FLYTE_CREDENTIALS_AUTH_MODE";
+/// The env var flytekit reads the external-process command from (comma-separated argv).
+pub const ENV_CREDENTIALS_COMMAND: &str = "FLYTE_CREDENTIALS_COMMAND";
+/// The auth mode set in task containers: flytekit builds a `CommandAuthenticator`, which
+/// is never interactive, needs no keyring and runs its command only after Admin answers
+/// UNAUTHENTICATED (which the agent never does on its own). flytekit's default, `standard`
+/// (PKCE), reads the keyring on construction and would open a browser on UNAUTHENTICATED.
+pub const TASK_AUTH_MODE: &str = "external_process";
+/// The command flytekit runs if Admin ever answers UNAUTHENTICATED (or UNKNOWN) through the agent.
+///
+/// flytekit splits it on commas into an argv and runs it without a shell, using its stdout
+/// as a bearer token. A task pod cannot log in by design (the agent holds the credentials),
+/// so the correct answer is to fail with a message saying where to look: the command prints
+/// it to stderr and exits 1, and flytekit raises `AuthenticationError` with that text. It
+/// prints no token and reads no secret. `python3` is the one program every flytekit image
+/// has; the message must contain no comma (flytekit would split the argv there).
+pub const TASK_AUTH_COMMAND: &str = "python3,-c,import sys; sys.exit('flyte-auth-agent: \
+     Admin answered UNAUTHENTICATED or UNKNOWN through the auth agent; a task pod does not \
+     log in itself (the agent authenticates its calls). See the log of the auth agent \
+     container.')";
 
 /// A pod's patch and what the requester should know about it.
 #[derive(Debug, Clone, Default)]
@@ -568,10 +589,14 @@ fn task_env(plan: &Plan<'_>) -> Vec<Vec<EnvVar>> {
     if plan.sidecar() {
         groups.push(vec![value(ENV_SOCKET, plan.socket_path())]);
         if plan.admin.is_some() {
-            // flytekit needs both: a unix:// endpoint with TLS would not connect.
+            // flytekit needs both: a unix:// endpoint with TLS would not connect. The
+            // auth mode belongs to the same group: it is right only for the agent's
+            // endpoint, and a container that keeps its own endpoint keeps its own auth.
             groups.push(vec![
                 value(ENV_PLATFORM_URL, format!("unix://{}", plan.socket_path())),
                 value(ENV_PLATFORM_INSECURE, "true".into()),
+                value(ENV_CREDENTIALS_AUTH_MODE, TASK_AUTH_MODE.into()),
+                value(ENV_CREDENTIALS_COMMAND, TASK_AUTH_COMMAND.into()),
             ]);
         }
     }

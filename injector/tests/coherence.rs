@@ -323,6 +323,66 @@ admin:
     let remote = run(&["remote"]);
     assert_eq!(remote["execution"], "seed", "{remote}");
 
+    // flytekit's first Admin call with exactly the task's env builds no interactive
+    // authenticator and loads no keyring backend; the same process without the injector's auth
+    // env (the control) does both, so this is what the auth env changes.
+    let first_call = |env: &[(String, String)]| -> Value {
+        let out = Command::new(python())
+            .arg(workspace().join("tests/python/flytekit_auth_mode.py"))
+            .arg("first-call")
+            .env_clear()
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_str(stdout.lines().last().unwrap()).unwrap()
+    };
+    let seen = first_call(&python_env);
+    assert_eq!(seen["auth_mode"], "external_process", "{seen}");
+    assert_eq!(
+        seen["authenticators"],
+        json!(["CommandAuthenticator"]),
+        "{seen}"
+    );
+    assert_eq!(seen["interactive_built"], json!([]), "{seen}");
+    assert_eq!(seen["keyring_backend"], Value::Null, "{seen}");
+    assert!(
+        seen["projects"].as_array().is_some_and(|p| !p.is_empty()),
+        "{seen}"
+    );
+    // If flytekit ever runs the command (after UNAUTHENTICATED or UNKNOWN), it fails with a
+    // message saying where to look, yields no credentials, and still loads no keyring.
+    let refresh = &seen["refresh"];
+    assert_eq!(refresh["error"], "AuthenticationError", "{seen}");
+    assert!(
+        refresh["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a task pod does not log in itself")),
+        "{seen}"
+    );
+    assert_eq!(refresh["credentials"], false, "{seen}");
+    assert_eq!(seen["keyring_backend_after_refresh"], Value::Null, "{seen}");
+    let without_auth_env: Vec<(String, String)> = python_env
+        .iter()
+        .filter(|(k, _)| !k.starts_with("FLYTE_CREDENTIALS_"))
+        .cloned()
+        .collect();
+    assert_eq!(without_auth_env.len() + 2, python_env.len());
+    let control = first_call(&without_auth_env);
+    assert_eq!(control["auth_mode"], "standard", "{control}");
+    assert_eq!(
+        control["interactive_built"],
+        json!(["PKCEAuthenticator"]),
+        "{control}"
+    );
+    assert!(control["keyring_backend"].is_string(), "{control}");
+
     // The scope the injector read from the namespace is the one the agent's proxy enforces: the
     // task's own calls reach Admin, another project's or domain's do not.
     let before = admin.authenticated_calls().len();

@@ -288,6 +288,8 @@ fn init_only_mode_runs_once_without_socket_or_proxy() {
         "FLYTE_AUTH_AGENT_SOCKET",
         "FLYTE_PLATFORM_URL",
         "FLYTE_PLATFORM_INSECURE",
+        "FLYTE_CREDENTIALS_AUTH_MODE",
+        "FLYTE_CREDENTIALS_COMMAND",
     ] {
         assert!(!names.contains(&absent), "{absent} in init-only mode");
     }

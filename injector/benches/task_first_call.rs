@@ -19,83 +19,29 @@
 // The agent's test harness (it allows its own dead code; the bench uses part of it).
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+#[path = "../tests/kubelet/mod.rs"]
+mod kubelet;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use base64::Engine as _;
 use common::{agent_bin, python, workspace, Admin, AgentProcess, Idp, Pod};
 use flyte_auth_injector::config::Config;
-use flyte_auth_injector::review::{Injector, Outcome};
+use flyte_auth_injector::review::Injector;
+use kubelet::{container_env, materialize_mounts, mutated, review_of, Secrets};
 use serde_json::{json, Value};
 
 const RUNS: usize = 30;
 const WARMUP: usize = 3;
 const PROPELLER_SECRET: &str = "propeller-secret-bench";
 
-fn mutated(injector: &Injector, pod: Value) -> Value {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "c0ffee00-0000-4000-8000-000000000013",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "flytesnacks-development",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
-            "object": pod,
-        },
-    });
-    let reviewed = injector.review(&serde_json::to_vec(&review).unwrap());
-    assert_eq!(reviewed.outcome, Outcome::Mutated);
-    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
-    let patch = base64::engine::general_purpose::STANDARD
-        .decode(answer["response"]["patch"].as_str().unwrap())
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    pod
-}
-
-/// A container's env, `secretKeyRef`s resolved from the one Secret this bench has.
-fn container_env(container: &Value) -> Vec<(String, String)> {
-    container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = match e.get("value") {
-                Some(v) => v.as_str().unwrap().to_string(),
-                None => PROPELLER_SECRET.to_string(),
-            };
-            (name, value)
-        })
-        .collect()
-}
-
-/// The agent's volumes as the kubelet makes them: directories, and the Secret's items.
-fn materialize_mounts(pod: &Value, container: &Value) {
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-        let path = Path::new(mount["mountPath"].as_str().unwrap());
-        let volume = pod["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .unwrap();
-        std::fs::create_dir_all(path).unwrap();
-        if let Some(secret) = volume.get("secret") {
-            for item in secret["items"].as_array().unwrap() {
-                let file = path.join(item["path"].as_str().unwrap());
-                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                std::fs::write(file, PROPELLER_SECRET).unwrap();
-            }
-        }
-    }
+/// The namespace's one Secret: the Admin client's.
+fn secrets() -> Secrets {
+    Secrets::from([(
+        "flyte-secret-auth",
+        [("client_secret", PROPELLER_SECRET)].into(),
+    )])
 }
 
 /// The agent's pid: this process's child running the agent binary.
@@ -188,7 +134,7 @@ admin:
     let injector = Injector::new(Config::parse(&config, "bench config").unwrap());
     let pod = mutated(
         &injector,
-        json!({
+        &review_of(json!({
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {
@@ -203,17 +149,17 @@ admin:
                     {"name": "FLYTE_INTERNAL_EXECUTION_DOMAIN", "value": "development"},
                 ]}],
             },
-        }),
+        })),
     );
     let agent = &pod["spec"]["initContainers"][0];
-    materialize_mounts(&pod, agent);
+    materialize_mounts(&pod, agent, &secrets());
     let args: Vec<String> = agent["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let mut agent_env = container_env(agent);
+    let mut agent_env = container_env(agent, &secrets());
     for (k, v) in agent_env.iter_mut() {
         if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
             *v = "127.0.0.1:0".into();
@@ -228,7 +174,7 @@ admin:
     let pid = agent_pid();
 
     let home = ("HOME".to_string(), dirs.dir.path().display().to_string());
-    let mut through_agent = container_env(&pod["spec"]["containers"][0]);
+    let mut through_agent = container_env(&pod["spec"]["containers"][0], &secrets());
     through_agent.push(home.clone());
     let status_quo: Vec<(String, String)> = [
         ("FLYTE_PLATFORM_URL", admin.address()),

@@ -12,20 +12,21 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod kubelet;
 
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{python, sget, workspace, Admin, AgentProcess, Idp, Pod};
 use flyte_auth_agent::env::{ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT};
 use flyte_auth_injector::config::Config;
-use flyte_auth_injector::review::{Injector, Outcome};
+use flyte_auth_injector::review::Injector;
 use flyte_auth_proto::flyteidl::core::{
     o_auth2_token_request, secret::MountType, OAuth2Client, OAuth2TokenRequest, Secret,
 };
+use kubelet::{container_env, materialize_mounts, mutated, review_of};
 use serde_json::{json, Value};
 
 const PROPELLER_SECRET: &str = "propeller-secret-coherence";
@@ -33,7 +34,7 @@ const READER_SECRET: &str = "reader-secret-coherence";
 const WRITER_SECRET: &str = "writer-secret-coherence";
 
 /// The Kubernetes Secrets of the namespace: name → data key → value.
-fn secret_store() -> BTreeMap<&'static str, BTreeMap<&'static str, &'static str>> {
+fn secret_store() -> kubelet::Secrets {
     BTreeMap::from([
         (
             "flyte-secret-auth",
@@ -48,87 +49,6 @@ fn secret_store() -> BTreeMap<&'static str, BTreeMap<&'static str, &'static str>
             BTreeMap::from([("Secret_Value", WRITER_SECRET)]),
         ),
     ])
-}
-
-fn review_of(pod: Value) -> Value {
-    json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "c0ffee00-0000-4000-8000-000000000001",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "flytesnacks-development",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
-            "object": pod,
-        }
-    })
-}
-
-/// Applies the review's patch to its object.
-fn mutated(injector: &Injector, review: &Value) -> Value {
-    let reviewed = injector.review(&serde_json::to_vec(review).unwrap());
-    assert_eq!(reviewed.outcome, Outcome::Mutated);
-    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
-    let patch = base64::engine::general_purpose::STANDARD
-        .decode(answer["response"]["patch"].as_str().unwrap())
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    pod
-}
-
-/// What the kubelet gives a container: its env with `secretKeyRef`s resolved.
-fn container_env(container: &Value) -> Vec<(String, String)> {
-    let store = secret_store();
-    container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = match e.get("value") {
-                Some(v) => v.as_str().unwrap().to_string(),
-                None => {
-                    let r = &e["valueFrom"]["secretKeyRef"];
-                    let (secret, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
-                    store
-                        .get(secret)
-                        .and_then(|d| d.get(key))
-                        .unwrap_or_else(|| panic!("{name}: no key {key} in Secret {secret}"))
-                        .to_string()
-                }
-            };
-            (name, value)
-        })
-        .collect()
-}
-
-/// What the kubelet makes of a container's volume mounts: `emptyDir`s created (shared by path),
-/// `secret` volumes' items written under their mount path.
-fn materialize_mounts(pod: &Value, container: &Value) {
-    let store = secret_store();
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-        let path = Path::new(mount["mountPath"].as_str().unwrap());
-        let volume = pod["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .unwrap_or_else(|| panic!("mount {mount} names no volume"));
-        std::fs::create_dir_all(path).unwrap();
-        if let Some(secret) = volume.get("secret") {
-            let name = secret["secretName"].as_str().unwrap();
-            for item in secret["items"].as_array().unwrap() {
-                let value = store[name][item["key"].as_str().unwrap()];
-                let file = path.join(item["path"].as_str().unwrap());
-                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                std::fs::write(file, value).unwrap();
-            }
-        }
-    }
 }
 
 #[test]
@@ -212,7 +132,7 @@ admin:
     let agent = &pod["spec"]["initContainers"][0];
     let task = &pod["spec"]["containers"][0];
     // The agent acts as the execution of the review's namespace, flytesnacks-development.
-    let agent_env = container_env(agent);
+    let agent_env = container_env(agent, &secret_store());
     let scope: BTreeMap<&str, &str> = agent_env
         .iter()
         .filter(|(k, _)| [ENV_ADMIN_PROJECT, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG].contains(&k.as_str()))
@@ -227,7 +147,7 @@ admin:
     );
 
     // The sidecar, as the kubelet would start it.
-    materialize_mounts(&pod, agent);
+    materialize_mounts(&pod, agent, &secret_store());
     let args: Vec<String> = agent["args"]
         .as_array()
         .unwrap()
@@ -235,7 +155,7 @@ admin:
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
     assert_eq!(args, ["serve"]);
-    let mut env = container_env(agent);
+    let mut env = container_env(agent, &secret_store());
     for (k, v) in env.iter_mut() {
         if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
             assert_eq!(v, "0.0.0.0:9911");
@@ -254,7 +174,7 @@ admin:
     assert_eq!(status, 200);
 
     // The task: only its own env, which holds nothing secret.
-    let task_env = container_env(task);
+    let task_env = container_env(task, &secret_store());
     for (k, v) in &task_env {
         for secret in [PROPELLER_SECRET, READER_SECRET, WRITER_SECRET] {
             assert!(!v.contains(secret), "task env {k} holds a client secret");

@@ -12,23 +12,23 @@
 
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
+mod kubelet;
 
 use std::collections::BTreeMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use base64::Engine as _;
 use common::{python, workspace, AgentProcess, Idp, Pod};
 use flyte_auth_injector::config::Config;
-use flyte_auth_injector::review::{Injector, Outcome};
+use flyte_auth_injector::review::Injector;
+use kubelet::{container_env, materialize_mounts, mutated, review_of};
 use serde_json::{json, Value};
 
 const READER_SECRET: &str = "reader-secret-fk-tokens";
 const WRITER_SECRET: &str = "writer-secret-fk-tokens";
 
 /// The Kubernetes Secrets of the namespace: name → data key → value.
-fn secret_store() -> BTreeMap<&'static str, BTreeMap<&'static str, &'static str>> {
+fn secret_store() -> kubelet::Secrets {
     BTreeMap::from([
         (
             "reader-oauth",
@@ -87,82 +87,6 @@ fn pod_of(task: &Value) -> Value {
     })
 }
 
-fn mutated(injector: &Injector, pod: Value) -> Value {
-    let review = json!({
-        "apiVersion": "admission.k8s.io/v1",
-        "kind": "AdmissionReview",
-        "request": {
-            "uid": "c0ffee00-0000-4000-8000-000000000013",
-            "kind": {"group": "", "version": "v1", "kind": "Pod"},
-            "resource": {"group": "", "version": "v1", "resource": "pods"},
-            "namespace": "flytesnacks-development",
-            "operation": "CREATE",
-            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
-            "object": pod,
-        }
-    });
-    let reviewed = injector.review(&serde_json::to_vec(&review).unwrap());
-    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
-    assert_eq!(reviewed.outcome, Outcome::Mutated, "{answer}");
-    let patch = base64::engine::general_purpose::STANDARD
-        .decode(answer["response"]["patch"].as_str().unwrap())
-        .unwrap();
-    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
-    let mut pod = review["request"]["object"].clone();
-    json_patch::patch(&mut pod, &patch).unwrap();
-    pod
-}
-
-/// What the kubelet gives a container: its env with `secretKeyRef`s resolved.
-fn container_env(container: &Value) -> Vec<(String, String)> {
-    let store = secret_store();
-    container["env"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|e| {
-            let name = e["name"].as_str().unwrap().to_string();
-            let value = match e.get("value") {
-                Some(v) => v.as_str().unwrap().to_string(),
-                None => {
-                    let r = &e["valueFrom"]["secretKeyRef"];
-                    let (secret, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
-                    store
-                        .get(secret)
-                        .and_then(|d| d.get(key))
-                        .unwrap_or_else(|| panic!("{name}: no key {key} in Secret {secret}"))
-                        .to_string()
-                }
-            };
-            (name, value)
-        })
-        .collect()
-}
-
-/// The kubelet's work on a container's mounts: `emptyDir`s created, `secret` items written.
-fn materialize_mounts(pod: &Value, container: &Value) {
-    let store = secret_store();
-    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
-        let path = Path::new(mount["mountPath"].as_str().unwrap());
-        let volume = pod["spec"]["volumes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|v| v["name"] == mount["name"])
-            .unwrap_or_else(|| panic!("mount {mount} names no volume"));
-        std::fs::create_dir_all(path).unwrap();
-        if let Some(secret) = volume.get("secret") {
-            let name = secret["secretName"].as_str().unwrap();
-            for item in secret["items"].as_array().unwrap() {
-                let value = store[name][item["key"].as_str().unwrap()];
-                let file = path.join(item["path"].as_str().unwrap());
-                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
-                std::fs::write(file, value).unwrap();
-            }
-        }
-    }
-}
-
 #[test]
 fn a_flytekit_task_with_tokens_reads_them_from_the_injected_agent() {
     let idp = Idp::with_clients(&[
@@ -190,18 +114,18 @@ agent:
     let injector = Injector::new(Config::parse(&config, "fk_tokens_live config").unwrap());
 
     let task = script(&["live", &idp.issuer, &idp.token_endpoint()]);
-    let pod = mutated(&injector, pod_of(&task));
+    let pod = mutated(&injector, &review_of(pod_of(&task)));
     let agent = &pod["spec"]["initContainers"][0];
     let task_container = &pod["spec"]["containers"][0];
 
-    materialize_mounts(&pod, agent);
+    materialize_mounts(&pod, agent, &secret_store());
     let args: Vec<String> = agent["args"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a.as_str().unwrap().to_string())
         .collect();
-    let mut env = container_env(agent);
+    let mut env = container_env(agent, &secret_store());
     for (k, v) in env.iter_mut() {
         if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
             *v = "127.0.0.1:0".into();
@@ -215,7 +139,7 @@ agent:
     process.wait_ready(Duration::from_secs(30));
 
     // The task: exactly its own env (nothing secret in it), reading each declared token.
-    let task_env = container_env(task_container);
+    let task_env = container_env(task_container, &secret_store());
     for (k, v) in &task_env {
         for secret in [READER_SECRET, WRITER_SECRET] {
             assert!(!v.contains(secret), "task env {k} holds a client secret");

@@ -1,0 +1,94 @@
+//! What the API server and the kubelet do with a task pod, for the tests (and the bench) that run
+//! a mutated pod's agent for real: the review the API server sends, the injector's patch applied,
+//! and a container's env and mounts as the kubelet gives them, Secrets coming from an in-memory
+//! store.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use base64::Engine as _;
+use flyte_auth_injector::review::{Injector, Outcome};
+use serde_json::{json, Value};
+
+/// The namespace's Kubernetes Secrets: name → data key → value.
+pub type Secrets = BTreeMap<&'static str, BTreeMap<&'static str, &'static str>>;
+
+/// The review the API server sends when propeller creates `pod` in `flytesnacks-development`.
+pub fn review_of(pod: Value) -> Value {
+    json!({
+        "apiVersion": "admission.k8s.io/v1",
+        "kind": "AdmissionReview",
+        "request": {
+            "uid": "c0ffee00-0000-4000-8000-000000000001",
+            "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "flytesnacks-development",
+            "operation": "CREATE",
+            "userInfo": {"username": "system:serviceaccount:flyte:flytepropeller"},
+            "object": pod,
+        }
+    })
+}
+
+/// The review's object with the injector's patch applied (the review must mutate it).
+pub fn mutated(injector: &Injector, review: &Value) -> Value {
+    let reviewed = injector.review(&serde_json::to_vec(review).unwrap());
+    let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
+    assert_eq!(reviewed.outcome, Outcome::Mutated, "{answer}");
+    let patch = base64::engine::general_purpose::STANDARD
+        .decode(answer["response"]["patch"].as_str().unwrap())
+        .unwrap();
+    let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
+    let mut pod = review["request"]["object"].clone();
+    json_patch::patch(&mut pod, &patch).unwrap();
+    pod
+}
+
+/// What the kubelet gives a container: its env with `secretKeyRef`s resolved from `secrets`.
+pub fn container_env(container: &Value, secrets: &Secrets) -> Vec<(String, String)> {
+    container["env"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            let name = e["name"].as_str().unwrap().to_string();
+            let value = match e.get("value") {
+                Some(v) => v.as_str().unwrap().to_string(),
+                None => {
+                    let r = &e["valueFrom"]["secretKeyRef"];
+                    let (secret, key) = (r["name"].as_str().unwrap(), r["key"].as_str().unwrap());
+                    secrets
+                        .get(secret)
+                        .and_then(|d| d.get(key))
+                        .unwrap_or_else(|| panic!("{name}: no key {key} in Secret {secret}"))
+                        .to_string()
+                }
+            };
+            (name, value)
+        })
+        .collect()
+}
+
+/// What the kubelet makes of a container's volume mounts: `emptyDir`s created (shared by path),
+/// `secret` volumes' items written under their mount path from `secrets`.
+pub fn materialize_mounts(pod: &Value, container: &Value, secrets: &Secrets) {
+    for mount in container["volumeMounts"].as_array().into_iter().flatten() {
+        let path = Path::new(mount["mountPath"].as_str().unwrap());
+        let volume = pod["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .unwrap_or_else(|| panic!("mount {mount} names no volume"));
+        std::fs::create_dir_all(path).unwrap();
+        if let Some(secret) = volume.get("secret") {
+            let name = secret["secretName"].as_str().unwrap();
+            for item in secret["items"].as_array().unwrap() {
+                let value = secrets[name][item["key"].as_str().unwrap()];
+                let file = path.join(item["path"].as_str().unwrap());
+                std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+                std::fs::write(file, value).unwrap();
+            }
+        }
+    }
+}

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use common::{agent_bin, python, workspace, Admin, AgentProcess, Idp, Pod};
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
-use kubelet::{container_env, materialize_mounts, mutated, review_of, Secrets};
+use kubelet::{agent_command, container_env, mutated, review_of, Secrets};
 use serde_json::{json, Value};
 
 const RUNS: usize = 30;
@@ -151,20 +151,7 @@ admin:
             },
         })),
     );
-    let agent = &pod["spec"]["initContainers"][0];
-    materialize_mounts(&pod, agent, &secrets());
-    let args: Vec<String> = agent["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let mut agent_env = container_env(agent, &secrets());
-    for (k, v) in agent_env.iter_mut() {
-        if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
-            *v = "127.0.0.1:0".into();
-        }
-    }
+    let (args, agent_env) = agent_command(&pod, &secrets());
     let process = AgentProcess::start(
         &dirs,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),

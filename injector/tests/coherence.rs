@@ -26,7 +26,7 @@ use flyte_auth_injector::review::Injector;
 use flyte_auth_proto::flyteidl::core::{
     o_auth2_token_request, secret::MountType, OAuth2Client, OAuth2TokenRequest, Secret,
 };
-use kubelet::{container_env, materialize_mounts, mutated, review_of};
+use kubelet::{agent_command, container_env, mutated, review_of};
 use serde_json::{json, Value};
 
 const PROPELLER_SECRET: &str = "propeller-secret-coherence";
@@ -147,21 +147,10 @@ admin:
     );
 
     // The sidecar, as the kubelet would start it.
-    materialize_mounts(&pod, agent, &secret_store());
-    let args: Vec<String> = agent["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
+    assert!(container_env(agent, &secret_store())
+        .contains(&("FLYTE_AUTH_AGENT_HEALTH_ADDR".into(), "0.0.0.0:9911".into())));
+    let (args, env) = agent_command(&pod, &secret_store());
     assert_eq!(args, ["serve"]);
-    let mut env = container_env(agent, &secret_store());
-    for (k, v) in env.iter_mut() {
-        if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
-            assert_eq!(v, "0.0.0.0:9911");
-            *v = "127.0.0.1:0".into();
-        }
-    }
     let process = AgentProcess::start(
         &dirs,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),

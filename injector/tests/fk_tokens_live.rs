@@ -21,7 +21,7 @@ use std::time::Duration;
 use common::{python, workspace, AgentProcess, Idp, Pod};
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
-use kubelet::{container_env, materialize_mounts, mutated, review_of};
+use kubelet::{agent_command, container_env, mutated, review_of};
 use serde_json::{json, Value};
 
 const READER_SECRET: &str = "reader-secret-fk-tokens";
@@ -115,22 +115,9 @@ agent:
 
     let task = script(&["live", &idp.issuer, &idp.token_endpoint()]);
     let pod = mutated(&injector, &review_of(pod_of(&task)));
-    let agent = &pod["spec"]["initContainers"][0];
     let task_container = &pod["spec"]["containers"][0];
 
-    materialize_mounts(&pod, agent, &secret_store());
-    let args: Vec<String> = agent["args"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap().to_string())
-        .collect();
-    let mut env = container_env(agent, &secret_store());
-    for (k, v) in env.iter_mut() {
-        if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
-            *v = "127.0.0.1:0".into();
-        }
-    }
+    let (args, env) = agent_command(&pod, &secret_store());
     let process = AgentProcess::start(
         &dirs,
         &args.iter().map(String::as_str).collect::<Vec<_>>(),

@@ -92,3 +92,24 @@ pub fn materialize_mounts(pod: &Value, container: &Value, secrets: &Secrets) {
         }
     }
 }
+
+/// What the kubelet runs for `pod`'s agent (its first init container): its mounts made, its args,
+/// and its env with Secrets resolved, the health port moved to loopback port 0 so that tests on
+/// one machine do not collide.
+pub fn agent_command(pod: &Value, secrets: &Secrets) -> (Vec<String>, Vec<(String, String)>) {
+    let agent = &pod["spec"]["initContainers"][0];
+    materialize_mounts(pod, agent, secrets);
+    let args = agent["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    let mut env = container_env(agent, secrets);
+    for (k, v) in env.iter_mut() {
+        if k == "FLYTE_AUTH_AGENT_HEALTH_ADDR" {
+            *v = "127.0.0.1:0".into();
+        }
+    }
+    (args, env)
+}

@@ -7,8 +7,8 @@
 //!
 //! Simplified against propeller: the pod is the harness's propeller-shaped pod with the task's
 //! container image, args and env, and the TaskTemplate's `metadata.metadata` labels and
-//! annotations (which propeller puts on the pod) merged into its own; no `k8s_pod` template (a
-//! flytekit `PodTemplate` needs the `kubernetes` package, which flytekit does not bring) and no
+//! annotations (which propeller puts on the pod) merged into its own; no `k8s_pod` template
+//! (fk_tokens_live.rs serializes a task with one and builds its pod as propeller does) and no
 //! template-variable substitution in the args.
 
 #[path = "harness/mod.rs"]

@@ -1,16 +1,22 @@
 """flyte_auth_agent.with_tokens on real flytekit tasks, serialized by flytekit itself.
 
 `pod`: prints, as JSON, what propeller takes from the TaskTemplate of a task declaring two token
-requests (one plain, one with the agent's extensions): the container (image, args, env) and the
+requests (one plain, one with the agent's extensions): the task's name, the container (image, args, env) and the
 labels and annotations (TaskTemplate.metadata.metadata, which propeller puts on the pod), plus the
-SecurityContext.tokens flytekit serialized (flyteidl JSON).
+SecurityContext.tokens flytekit serialized (flyteidl JSON). `k8s_pod` and `config` are null and
+empty: this task has no pod template.
 
 `template`: prints, as JSON, the pod template of a task that had one (shared with another task)
 after decoration, that template as the other task still sees it, and the decorated task's own
-annotations. Not serialized: a flytekit PodTemplate's serialization needs the `kubernetes`
-package, which flytekit does not bring (and tests/.venv does not have).
+annotations. Not serialized here (`live` serializes a pod template).
 
-`live ISSUER TOKEN_ENDPOINT`: `pod` for a task whose requests name that IdP.
+`live ISSUER TOKEN_ENDPOINT`: `pod` for a task whose requests name that IdP and which has a
+flytekit `PodTemplate` with a `kubernetes.client.V1PodSpec` (its primary container `primary` with
+an env var and a memory request and limit of its own, a nodeSelector, a toleration, labels and
+annotations). flytekit then serializes no `container` but `k8s_pod` (its metadata and the pod
+spec, into whose primary container flytekit merged the task's image, args and env) and
+`config["primary_container_name"]`, which is what propeller builds the pod from. Needs the PyPI
+`kubernetes` package (flytekit does not bring it; tests/requirements.txt does).
 
 `errors`: prints, as JSON, each refused declaration: case, exception type and message.
 
@@ -65,15 +71,29 @@ def pod(entity=None) -> dict:
     settings = SerializationSettings(image_config=ImageConfig.auto_default_image())
     template = get_serializable(OrderedDict(), settings, entity or call_apis).template.to_flyte_idl()
     meta = template.metadata.metadata
-    container = template.container
+    container = None
+    if template.HasField("container"):
+        container = {
+            "image": template.container.image,
+            "args": list(template.container.args),
+            "env": [{"name": kv.key, "value": kv.value} for kv in template.container.env],
+        }
+    k8s_pod = None
+    if template.HasField("k8s_pod"):
+        k8s_pod = {
+            "metadata": {
+                "labels": dict(template.k8s_pod.metadata.labels),
+                "annotations": dict(template.k8s_pod.metadata.annotations),
+            },
+            "pod_spec": json_format.MessageToDict(template.k8s_pod.pod_spec),
+        }
     return {
+        "name": template.id.name,
         "labels": dict(meta.labels),
         "annotations": dict(meta.annotations),
-        "container": {
-            "image": container.image,
-            "args": list(container.args),
-            "env": [{"name": kv.key, "value": kv.value} for kv in container.env],
-        },
+        "container": container,
+        "k8s_pod": k8s_pod,
+        "config": dict(template.config),
         "tokens": [json_format.MessageToDict(t) for t in template.security_context.tokens],
         "secrets": [json_format.MessageToDict(t) for t in template.security_context.secrets],
     }
@@ -82,7 +102,8 @@ def pod(entity=None) -> dict:
 def template() -> dict:
     from flytekit import PodTemplate
 
-    # Any non-None pod_spec: without one, PodTemplate imports `kubernetes` to build an empty one.
+    # A plain dict is enough for what this mode looks at (the template's labels and annotations,
+    # and that its pod_spec object is shared, not copied); `live` uses a real V1PodSpec.
     shared = PodTemplate(pod_spec={"containers": []}, labels={"team": "ml"}, annotations={"owner": "bob"})
     other = task(pod_template=shared)(plain)
     decorated = decorate(request("my-api"), pod_template=shared)
@@ -130,7 +151,37 @@ def live(issuer: str, token_endpoint: str) -> dict:
         ),
         token_endpoint=token_endpoint,
     )
-    return pod(decorate(reader, faa.extend(writer, client_auth_method="client_secret_post")))
+    task_kwargs = dict(
+        pod_template=live_pod_template(),
+        labels={"tier": "gold"},
+        annotations={"reviewer": "carol"},
+        environment={"APP_MODE": "prod"},
+    )
+    return pod(decorate(reader, faa.extend(writer, client_auth_method="client_secret_post"), **task_kwargs))
+
+
+def live_pod_template():
+    """A pod template as a user writes one: a primary container with settings of its own (which
+    flytekit keeps when it merges the task's container in), scheduling, labels and annotations."""
+    from flytekit import PodTemplate
+    from kubernetes.client import V1Container, V1EnvVar, V1PodSpec, V1ResourceRequirements, V1Toleration
+
+    return PodTemplate(
+        primary_container_name="primary",
+        pod_spec=V1PodSpec(
+            containers=[
+                V1Container(
+                    name="primary",
+                    env=[V1EnvVar(name="TEMPLATE_MODE", value="batch")],
+                    resources=V1ResourceRequirements(requests={"memory": "500Mi"}, limits={"memory": "600Mi"}),
+                )
+            ],
+            node_selector={"pool": "batch"},
+            tolerations=[V1Toleration(key="dedicated", operator="Equal", value="batch", effect="NoSchedule")],
+        ),
+        labels={"team": "data"},
+        annotations={"owner": "alice"},
+    )
 
 
 def errors() -> list:

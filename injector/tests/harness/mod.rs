@@ -162,11 +162,23 @@ pub fn write_config(dir: &Path, cert: &Path, key: &Path) -> PathBuf {
 
 /// [`write_config`] with more `server` keys (YAML lines, each indented by two spaces).
 pub fn write_config_with(dir: &Path, cert: &Path, key: &Path, server: &str) -> PathBuf {
+    write_config_sections(dir, cert, key, server, "")
+}
+
+/// [`write_config_with`], then `sections`: more top-level sections of the config (YAML starting
+/// at column 0, such as `agent:` and `admin:`).
+pub fn write_config_sections(
+    dir: &Path,
+    cert: &Path,
+    key: &Path,
+    server: &str,
+    sections: &str,
+) -> PathBuf {
     let path = dir.join("config.yaml");
     std::fs::write(
         &path,
         format!(
-            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n{server}",
+            "server:\n  listen: 127.0.0.1:0\n  cert_file: {}\n  key_file: {}\n{server}{sections}",
             cert.display(),
             key.display()
         ),

@@ -35,8 +35,19 @@ pub fn mutated(injector: &Injector, review: &Value) -> Value {
     let reviewed = injector.review(&serde_json::to_vec(review).unwrap());
     let answer: Value = serde_json::from_slice(&reviewed.body).unwrap();
     assert_eq!(reviewed.outcome, Outcome::Mutated, "{answer}");
+    patched(review, &answer)
+}
+
+/// What the API server stores for `review`'s object given the webhook's `answer` (an
+/// AdmissionReview, in-process or over HTTPS): the answer must be for this review and allow the
+/// pod with a JSONPatch, which is applied.
+pub fn patched(review: &Value, answer: &Value) -> Value {
+    let response = &answer["response"];
+    assert_eq!(response["uid"], review["request"]["uid"], "{answer}");
+    assert_eq!(response["allowed"], true, "{answer}");
+    assert_eq!(response["patchType"], "JSONPatch", "{answer}");
     let patch = base64::engine::general_purpose::STANDARD
-        .decode(answer["response"]["patch"].as_str().unwrap())
+        .decode(response["patch"].as_str().unwrap())
         .unwrap();
     let patch: json_patch::Patch = serde_json::from_slice(&patch).unwrap();
     let mut pod = review["request"]["object"].clone();

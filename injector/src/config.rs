@@ -290,6 +290,22 @@ fn default_sa_expiry() -> i64 {
     3600
 }
 
+/// Which flytekit auth mode task containers get with the Admin proxy (`admin.task_auth`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskAuth {
+    /// `flyte_auth_agent` for pods that say their image has the flyte-auth-agent Python package
+    /// (the annotation [`crate::mutate::TASK_AUTH_ANNOTATION`], written by `with_tokens`),
+    /// `external_process` for the rest.
+    #[default]
+    Auto,
+    /// flytekit's `external_process` mode for every pod: works with any flytekit image.
+    ExternalProcess,
+    /// The flyte-auth-agent package's `flyte_auth_agent` mode for every pod: for platforms
+    /// whose task images all have the package; flytekit refuses to start a client without it.
+    FlyteAuthAgent,
+}
+
 /// The `admin` section: the agent's own `admin` keys (passed to it as
 /// `FLYTE_AUTH_AGENT_ADMIN_*`), plus what only the injector needs.
 #[derive(Debug, Clone, Deserialize)]
@@ -297,6 +313,9 @@ pub struct AdminSettings {
     /// The projected service-account token, for pods whose mode needs one.
     #[serde(default)]
     pub service_account_token: Option<ServiceAccountToken>,
+    /// flytekit's auth mode in task containers.
+    #[serde(default)]
+    pub task_auth: TaskAuth,
     /// Every other key, as the agent reads it (`endpoint`, `mode`, `client_id`, …).
     #[serde(flatten)]
     pub agent: serde_json::Map<String, serde_json::Value>,
@@ -360,7 +379,13 @@ impl Config {
             let de = serde_yaml_ng::Deserializer::from_str(text);
             serde_path_to_error::deserialize(de).map_err(|e| {
                 let field = e.path().to_string();
-                ConfigErrors(vec![err(&field, e.into_inner().to_string())])
+                let problem = e.into_inner().to_string();
+                // serde_yaml_ng starts its message with the path too.
+                let problem = match problem.strip_prefix(&format!("{field}: ")) {
+                    Some(rest) => rest.to_string(),
+                    None => problem,
+                };
+                ConfigErrors(vec![err(&field, problem)])
             })?
         };
         config.check(source)?;

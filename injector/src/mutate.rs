@@ -25,7 +25,7 @@ use k8s_openapi::api::core::v1::{
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, SA_TOKEN_FILE};
+use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, TaskAuth, SA_TOKEN_FILE};
 use crate::names::{check_dns_label, check_env_name};
 use crate::requests::PodRequests;
 use crate::scope::Execution;
@@ -45,6 +45,14 @@ pub const ENV_CREDENTIALS_COMMAND: &str = "FLYTE_CREDENTIALS_COMMAND";
 /// UNAUTHENTICATED (which the agent never does on its own). flytekit's default, `standard`
 /// (PKCE), reads the keyring on construction and would open a browser on UNAUTHENTICATED.
 pub const TASK_AUTH_MODE: &str = "external_process";
+/// The auth mode of the flyte-auth-agent Python package (`flyte_auth_agent.flytekit_auth`):
+/// sends no credential, asks Admin nothing before the first call and never logs in. flytekit
+/// without the package refuses to build a client in this mode.
+pub const TASK_AUTH_MODE_AGENT: &str = "flyte_auth_agent";
+/// The pod annotation by which a pod asks for a flytekit auth mode under `admin.task_auth:
+/// auto`: its value is `flyte_auth_agent` (the image has the package; `with_tokens` writes it)
+/// or `external_process`.
+pub const TASK_AUTH_ANNOTATION: &str = "flyte.org/auth-agent-flytekit-auth";
 /// The command flytekit runs if Admin ever answers UNAUTHENTICATED (or UNKNOWN) through the agent.
 ///
 /// flytekit splits it on commas into an argv and runs it without a shell, using its stdout
@@ -74,6 +82,8 @@ struct Plan<'a> {
     admin: Option<&'a AdminEnv>,
     execution: &'a Execution,
     secrets: SecretMounts,
+    /// flytekit's auth mode in task containers.
+    task_auth: &'static str,
 }
 
 impl Plan<'_> {
@@ -116,12 +126,17 @@ pub fn mutate(
     // Never a proxy without the scope it must keep to.
     let admin = admin.filter(|_| execution.scope.is_some());
     let secrets = secret_mounts(config, requests, admin, &mut problems);
+    let task_auth = task_auth(config, pod).unwrap_or_else(|problem| {
+        problems.push(problem);
+        TASK_AUTH_MODE
+    });
     let plan = Plan {
         config,
         requests,
         admin,
         execution,
         secrets,
+        task_auth,
     };
     let volumes = volumes(&plan);
     let mounts = task_mounts(&plan);
@@ -167,6 +182,39 @@ pub fn mutate(
     Ok(Mutation {
         patch: Patch(ops.0),
         warnings,
+    })
+}
+
+/// flytekit's auth mode for the pod's task containers: `admin.task_auth`, or under `auto` what
+/// the pod's [`TASK_AUTH_ANNOTATION`] asks for. The annotation is the pod author's, but it only
+/// picks between two modes that both send no credential: a wrong claim breaks that pod's own
+/// flytekit client, nothing else.
+fn task_auth(config: &Config, pod: &Pod) -> Result<&'static str, String> {
+    let asked = pod
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(TASK_AUTH_ANNOTATION));
+    let asked = match asked.map(String::as_str) {
+        None => None,
+        Some(TASK_AUTH_MODE) => Some(TASK_AUTH_MODE),
+        Some(TASK_AUTH_MODE_AGENT) => Some(TASK_AUTH_MODE_AGENT),
+        Some(other) => {
+            let shown: String = other.chars().take(64).collect();
+            return Err(format!(
+                "annotation {TASK_AUTH_ANNOTATION}: {shown:?} is not a flytekit auth mode the injector sets (expected {TASK_AUTH_MODE_AGENT} or {TASK_AUTH_MODE})"
+            ));
+        }
+    };
+    let auth = config
+        .admin
+        .as_ref()
+        .map(|a| a.task_auth)
+        .unwrap_or_default();
+    Ok(match auth {
+        TaskAuth::Auto => asked.unwrap_or(TASK_AUTH_MODE),
+        TaskAuth::ExternalProcess => TASK_AUTH_MODE,
+        TaskAuth::FlyteAuthAgent => TASK_AUTH_MODE_AGENT,
     })
 }
 
@@ -592,12 +640,15 @@ fn task_env(plan: &Plan<'_>) -> Vec<Vec<EnvVar>> {
             // flytekit needs both: a unix:// endpoint with TLS would not connect. The
             // auth mode belongs to the same group: it is right only for the agent's
             // endpoint, and a container that keeps its own endpoint keeps its own auth.
-            groups.push(vec![
+            let mut group = vec![
                 value(ENV_PLATFORM_URL, format!("unix://{}", plan.socket_path())),
                 value(ENV_PLATFORM_INSECURE, "true".into()),
-                value(ENV_CREDENTIALS_AUTH_MODE, TASK_AUTH_MODE.into()),
-                value(ENV_CREDENTIALS_COMMAND, TASK_AUTH_COMMAND.into()),
-            ]);
+                value(ENV_CREDENTIALS_AUTH_MODE, plan.task_auth.into()),
+            ];
+            if plan.task_auth == TASK_AUTH_MODE {
+                group.push(value(ENV_CREDENTIALS_COMMAND, TASK_AUTH_COMMAND.into()));
+            }
+            groups.push(group);
         }
     }
     groups

@@ -261,6 +261,9 @@ admin:
     );
     assert_eq!(seen["interactive_built"], json!([]), "{seen}");
     assert_eq!(seen["keyring_backend"], Value::Null, "{seen}");
+    // The cost of a mode every image has: flytekit asks Admin's AuthMetadataService first
+    // (fk_tokens_live.rs shows the package's mode, which does not).
+    assert_eq!(seen["client_config_asked"], 1, "{seen}");
     assert!(
         seen["projects"].as_array().is_some_and(|p| !p.is_empty()),
         "{seen}"

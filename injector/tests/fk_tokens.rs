@@ -167,6 +167,12 @@ fn a_flytekit_task_with_tokens_gives_the_agent_exactly_those_requests() {
     assert_eq!(task["annotations"]["owner"], "alice");
     assert!(task["annotations"]["flyte.tokens/t0"].is_string());
     assert!(task["annotations"].get("flyte.tokens/t1").is_none());
+    // The image has the package (the task module imports it): the injector may give flytekit
+    // the package's auth mode.
+    assert_eq!(
+        task["annotations"]["flyte.org/auth-agent-flytekit-auth"],
+        "flyte_auth_agent"
+    );
     // Admin sees every request in SecurityContext.tokens (no extensions: they have no field).
     let recorded: Vec<&str> = task["tokens"]
         .as_array()
@@ -247,6 +253,10 @@ fn a_tasks_pod_template_gets_the_tokens_and_a_shared_one_is_left_alone() {
         "the template's labels stay"
     );
     assert_eq!(decorated["annotations"]["owner"], "bob");
+    assert_eq!(
+        t["own_auth"]["flyte.org/auth-agent-flytekit-auth"], "external_process",
+        "a task's own choice of flytekit auth mode stays"
+    );
     let t0 = decorated["annotations"]["flyte.tokens/t0"]
         .as_str()
         .unwrap();

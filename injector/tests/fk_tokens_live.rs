@@ -443,6 +443,47 @@ fn a_flytekit_task_with_tokens_and_a_pod_template_runs_through_the_whole_chain()
     assert_eq!(eager["terminated_phase"], "ABORTED", "{eager}");
     assert_executor_calls(&admin.authenticated_calls());
 
+    // `with_tokens` said the image has the flyte-auth-agent package, so flytekit got the
+    // package's auth mode: it asks Admin nothing before the first call, builds no interactive
+    // authenticator, loads no keyring backend, and refuses to log in.
+    let auth: Vec<_> = task_env
+        .iter()
+        .filter(|(k, _)| k.starts_with("FLYTE_CREDENTIALS_"))
+        .collect();
+    assert_eq!(
+        auth,
+        [&(
+            "FLYTE_CREDENTIALS_AUTH_MODE".to_string(),
+            "flyte_auth_agent".to_string()
+        )]
+    );
+    let script = workspace().join("tests/python/flytekit_auth_mode.py");
+    let seen: Value = serde_json::from_str(
+        in_task(&python_env, &[script.to_str().unwrap(), "first-call"])
+            .lines()
+            .last()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(seen["auth_mode"], "flyte_auth_agent", "{seen}");
+    assert_eq!(
+        seen["authenticators"],
+        json!(["AgentAuthenticator"]),
+        "{seen}"
+    );
+    assert_eq!(seen["client_config_asked"], 0, "{seen}");
+    assert_eq!(seen["interactive_built"], json!([]), "{seen}");
+    assert_eq!(seen["keyring_backend"], Value::Null, "{seen}");
+    assert_eq!(seen["projects"], json!(["demo", "flytesnacks"]), "{seen}");
+    assert_eq!(seen["refresh"]["error"], "AuthenticationError", "{seen}");
+    assert!(
+        seen["refresh"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("a task pod does not log in itself")),
+        "{seen}"
+    );
+    assert_eq!(seen["refresh"]["credentials"], false, "{seen}");
+
     // The extension travelled: the IdP saw writer's client_secret_post beside the others' basic.
     let stats = idp.stats();
     let auth_methods = stats["auth_methods"].as_array().unwrap();

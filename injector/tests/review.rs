@@ -970,3 +970,88 @@ mod no_panic {
         }
     }
 }
+
+/// flytekit's auth env in the task container of the admin-only pod, annotated with `asked`,
+/// under `admin.task_auth: <task_auth>` (`None`: the default).
+fn flytekit_auth_env(task_auth: Option<&str>, asked: Option<&str>) -> Vec<(String, String)> {
+    let mut config = std::fs::read_to_string(fixtures().join("config.yaml")).unwrap();
+    if let Some(mode) = task_auth {
+        config.push_str(&format!("  task_auth: {mode}\n"));
+    }
+    let injector = Injector::new(Config::parse(&config, "task_auth config").unwrap());
+    let mut review = yaml_file(&fixtures().join("reviews/admin-only/review.yaml"));
+    if let Some(asked) = asked {
+        annotate(&mut review, "flyte.org/auth-agent-flytekit-auth", asked);
+    }
+    let pod = mutated_pod(&injector, &review);
+    containers(&pod, "containers")[0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|e| {
+            let name = e["name"].as_str().unwrap();
+            name.starts_with("FLYTE_CREDENTIALS_")
+                .then(|| (name.to_string(), e["value"].as_str().unwrap().to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn flytekit_auth_follows_the_config_and_what_the_pod_says_its_image_has() {
+    let mode = |env: &[(String, String)]| {
+        let names: Vec<&str> = env.iter().map(|(k, _)| k.as_str()).collect();
+        let mode = env
+            .iter()
+            .find(|(k, _)| k == "FLYTE_CREDENTIALS_AUTH_MODE")
+            .map(|(_, v)| v.clone())
+            .unwrap();
+        (mode, names.contains(&"FLYTE_CREDENTIALS_COMMAND"))
+    };
+    let external = ("external_process".to_string(), true);
+    let package = ("flyte_auth_agent".to_string(), false);
+    // auto (the default): what the pod's annotation asks for, external_process without one.
+    assert_eq!(mode(&flytekit_auth_env(None, None)), external);
+    assert_eq!(
+        mode(&flytekit_auth_env(None, Some("flyte_auth_agent"))),
+        package
+    );
+    assert_eq!(
+        mode(&flytekit_auth_env(Some("auto"), Some("external_process"))),
+        external
+    );
+    // A platform's choice for every pod wins over the annotation.
+    assert_eq!(
+        mode(&flytekit_auth_env(
+            Some("external_process"),
+            Some("flyte_auth_agent")
+        )),
+        external
+    );
+    assert_eq!(
+        mode(&flytekit_auth_env(Some("flyte_auth_agent"), None)),
+        package
+    );
+
+    // Anything else in the annotation is the pod author's mistake, named in the denial.
+    let mut review = yaml_file(&fixtures().join("reviews/admin-only/review.yaml"));
+    annotate(&mut review, "flyte.org/auth-agent-flytekit-auth", "pkce");
+    assert_contains_all(
+        &denial(&default_injector(), &review),
+        &[
+            "annotation flyte.org/auth-agent-flytekit-auth: \"pkce\" is not a flytekit auth mode",
+            "expected flyte_auth_agent or external_process",
+        ],
+    );
+    let problems = Config::parse(
+        "admin: {endpoint: 'dns:///a:81', mode: client-secret, client_id: x, client_secret: {group: g, key: k}, task_auth: standard}",
+        "test",
+    )
+    .unwrap_err()
+    .to_string();
+    // Named once: serde_yaml_ng's message starts with the path the error already names.
+    assert!(
+        problems.contains("admin.task_auth: unknown variant `standard`, expected one of `auto`, `external_process`, `flyte_auth_agent`")
+            && !problems.contains("task_auth: admin.task_auth"),
+        "{problems}"
+    );
+}

@@ -112,6 +112,10 @@ def template() -> dict:
         "shared": {"labels": other.pod_template.labels, "annotations": other.pod_template.annotations},
         "task_annotations": decorated.metadata.annotations,
         "same_pod_spec": decorated.pod_template.pod_spec is shared.pod_spec,
+        # A task that picks flytekit's auth mode itself keeps its choice.
+        "own_auth": decorate(
+            request("own"), annotations={faa.tokens.FLYTEKIT_AUTH_ANNOTATION: "external_process"}
+        ).metadata.annotations,
     }
 
 

@@ -3,7 +3,8 @@ as a separate process with exactly the task container's env (what the injector g
 
 Usage: flytekit_auth_mode.py first-call
   Config.auto()'s resolved auth mode and command, then FlyteRemote's first Admin call
-  (list_projects_paginated) and what that built: the authenticator's class, whether any
+  (list_projects_paginated) and what that built: the authenticator's class, how many times
+  flytekit asked Admin's AuthMetadataService for its client config, whether any
   PKCE or device-flow authenticator was constructed, and whether keyring loaded a backend
   (`import flytekit` imports the keyring module itself, so the module being imported says
   nothing; the backend is what costs ~50-70 ms and what an interactive flow would use).
@@ -40,6 +41,15 @@ def first_call():
 
     auth_helper.get_authenticator = recording_get_authenticator
 
+    asked = []
+    get_client_config = auth_helper.RemoteClientConfigStore.get_client_config
+
+    def recording_get_client_config(self):
+        asked.append(True)
+        return get_client_config(self)
+
+    auth_helper.RemoteClientConfigStore.get_client_config = recording_get_client_config
+
     import keyring.core
     from flytekit.configuration import Config
     from flytekit.remote import FlyteRemote
@@ -55,13 +65,14 @@ def first_call():
         "command": platform.command,
         "projects": sorted(p.id for p in projects),
         "authenticators": [type(a).__name__ for a in authenticators],
+        "client_config_asked": len(asked),
         "interactive_built": built,
         "keyring_backend": None
         if keyring.core._keyring_backend is None
         else type(keyring.core._keyring_backend).__name__,
     }
-    # Only the non-interactive one: a PKCE refresh (the control run) would start a browser flow.
-    if type(authenticator).__name__ != "CommandAuthenticator":
+    # Only the non-interactive ones: a PKCE refresh (the control run) would start a browser flow.
+    if type(authenticator).__name__ not in ("CommandAuthenticator", "AgentAuthenticator"):
         print(json.dumps(seen), flush=True)
         return
     try:

@@ -5,8 +5,10 @@ is imported (so at ``pyflyte register``/``package`` time, never first in the pod
 
 - records them in the task's ``SecurityContext.tokens`` (what FlyteAdmin shows);
 - merges into the task's pod template (a copy; a template shared by several tasks is not
-  changed) the injector's opt-in label ``flyte.org/auth-agent: enabled`` and the requests in the
-  form the injector reads: ``flyte.tokens/t<i>``, flytepropeller's own encoding (protobuf text
+  changed) the injector's opt-in label ``flyte.org/auth-agent: enabled``, the annotation
+  ``flyte.org/auth-agent-flytekit-auth: flyte_auth_agent`` (the image has this package, so the
+  injector may give flytekit this package's auth mode; a value the task sets itself stays), and
+  the requests in the form the injector reads: ``flyte.tokens/t<i>``, flytepropeller's own encoding (protobuf text
   format of ``flyteidl.core.OAuth2TokenRequest`` in base32 with the alphabet
   ``abcdefghijklmnopqrstuvwxyz123456``, no padding) for requests without extensions, and the
   JSON annotation ``flyte.org/token-requests`` for requests with the agent's extensions (scopes,
@@ -37,6 +39,11 @@ OPT_IN_VALUE = "enabled"
 TOKEN_ANNOTATION_PREFIX = "flyte.tokens/"
 #: The JSON annotation for requests with the agent's extensions.
 JSON_ANNOTATION = "flyte.org/token-requests"
+#: The annotation by which a pod asks the injector for a flytekit auth mode, and the mode
+#: :mod:`flyte_auth_agent.flytekit_auth` provides: a task using this decorator imports this package,
+#: so its image has it.
+FLYTEKIT_AUTH_ANNOTATION = "flyte.org/auth-agent-flytekit-auth"
+FLYTEKIT_AUTH_MODE = "flyte_auth_agent"
 #: The client auth methods the agent knows (the extension ``clientAuthMethod``).
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 #: The agent's default env prefix for secrets; a custom ``env_var`` must start with it.
@@ -304,10 +311,16 @@ def _merge(
         )
     labels[OPT_IN_LABEL] = OPT_IN_VALUE
     annotations.update(ours)
+    # The user's own choice (e.g. external_process) stands.
+    annotations.setdefault(FLYTEKIT_AUTH_ANNOTATION, FLYTEKIT_AUTH_MODE)
     return labels, annotations
 
 
 def _apply(task: Any, checked: List[_Checked]) -> None:
+    # Registers the auth mode the annotation asks for, also where the package is vendored
+    # without its entry points: the task module, which uses this decorator, is imported before
+    # the task builds a FlyteRemote.
+    from . import flytekit_auth  # noqa: F401
     from flytekit.core.python_auto_container import PythonAutoContainerTask
     from flytekit.models.security import SecurityContext
     from google.protobuf import json_format, text_format

@@ -171,25 +171,11 @@ fn main() {
     let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
     let admin = Admin::start(json!({ "issuer": idp.issuer }));
     let dirs = Pod::new();
-    let config = format!(
-        r#"
-agent:
-  tokens_dir: {tokens}
-  socket_dir: {socket}
-  secrets_dir: {secrets}
-  log_format: text
-  allow_local_idp: true
-admin:
-  endpoint: {admin}
-  insecure: true
-  mode: client-secret
-  client_id: flytepropeller
-  client_secret: {{group: flyte-secret-auth, key: client_secret}}
-"#,
-        tokens = dirs.tokens_dir().display(),
-        socket = dirs.socket().parent().unwrap().display(),
-        secrets = dirs.secrets_dir().display(),
-        admin = admin.address(),
+    let config = kubelet::config_with_admin(
+        &dirs.tokens_dir(),
+        dirs.socket().parent().unwrap(),
+        &dirs.secrets_dir(),
+        &admin.address(),
     );
     let injector = Injector::new(Config::parse(&config, "bench config").unwrap());
     // Two pods of one task, as the injector mutates them under `admin.task_auth: auto`: one

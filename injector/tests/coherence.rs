@@ -63,26 +63,11 @@ fn the_mutated_pod_runs_the_agent_and_the_task_uses_it() {
     for secret in [PROPELLER_SECRET, READER_SECRET, WRITER_SECRET] {
         dirs.sensitive.add(secret);
     }
-    let config = format!(
-        r#"
-agent:
-  tokens_dir: {tokens}
-  socket_dir: {socket}
-  secrets_dir: {secrets}
-  log_format: text
-  # The test's IdP runs on loopback, as a task could; allowed here on purpose.
-  allow_local_idp: true
-admin:
-  endpoint: {admin}
-  insecure: true
-  mode: client-secret
-  client_id: flytepropeller
-  client_secret: {{group: flyte-secret-auth, key: client_secret}}
-"#,
-        tokens = dirs.tokens_dir().display(),
-        socket = dirs.socket().parent().unwrap().display(),
-        secrets = dirs.secrets_dir().display(),
-        admin = admin.address(),
+    let config = kubelet::config_with_admin(
+        &dirs.tokens_dir(),
+        dirs.socket().parent().unwrap(),
+        &dirs.secrets_dir(),
+        &admin.address(),
     );
     let injector = Injector::new(Config::parse(&config, "coherence config").unwrap());
 

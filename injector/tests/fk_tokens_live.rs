@@ -248,26 +248,11 @@ fn mutated_over_https(pod: Value, config_sections: &str) -> Value {
 /// The injector config's sections beside `server:`: the agent's directories under `dirs`, and
 /// Admin (the stand-in) with the executor's client secret, as in coherence.rs.
 fn injector_config(dirs: &Pod, admin: &Admin) -> String {
-    format!(
-        r#"
-agent:
-  tokens_dir: {tokens}
-  socket_dir: {socket}
-  secrets_dir: {secrets}
-  log_format: text
-  # The test's IdP runs on loopback; allowed here on purpose.
-  allow_local_idp: true
-admin:
-  endpoint: {admin}
-  insecure: true
-  mode: client-secret
-  client_id: flytepropeller
-  client_secret: {{group: flyte-secret-auth, key: client_secret}}
-"#,
-        tokens = dirs.tokens_dir().display(),
-        socket = dirs.socket().parent().unwrap().display(),
-        secrets = dirs.secrets_dir().display(),
-        admin = admin.address(),
+    kubelet::config_with_admin(
+        &dirs.tokens_dir(),
+        dirs.socket().parent().unwrap(),
+        &dirs.secrets_dir(),
+        &admin.address(),
     )
 }
 

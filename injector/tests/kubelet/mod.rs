@@ -13,6 +13,32 @@ use serde_json::{json, Value};
 /// The namespace's Kubernetes Secrets: name → data key → value.
 pub type Secrets = BTreeMap<&'static str, BTreeMap<&'static str, &'static str>>;
 
+/// The injector config for a pod run on this machine: the agent's directories (`tokens`, the
+/// socket's `socket_dir`, `secrets`) under a test's temp dir, the test's IdP on loopback allowed on
+/// purpose, and an Admin proxy to `admin` in client-secret mode with the Secret
+/// `flyte-secret-auth` (client `flytepropeller`).
+pub fn config_with_admin(tokens: &Path, socket_dir: &Path, secrets: &Path, admin: &str) -> String {
+    format!(
+        r#"
+agent:
+  tokens_dir: {tokens}
+  socket_dir: {socket_dir}
+  secrets_dir: {secrets}
+  log_format: text
+  allow_local_idp: true
+admin:
+  endpoint: {admin}
+  insecure: true
+  mode: client-secret
+  client_id: flytepropeller
+  client_secret: {{group: flyte-secret-auth, key: client_secret}}
+"#,
+        tokens = tokens.display(),
+        socket_dir = socket_dir.display(),
+        secrets = secrets.display(),
+    )
+}
+
 /// The review the API server sends when propeller creates `pod` in `flytesnacks-development`.
 pub fn review_of(pod: Value) -> Value {
     json!({

@@ -25,7 +25,7 @@ from flytekit.clients.auth.exceptions import AuthenticationError
 from flytekit.clients.auth_helper import register_authenticator_plugin
 
 # The auth mode's name, the value of ``FLYTE_CREDENTIALS_AUTH_MODE``.
-from .tokens import FLYTEKIT_AUTH_MODE as AUTH_MODE
+from ._contract import FLYTEKIT_AUTH_MODE as AUTH_MODE
 
 #: Why a task pod cannot log in, raised instead.
 REFUSED = (

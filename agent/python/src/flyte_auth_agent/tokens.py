@@ -32,6 +32,10 @@ import re
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 from urllib.parse import urlsplit
 
+# A task using this decorator imports this package, so its image has it: the pod may ask for
+# the package's flytekit auth mode.
+from ._contract import FLYTEKIT_AUTH_ANNOTATION, FLYTEKIT_AUTH_MODE
+
 #: The injector's default opt-in label and value.
 OPT_IN_LABEL = "flyte.org/auth-agent"
 OPT_IN_VALUE = "enabled"
@@ -39,11 +43,6 @@ OPT_IN_VALUE = "enabled"
 TOKEN_ANNOTATION_PREFIX = "flyte.tokens/"
 #: The JSON annotation for requests with the agent's extensions.
 JSON_ANNOTATION = "flyte.org/token-requests"
-#: The annotation by which a pod asks the injector for a flytekit auth mode, and the mode
-#: :mod:`flyte_auth_agent.flytekit_auth` provides: a task using this decorator imports this package,
-#: so its image has it.
-FLYTEKIT_AUTH_ANNOTATION = "flyte.org/auth-agent-flytekit-auth"
-FLYTEKIT_AUTH_MODE = "flyte_auth_agent"
 #: The client auth methods the agent knows (the extension ``clientAuthMethod``).
 CLIENT_AUTH_METHODS = ("client_secret_basic", "client_secret_post", "private_key_jwt")
 #: The agent's default env prefix for secrets; a custom ``env_var`` must start with it.

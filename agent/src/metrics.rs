@@ -31,12 +31,17 @@ pub struct Metrics {
     idp_latency: Family<NameLabel, Histogram, fn() -> Histogram>,
     cache_hits: Family<NameLabel, Counter>,
     cache_misses: Family<NameLabel, Counter>,
-    admin_calls: Family<OutcomeLabels, Counter>,
-    admin_refusals: Family<RefusalLabels, Counter>,
+    admin_calls: Family<CallLabels, Counter>,
+    admin_refusals: Family<CallLabels, Counter>,
     admin_overhead: Histogram,
 }
 
-type RefusalLabels = [(&'static str, String); 2];
+/// A proxied call's labels: its method (interned by [`MethodLabels`], so building the key
+/// allocates nothing) and a fixed outcome (a gRPC code name or a refusal reason).
+type CallLabels = (
+    [(&'static str, Arc<str>); 1],
+    [(&'static str, &'static str); 1],
+);
 
 /// The per-name handles used on hot paths, so a cache hit costs one atomic add.
 #[derive(Debug, Clone)]
@@ -86,13 +91,13 @@ impl Metrics {
             "Token reads that had to wait for the IdP",
             cache_misses.clone(),
         );
-        let admin_calls = Family::<OutcomeLabels, Counter>::default();
+        let admin_calls = Family::<CallLabels, Counter>::default();
         registry.register(
             "admin_calls",
             "gRPC calls proxied to FlyteAdmin, by method and gRPC status as the task saw it",
             admin_calls.clone(),
         );
-        let admin_refusals = Family::<RefusalLabels, Counter>::default();
+        let admin_refusals = Family::<CallLabels, Counter>::default();
         registry.register(
             "admin_policy_refusals",
             "gRPC calls the execution-scope policy refused, by method and reason (a fixed set)",
@@ -139,23 +144,17 @@ impl Metrics {
 
     /// Counts one proxied call with its gRPC status code. `method` must come from a bounded set:
     /// a [`MethodLabels::label`], or [`DENIED`] for a call the agent refused itself.
-    pub fn admin_call(&self, method: &str, code: u16) {
+    pub fn admin_call(&self, method: &Arc<str>, code: u16) {
         self.admin_calls
-            .get_or_create(&[
-                ("method", method.to_string()),
-                ("code", code_label(code).to_string()),
-            ])
+            .get_or_create(&([("method", method.clone())], [("code", code_label(code))]))
             .inc();
     }
 
     /// Counts a call the execution-scope policy refused; `method` must come from
     /// [`MethodLabels`], `reason` from [`crate::scope::Reason::as_str`].
-    pub fn admin_refusal(&self, method: &str, reason: &'static str) {
+    pub fn admin_refusal(&self, method: &Arc<str>, reason: &'static str) {
         self.admin_refusals
-            .get_or_create(&[
-                ("method", method.to_string()),
-                ("reason", reason.to_string()),
-            ])
+            .get_or_create(&([("method", method.clone())], [("reason", reason)]))
             .inc();
     }
 
@@ -184,32 +183,45 @@ pub const OTHER: &str = "other";
 /// of `admin.allowed_methods`. Paths
 /// come from the task, so any other one is [`OTHER`]: 20,000 distinct paths are still one series.
 #[derive(Debug, Clone)]
-pub struct MethodLabels(Arc<HashSet<String>>);
+pub struct MethodLabels {
+    known: Arc<HashSet<Arc<str>>>,
+    other: Arc<str>,
+    denied: Arc<str>,
+}
 
 impl MethodLabels {
     /// The known methods plus `extra` paths (`/pkg.Service/Method`, or without the leading `/`).
     pub fn new<'a>(extra: impl IntoIterator<Item = &'a str>) -> Self {
         let pool = flyte_auth_proto::descriptor_pool();
-        let mut known = HashSet::new();
+        let mut known: HashSet<Arc<str>> = HashSet::new();
         for service in pool.services() {
             for method in service.methods() {
-                known.insert(format!("/{}/{}", service.full_name(), method.name()));
+                known.insert(format!("/{}/{}", service.full_name(), method.name()).into());
             }
         }
-        known.extend(flyte_auth_proto::services::paths());
+        known.extend(flyte_auth_proto::services::paths().map(Arc::from));
         for path in extra {
             let path = path.trim_start_matches('/');
             // A wildcard stands for paths the task chooses; only exact entries are labels.
             if !path.is_empty() && !path.contains('*') {
-                known.insert(format!("/{path}"));
+                known.insert(format!("/{path}").into());
             }
         }
-        Self(Arc::new(known))
+        Self {
+            known: Arc::new(known),
+            other: OTHER.into(),
+            denied: DENIED.into(),
+        }
     }
 
     /// The label for a call to `path`: the path itself if it is known, else [`OTHER`].
-    pub fn label<'a>(&'a self, path: &str) -> &'a str {
-        self.0.get(path).map_or(OTHER, String::as_str)
+    pub fn label(&self, path: &str) -> Arc<str> {
+        self.known.get(path).unwrap_or(&self.other).clone()
+    }
+
+    /// The label of calls refused before Admin saw them: [`DENIED`].
+    pub fn denied(&self) -> Arc<str> {
+        self.denied.clone()
     }
 }
 
@@ -291,7 +303,7 @@ mod tests {
             "/my.company.Gateway/Call",
             "/my.company.Gateway/Other",
         ] {
-            assert_eq!(labels.label(known), known);
+            assert_eq!(&*labels.label(known), known);
         }
         for other in [
             "/my.company.Wild/Call",
@@ -301,7 +313,7 @@ mod tests {
             "*",
             "",
         ] {
-            assert_eq!(labels.label(other), OTHER, "{other}");
+            assert_eq!(&*labels.label(other), OTHER, "{other}");
         }
     }
 
@@ -325,7 +337,7 @@ mod tests {
         let labels = MethodLabels::new([]);
         for i in 0..20_000 {
             let path = format!("/flyteidl.service.AdminService/Method{i}");
-            metrics.admin_call(labels.label(&path), 0);
+            metrics.admin_call(&labels.label(&path), 0);
         }
         let text = metrics.encode();
         let series: Vec<_> = text

@@ -12,8 +12,9 @@
 //! closing the shared connection with GOAWAY).
 //!
 //! Bodies stream both ways; response trailers, `grpc-timeout` and cancellation (a reset stream)
-//! pass through. A request body is also kept, up to `admin.retry_buffer` bytes, so that when Admin
-//! answers UNAUTHENTICATED the call can be retried once with a renewed credential. What a task
+//! pass through. A request body is also kept, so that when Admin answers UNAUTHENTICATED the call
+//! can be retried once with a renewed credential: the message the policy read is in memory
+//! anyway, and a streamed body is kept up to `admin.retry_buffer` bytes. What a task
 //! never sees is UNAUTHENTICATED itself: flytekit answers that by starting an interactive login,
 //! which hangs in a pod, so a refusal that survives the retry becomes PERMISSION_DENIED naming
 //! the agent and Admin's reason.
@@ -133,6 +134,25 @@ pub struct Proxy {
     max_request: usize,
     /// The execution id the pod reported, for audit events only.
     execution_id: Option<Arc<str>>,
+    /// The credential header and its `-bin` form, resolved once (Admin's answer does not change).
+    header: tokio::sync::OnceCell<CredentialHeader>,
+    /// The current credential as a header value, made once per token rather than per call.
+    bearer: Mutex<Option<(Arc<Token>, HeaderValue)>>,
+}
+
+/// Where the credential goes: the header, and its `-bin` form (stripped from requests too).
+struct CredentialHeader {
+    name: http::HeaderName,
+    bin: Option<http::HeaderName>,
+}
+
+/// A request body on its way to Admin, and what the proxy keeps to send it again after an
+/// UNAUTHENTICATED.
+enum Outbound {
+    /// The one message the policy read: already in memory, so it is also the replay.
+    Judged { message: Bytes, rest: Incoming },
+    /// The task's stream, teed into a capture of at most `admin.retry_buffer` bytes.
+    Stream(RequestBody),
 }
 
 impl Proxy {
@@ -183,6 +203,8 @@ impl Proxy {
             policy,
             max_request,
             execution_id,
+            header: tokio::sync::OnceCell::new(),
+            bearer: Mutex::new(None),
         }
     }
 
@@ -200,7 +222,7 @@ impl Proxy {
         let started = Instant::now();
         let Some(path) = canonical_path(req.uri()) else {
             // The path is the task's; the message names the rule, not the (unbounded) input.
-            return self.call(DENIED.into(), DENIED.into(), started).refuse(
+            return self.call(DENIED.into(), self.labels.denied(), started).refuse(
                 code::PERMISSION_DENIED,
                 "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)",
             );
@@ -209,10 +231,10 @@ impl Proxy {
         if !config.allowed_methods.allows(&path) {
             let message = format!("flyte-auth-agent: {path} is not in admin.allowed_methods");
             return self
-                .call(path, DENIED.into(), started)
+                .call(path, self.labels.denied(), started)
                 .refuse(code::PERMISSION_DENIED, &message);
         }
-        let mut call = self.call(path.clone(), self.label(&path), started);
+        let mut call = self.call(path.clone(), self.labels.label(&path), started);
         let entry = match self.policy.as_deref().map(|p| p.admit(&path)) {
             None | Some(Ok(None)) => None,
             Some(Ok(Some(entry))) => Some(entry),
@@ -226,18 +248,17 @@ impl Proxy {
             return call.refuse(code::RESOURCE_EXHAUSTED, &message);
         };
         let (parts, body) = req.into_parts();
-        let body: RequestBody = match (entry, self.policy.as_deref()) {
+        let outbound = match (entry, self.policy.as_deref()) {
             (Some(entry), Some(policy)) => {
                 let mut body = body;
                 match self.judge(policy, entry, &path, &mut body).await {
-                    Ok((bytes, named)) => {
-                        call.request_bytes = Some(bytes.len());
+                    Ok((message, named)) => {
+                        call.request_bytes = Some(message.len());
                         call.named = named;
-                        Judged {
-                            message: Some(bytes),
+                        Outbound::Judged {
+                            message,
                             rest: body,
                         }
-                        .boxed_unsync()
                     }
                     Err(refusal) => return self.refused(call, &refusal),
                 }
@@ -247,14 +268,11 @@ impl Proxy {
                     .headers
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                body.map_err(BoxError::from).boxed_unsync()
+                Outbound::Stream(body.map_err(BoxError::from).boxed_unsync())
             }
         };
         let span = tracing::info_span!("admin_call", method = %path);
-        let response = self
-            .forward(Request::from_parts(parts, body), call)
-            .instrument(span)
-            .await;
+        let response = self.forward(parts, outbound, call).instrument(span).await;
         // The permit lives as long as the response body: a stream counts until it ends.
         response.map(|body| {
             body.map_frame(move |frame| {
@@ -292,7 +310,7 @@ impl Proxy {
     }
 
     /// The record of one call, finished with its outcome.
-    fn call(&self, method: String, label: String, started: Instant) -> Call {
+    fn call(&self, method: String, label: Arc<str>, started: Instant) -> Call {
         Call {
             label,
             method,
@@ -317,12 +335,12 @@ impl Proxy {
         call.refuse(code, &refusal.to_string())
     }
 
-    /// The bounded metric label for `path`.
-    fn label(&self, path: &str) -> String {
-        self.labels.label(path).to_string()
-    }
-
-    async fn forward(&self, req: Request<RequestBody>, call: Call) -> Response<ProxyBody> {
+    async fn forward(
+        &self,
+        mut parts: http::request::Parts,
+        outbound: Outbound,
+        call: Call,
+    ) -> Response<ProxyBody> {
         let config = self.auth.config();
         let (token, header) = match self.credential().await {
             Ok(v) => v,
@@ -331,22 +349,34 @@ impl Proxy {
                 return call.refuse(code::UNAVAILABLE, &message);
             }
         };
-        let (mut parts, body) = req.into_parts();
         for name in STRIPPED {
             parts.headers.remove(name);
         }
-        parts.headers.remove(&header);
-        if let Ok(bin) = http::HeaderName::try_from(format!("{}-bin", header.as_str())) {
+        parts.headers.remove(&header.name);
+        if let Some(bin) = &header.bin {
             parts.headers.remove(bin);
         }
-        let capture = Arc::new(Mutex::new(Capture::new(config.retry_buffer)));
-        let tee = Tee {
-            inner: body,
-            capture: capture.clone(),
+        let (body, kept) = match outbound {
+            Outbound::Judged { message, rest } => (
+                Judged {
+                    message: Some(message.clone()),
+                    rest,
+                }
+                .boxed_unsync(),
+                Kept::Message(message),
+            ),
+            Outbound::Stream(inner) => {
+                let capture = Arc::new(Mutex::new(Capture::new(config.retry_buffer)));
+                let tee = Tee {
+                    inner,
+                    capture: capture.clone(),
+                };
+                (tee.boxed_unsync(), Kept::Capture(capture))
+            }
         };
         let first = Request::from_parts(
-            with_credential(parts.clone(), &header, &token),
-            tee.boxed_unsync(),
+            with_credential(parts.clone(), &header.name, self.bearer(&token)),
+            body,
         );
         self.metrics.admin_overhead(call.started.elapsed());
         let response = match self.upstream.send(first).await {
@@ -362,7 +392,10 @@ impl Proxy {
         let refusal = grpc_message(response.headers());
         tracing::info!(reason = %refusal, "FlyteAdmin refused the credential; renewing it");
         let renewed = self.cache.renew_admin(&token).await;
-        let replay = lock(&capture).replay();
+        let replay = match kept {
+            Kept::Message(message) => Some(message),
+            Kept::Capture(capture) => lock(&capture).replay(),
+        };
         let (renewed, replay) = match (renewed, replay) {
             (Ok(t), Some(body)) => (t, body),
             (Err(e), _) => {
@@ -373,7 +406,7 @@ impl Proxy {
             }
         };
         let second = Request::from_parts(
-            with_credential(parts, &header, &renewed),
+            with_credential(parts, &header.name, self.bearer(&renewed)),
             Full::new(replay).map_err(BoxError::from).boxed_unsync(),
         );
         let response = match self.upstream.send(second).await {
@@ -390,19 +423,44 @@ impl Proxy {
         pass(call, response)
     }
 
-    async fn credential(&self) -> Result<(Arc<Token>, http::HeaderName), String> {
+    async fn credential(&self) -> Result<(Arc<Token>, &CredentialHeader), String> {
         let token = self
             .cache
             .admin()
             .await
             .map_err(|e| format!("flyte-auth-agent: no FlyteAdmin credential: {e}"))?;
         let header = self
-            .auth
-            .header()
+            .header
+            .get_or_try_init(|| async {
+                let name = self.auth.header().await?;
+                let bin = http::HeaderName::try_from(format!("{}-bin", name.as_str())).ok();
+                Ok::<_, crate::idp::IdpError>(CredentialHeader { name, bin })
+            })
             .await
             .map_err(|e| format!("flyte-auth-agent: {e}"))?;
         Ok((token, header))
     }
+
+    /// `Bearer <token>` as a sensitive header value, made once per token.
+    fn bearer(&self, token: &Arc<Token>) -> Option<HeaderValue> {
+        let mut slot = lock(&self.bearer);
+        if let Some((current, value)) = slot.as_ref() {
+            if Arc::ptr_eq(current, token) {
+                return Some(value.clone());
+            }
+        }
+        let mut value =
+            HeaderValue::try_from(format!("Bearer {}", token.access_token.expose())).ok()?;
+        value.set_sensitive(true);
+        *slot = Some((token.clone(), value.clone()));
+        Some(value)
+    }
+}
+
+/// What the proxy kept of a request body to send it again.
+enum Kept {
+    Message(Bytes),
+    Capture(Arc<Mutex<Capture>>),
 }
 
 fn unavailable(call: Call, reason: &str) -> Response<ProxyBody> {
@@ -508,7 +566,7 @@ impl hyper::body::Body for Judged {
 /// One call, from arrival to its gRPC status: counted in metrics and written as one audit event.
 struct Call {
     /// The bounded metric label.
-    label: String,
+    label: Arc<str>,
     /// The method path, canonical (or [`DENIED`] when it was not).
     method: String,
     /// What the request named, when the policy read it.
@@ -573,11 +631,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 fn with_credential(
     mut parts: http::request::Parts,
     header: &http::HeaderName,
-    token: &Token,
+    bearer: Option<HeaderValue>,
 ) -> http::request::Parts {
-    if let Ok(mut value) = HeaderValue::try_from(format!("Bearer {}", token.access_token.expose()))
-    {
-        value.set_sensitive(true);
+    if let Some(value) = bearer {
         parts.headers.insert(header.clone(), value);
     }
     parts

@@ -922,3 +922,34 @@ fn a_request_over_max_request_bytes_is_resource_exhausted_before_admin() {
         r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl.service.AdminService/GetExecution",reason="too_large"} 1"#,
     );
 }
+
+#[test]
+fn a_refused_call_is_replayed_from_what_the_proxy_kept_within_retry_buffer() {
+    let retry_buffer = ("FLYTE_AUTH_AGENT_ADMIN_RETRY_BUFFER", "16");
+    // Judged by the policy: the message is in memory anyway, so it is replayed whatever
+    // admin.retry_buffer says.
+    let mut c = cluster(&[retry_buffer]);
+    call_ok(&c);
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    call_ok(&c);
+
+    // Streamed (the unrestricted policy reads nothing): kept up to admin.retry_buffer only, so a
+    // larger request is refused with the reason, and the renewed credential serves the next call.
+    let mut c = cluster(&[UNRESTRICTED, retry_buffer]);
+    call_ok(&c);
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    let seen = call(&c);
+    assert_eq!(seen["code"], json!("PERMISSION_DENIED"), "{seen}");
+    assert_contains(
+        seen["message"].as_str().unwrap(),
+        "this call's request was too large to replay (admin.retry_buffer is 16 bytes); retry the call",
+    );
+    call_ok(&c);
+
+    // Within the default buffer a streamed request is replayed.
+    let mut c = cluster(&[UNRESTRICTED]);
+    call_ok(&c);
+    c.admin.control(json!({"cmd": "revoke_seen"}));
+    call_ok(&c);
+    assert_eq!(c.idp.token_requests(), 2, "one renewal");
+}

@@ -160,8 +160,12 @@ fn load(path: Option<&Path>, env: Arc<dyn Env>) -> Option<Config> {
     }
 }
 
+/// One thread for all of the agent's async work. A pod's agent serves one task: a call costs it
+/// tens of microseconds, so one thread is far from its limit, and it saves what a worker per
+/// core costs (threads and their stacks, cross-thread wake-ups on every socket event). File
+/// writes and secret reads still go to the blocking pool.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(4)
         .build()

@@ -353,6 +353,13 @@ pub enum LoadError {
 /// Kubernetes' limit on the total size of an object's annotations.
 pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
+/// Every Admin credential mode, each of which a pod may pick by annotation.
+pub const ADMIN_MODES: [AdminMode; 3] = [
+    AdminMode::ClientSecret,
+    AdminMode::JwtBearer,
+    AdminMode::TokenExchange,
+];
+
 /// The service-account token file name inside its projected volume.
 pub const SA_TOKEN_FILE: &str = "token";
 
@@ -451,15 +458,11 @@ impl Config {
     /// The Kubernetes Secrets that hold the executor credential: the `group` of
     /// `admin.client_secret`, for whichever mode a pod picks. No token request may name them.
     pub fn admin_secret_groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = [
-            AdminMode::ClientSecret,
-            AdminMode::JwtBearer,
-            AdminMode::TokenExchange,
-        ]
-        .into_iter()
-        .filter_map(|mode| self.admin_env(Some(mode)).ok().flatten())
-        .filter_map(|env| env.client_secret.map(|s| s.group))
-        .collect();
+        let mut groups: Vec<String> = ADMIN_MODES
+            .into_iter()
+            .filter_map(|mode| self.admin_env(Some(mode)).ok().flatten())
+            .filter_map(|env| env.client_secret.map(|s| s.group))
+            .collect();
         // Also when no mode's settings check out (the Secret exists all the same).
         let configured = self
             .admin

@@ -39,6 +39,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for metrics that must exist from the start.
+    pub const ALL: [Outcome; 5] = [
+        Self::Mutated,
+        Self::Unchanged,
+        Self::Skipped,
+        Self::Denied,
+        Self::Invalid,
+    ];
+
     /// The metrics label.
     pub fn as_str(self) -> &'static str {
         match self {

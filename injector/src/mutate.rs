@@ -562,42 +562,36 @@ fn locked_down(agent: &AgentSettings) -> SecurityContext {
 /// client secrets and the service-account token, which no other container gets.
 fn agent_mounts(plan: &Plan<'_>) -> Vec<VolumeMount> {
     let agent = &plan.config.agent;
-    let mut mounts = vec![VolumeMount {
-        name: plan.tokens_volume(),
-        mount_path: agent.tokens_dir.clone(),
-        ..Default::default()
-    }];
+    let mut mounts = vec![mount(plan.tokens_volume(), agent.tokens_dir.clone(), false)];
     if plan.sidecar() {
-        mounts.push(VolumeMount {
-            name: plan.socket_volume(),
-            mount_path: agent.socket_dir.clone(),
-            ..Default::default()
-        });
+        mounts.push(mount(plan.socket_volume(), agent.socket_dir.clone(), false));
     }
     for (i, group) in plan.secrets.files.keys().enumerate() {
-        mounts.push(VolumeMount {
-            name: plan.secret_volume(i),
-            mount_path: format!(
-                "{}/{}",
-                agent.secrets_dir.trim_end_matches('/'),
-                secret_dir(group)
-            ),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let dir = format!(
+            "{}/{}",
+            agent.secrets_dir.trim_end_matches('/'),
+            secret_dir(group)
+        );
+        mounts.push(mount(plan.secret_volume(i), dir, true));
     }
     if plan
         .admin
         .is_some_and(|a| a.service_account_token.is_some())
     {
-        mounts.push(VolumeMount {
-            name: plan.sa_token_volume(),
-            mount_path: agent.service_account_token_dir.clone(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let dir = agent.service_account_token_dir.clone();
+        mounts.push(mount(plan.sa_token_volume(), dir, true));
     }
     mounts
+}
+
+/// Volume `name` mounted at `mount_path`.
+fn mount(name: String, mount_path: String, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name,
+        mount_path,
+        read_only: read_only.then_some(true),
+        ..Default::default()
+    }
 }
 
 /// The agent's env: its token requests, directories, secrets lookup and Admin settings.
@@ -671,18 +665,11 @@ fn env_value(name: &str, value: String) -> EnvVar {
 /// What every task container mounts: the token files read-only, and the socket's directory.
 fn task_mounts(plan: &Plan<'_>) -> Vec<VolumeMount> {
     let agent = &plan.config.agent;
-    let mut mounts = vec![VolumeMount {
-        name: plan.tokens_volume(),
-        mount_path: agent.tokens_dir.trim_end_matches('/').to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    }];
+    let tokens_dir = agent.tokens_dir.trim_end_matches('/').to_string();
+    let mut mounts = vec![mount(plan.tokens_volume(), tokens_dir, true)];
     if plan.sidecar() {
-        mounts.push(VolumeMount {
-            name: plan.socket_volume(),
-            mount_path: agent.socket_dir.trim_end_matches('/').to_string(),
-            ..Default::default()
-        });
+        let socket_dir = agent.socket_dir.trim_end_matches('/').to_string();
+        mounts.push(mount(plan.socket_volume(), socket_dir, false));
     }
     mounts
 }

@@ -45,7 +45,7 @@ fn is_label(part: &str) -> bool {
 }
 
 /// Whether `b` may stand in a DNS-1123 label: a lower-case letter, a digit or '-'.
-pub fn is_label_byte(b: u8) -> bool {
+pub(crate) fn is_label_byte(b: u8) -> bool {
     b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
 }
 

@@ -91,24 +91,22 @@ impl Injector {
         let admin = ADMIN_MODES
             .into_iter()
             .map(|mode| {
-                let env = config.admin_env(Some(mode)).map_err(|errors| {
-                    one_line(
-                        errors
-                            .0
-                            .iter()
-                            .map(|e| (e.field.as_str(), e.problem.as_str())),
-                    )
+                let env = config.admin_env(Some(mode)).map_err(|e| {
+                    e.0.iter()
+                        .map(|e| format!("{}: {}", e.field, e.problem))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 });
                 (mode.as_str(), env)
             })
             .collect();
         let policy = requests::Policy::new(&config);
         let scope = ScopeRules::new(&config.scope).map_err(|problems| {
-            one_line(
-                problems
-                    .iter()
-                    .map(|(field, p)| (field.as_str(), p.as_str())),
-            )
+            problems
+                .iter()
+                .map(|(field, problem)| format!("{field}: {problem}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         });
         Self {
             config,
@@ -343,14 +341,6 @@ impl Injector {
             )),
         }
     }
-}
-
-/// Problems with settings as one line: `field: problem; field: problem`.
-fn one_line<'a>(problems: impl Iterator<Item = (&'a str, &'a str)>) -> String {
-    problems
-        .map(|(field, problem)| format!("{field}: {problem}"))
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 /// A review refusing with `message`, for requests that never reached a decision (a body over the

@@ -353,6 +353,13 @@ pub enum LoadError {
 /// Kubernetes' limit on the total size of an object's annotations.
 pub const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
 
+/// Every Admin credential mode, each of which a pod may pick by annotation.
+pub const ADMIN_MODES: [AdminMode; 3] = [
+    AdminMode::ClientSecret,
+    AdminMode::JwtBearer,
+    AdminMode::TokenExchange,
+];
+
 /// The service-account token file name inside its projected volume.
 pub const SA_TOKEN_FILE: &str = "token";
 
@@ -368,11 +375,6 @@ impl Config {
 
     /// Parses and checks YAML `text` from `source` (for messages).
     pub fn parse(text: &str, source: &str) -> Result<Config, ConfigErrors> {
-        let err = |field: &str, problem: String| ConfigError {
-            source: source.to_string(),
-            field: field.to_string(),
-            problem,
-        };
         let config: Config = if text.trim().is_empty() {
             Config::default()
         } else {
@@ -385,7 +387,11 @@ impl Config {
                     Some(rest) => rest.to_string(),
                     None => problem,
                 };
-                ConfigErrors(vec![err(&field, problem)])
+                ConfigErrors(vec![ConfigError {
+                    source: source.to_string(),
+                    field,
+                    problem,
+                }])
             })?
         };
         config.check(source)?;
@@ -406,192 +412,57 @@ impl Config {
         })
     }
 
-    /// Every problem serde cannot see.
+    /// Every problem serde cannot see, section by section.
     fn check(&self, source: &str) -> Result<(), ConfigErrors> {
-        let mut errors = Vec::new();
-        let mut err = |field: &str, problem: String| {
-            errors.push(ConfigError {
-                source: source.to_string(),
-                field: field.to_string(),
-                problem,
-            })
-        };
-        if let Err(e) = crate::names::check_label_key(&self.opt_in.label) {
-            err("opt_in.label", e);
-        }
-        if self.opt_in.value.is_empty() {
-            err("opt_in.value", "is empty".into());
-        }
-        let agent = &self.agent;
-        if let Err(e) = crate::names::check_dns_label(&agent.name) {
-            err("agent.name", e);
-        }
-        if agent.image.trim().is_empty() {
-            err("agent.image", "is empty".into());
-        }
-        if !["Always", "IfNotPresent", "Never"].contains(&agent.image_pull_policy.as_str()) {
-            err(
-                "agent.image_pull_policy",
-                format!(
-                    "{:?} is not Always, IfNotPresent or Never",
-                    agent.image_pull_policy
-                ),
-            );
-        }
-        for (field, dir) in [
-            ("agent.tokens_dir", &agent.tokens_dir),
-            ("agent.socket_dir", &agent.socket_dir),
-            ("agent.secrets_dir", &agent.secrets_dir),
-            (
-                "agent.service_account_token_dir",
-                &agent.service_account_token_dir,
-            ),
-        ] {
-            if !dir.starts_with('/') || dir.contains(':') || dir.split('/').any(|c| c == "..") {
-                err(
-                    field,
-                    format!("{dir:?} is not an absolute path without '..' or ':'"),
-                );
-            }
-        }
-        if agent.run_as_user <= 0 {
-            err(
-                "agent.run_as_user",
-                "must be a non-root uid (above 0)".into(),
-            );
-        }
-        if agent.health_port == 0 {
-            err("agent.health_port", "must not be 0".into());
-        }
-        if !["text", "json"].contains(&agent.log_format.as_str()) {
-            err(
-                "agent.log_format",
-                format!("{:?} is not text or json", agent.log_format),
-            );
-        }
-        if agent.startup_timeout < Duration::from_secs(1) {
-            err("agent.startup_timeout", "must be at least 1s".into());
-        }
-        if self.server.max_body < 1024 {
-            err("server.max_body", "must be at least 1024 bytes".into());
-        }
-        if self.server.body_timeout.is_zero() {
-            err("server.body_timeout", "must be above zero".into());
-        }
-        if !(1..=1024).contains(&self.server.max_concurrent_reviews) {
-            err(
-                "server.max_concurrent_reviews",
-                "must be between 1 and 1024".into(),
-            );
-        }
-        if !(1..=65_536).contains(&self.server.max_connections) {
-            err(
-                "server.max_connections",
-                "must be between 1 and 65536".into(),
-            );
-        }
-        if self.server.request_head_timeout.is_zero() {
-            err("server.request_head_timeout", "must be above zero".into());
-        }
-        let limits = &self.limits;
-        if limits.token_requests == 0 {
-            err("limits.token_requests", "must be at least 1".into());
-        }
-        if limits.review_array_items < 100 {
-            err("limits.review_array_items", "must be at least 100".into());
-        }
-        // Kubernetes refuses a pod whose annotations total more than 256 KiB.
-        for (field, bytes) in [
-            (
-                "limits.token_annotation_bytes",
-                limits.token_annotation_bytes,
-            ),
-            (
-                "limits.token_annotations_total_bytes",
-                limits.token_annotations_total_bytes,
-            ),
-        ] {
-            if !(1024..=MAX_ANNOTATIONS_BYTES).contains(&bytes) {
-                err(
-                    field,
-                    format!("{bytes} is not between 1024 and {MAX_ANNOTATIONS_BYTES} (256 KiB, Kubernetes' limit for all annotations)"),
-                );
-            }
-        }
-        if self.server.reload_interval.is_zero() {
-            err("server.reload_interval", "must be above zero".into());
-        }
+        let mut problems = Problems::new(source);
+        self.opt_in.check(&mut problems);
+        self.agent.check(&mut problems);
+        self.server.check(&mut problems);
+        self.limits.check(&mut problems);
         if let Some(admin) = &self.admin {
-            if self.mode == InjectMode::InitOnly {
-                err(
-                    "admin",
-                    "the Admin proxy needs the sidecar; mode init-only has no socket".into(),
-                );
-            }
-            if let Some(sa) = &admin.service_account_token {
-                if sa.audience.is_empty() {
-                    err("admin.service_account_token.audience", "is empty".into());
-                }
-                // The API server's bounds for a projected token.
-                if !(600..=(1 << 32)).contains(&sa.expiration_seconds) {
-                    err(
-                        "admin.service_account_token.expiration_seconds",
-                        format!("{} is not between 600 and 2^32", sa.expiration_seconds),
-                    );
-                }
-            }
-            match self.admin_env(None) {
-                Ok(env) => {
-                    // The scope is each pod's own, from its namespace: one configured for
-                    // every agent would let every task act in that one project.
-                    let scoped = [
-                        env::ENV_ADMIN_PROJECT,
-                        env::ENV_ADMIN_DOMAIN,
-                        env::ENV_ADMIN_ORG,
-                    ];
-                    for (var, _) in env.iter().flat_map(|e| &e.env) {
-                        if scoped.contains(&var.as_str()) {
-                            let key = var.trim_start_matches(env::ENV_ADMIN_PREFIX).to_lowercase();
-                            errors.push(ConfigError {
-                                source: source.to_string(),
-                                field: format!("admin.{key}"),
-                                problem: "is derived for each pod from its namespace (the scope section); remove it".into(),
-                            });
-                        }
-                    }
-                }
-                Err(ConfigErrors(e)) => errors.extend(e),
+            self.check_admin(admin, &mut problems);
+        }
+        if let Err(scope) = ScopeRules::new(&self.scope) {
+            for (field, problem) in scope {
+                problems.add(field, problem);
             }
         }
-        if let Err(problems) = ScopeRules::new(&self.scope) {
-            errors.extend(problems.into_iter().map(|(field, problem)| ConfigError {
-                source: source.to_string(),
-                field,
-                problem,
-            }));
+        // By the agent's own rules, which name their own source.
+        if let Err(limits) = self.agent_limits_env() {
+            problems.extend(limits);
         }
-        if let Err(ConfigErrors(e)) = self.agent_limits_env() {
-            errors.extend(e);
+        problems.into_result()
+    }
+
+    /// The `admin` section: it needs the sidecar, a usable service-account token, settings the
+    /// agent's own rules accept, and no scope of its own.
+    fn check_admin(&self, admin: &AdminSettings, problems: &mut Problems<'_>) {
+        if self.mode == InjectMode::InitOnly {
+            problems.add(
+                "admin",
+                "the Admin proxy needs the sidecar; mode init-only has no socket",
+            );
         }
-        if errors.is_empty() {
-            Ok(())
-        } else {
-            Err(ConfigErrors(errors))
+        if let Some(sa) = &admin.service_account_token {
+            sa.check(problems);
+        }
+        match self.admin_env(None) {
+            Ok(env) => {
+                let vars = env.iter().flat_map(|e| &e.env).map(|(var, _)| var.as_str());
+                scoped_admin_keys(vars, problems);
+            }
+            Err(errors) => problems.extend(errors),
         }
     }
 
     /// The Kubernetes Secrets that hold the executor credential: the `group` of
     /// `admin.client_secret`, for whichever mode a pod picks. No token request may name them.
     pub fn admin_secret_groups(&self) -> Vec<String> {
-        let mut groups: Vec<String> = [
-            AdminMode::ClientSecret,
-            AdminMode::JwtBearer,
-            AdminMode::TokenExchange,
-        ]
-        .into_iter()
-        .filter_map(|mode| self.admin_env(Some(mode)).ok().flatten())
-        .filter_map(|env| env.client_secret.map(|s| s.group))
-        .collect();
+        let mut groups: Vec<String> = ADMIN_MODES
+            .into_iter()
+            .filter_map(|mode| self.admin_env(Some(mode)).ok().flatten())
+            .filter_map(|env| env.client_secret.map(|s| s.group))
+            .collect();
         // Also when no mode's settings check out (the Secret exists all the same).
         let configured = self
             .admin
@@ -658,6 +529,193 @@ impl Config {
             client_secret: checked.client_secret,
             service_account_token,
         }))
+    }
+}
+
+/// The problems found in a configuration, each naming its field and the configuration's source.
+struct Problems<'a> {
+    source: &'a str,
+    errors: Vec<ConfigError>,
+}
+
+impl<'a> Problems<'a> {
+    fn new(source: &'a str) -> Self {
+        Self {
+            source,
+            errors: Vec::new(),
+        }
+    }
+
+    fn add(&mut self, field: impl Into<String>, problem: impl Into<String>) {
+        self.errors.push(ConfigError {
+            source: self.source.to_string(),
+            field: field.into(),
+            problem: problem.into(),
+        });
+    }
+
+    /// Problems the agent's own rules found; they name their own source.
+    fn extend(&mut self, errors: ConfigErrors) {
+        self.errors.extend(errors.0);
+    }
+
+    fn into_result(self) -> Result<(), ConfigErrors> {
+        if self.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigErrors(self.errors))
+        }
+    }
+}
+
+impl OptIn {
+    /// A label key Kubernetes accepts, and a value to match.
+    fn check(&self, problems: &mut Problems<'_>) {
+        if let Err(e) = crate::names::check_label_key(&self.label) {
+            problems.add("opt_in.label", e);
+        }
+        if self.value.is_empty() {
+            problems.add("opt_in.value", "is empty");
+        }
+    }
+}
+
+impl AgentSettings {
+    /// A container Kubernetes accepts, absolute mount paths, a non-root user, and settings the
+    /// agent understands.
+    fn check(&self, problems: &mut Problems<'_>) {
+        if let Err(e) = crate::names::check_dns_label(&self.name) {
+            problems.add("agent.name", e);
+        }
+        if self.image.trim().is_empty() {
+            problems.add("agent.image", "is empty");
+        }
+        if !["Always", "IfNotPresent", "Never"].contains(&self.image_pull_policy.as_str()) {
+            problems.add(
+                "agent.image_pull_policy",
+                format!(
+                    "{:?} is not Always, IfNotPresent or Never",
+                    self.image_pull_policy
+                ),
+            );
+        }
+        for (field, dir) in [
+            ("agent.tokens_dir", &self.tokens_dir),
+            ("agent.socket_dir", &self.socket_dir),
+            ("agent.secrets_dir", &self.secrets_dir),
+            (
+                "agent.service_account_token_dir",
+                &self.service_account_token_dir,
+            ),
+        ] {
+            if !dir.starts_with('/') || dir.contains(':') || dir.split('/').any(|c| c == "..") {
+                problems.add(
+                    field,
+                    format!("{dir:?} is not an absolute path without '..' or ':'"),
+                );
+            }
+        }
+        if self.run_as_user <= 0 {
+            problems.add("agent.run_as_user", "must be a non-root uid (above 0)");
+        }
+        if self.health_port == 0 {
+            problems.add("agent.health_port", "must not be 0");
+        }
+        if !["text", "json"].contains(&self.log_format.as_str()) {
+            problems.add(
+                "agent.log_format",
+                format!("{:?} is not text or json", self.log_format),
+            );
+        }
+        if self.startup_timeout < Duration::from_secs(1) {
+            problems.add("agent.startup_timeout", "must be at least 1s");
+        }
+    }
+}
+
+impl ServerConfig {
+    /// Bounds that leave the server able to accept, read and answer a review.
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.max_body < 1024 {
+            problems.add("server.max_body", "must be at least 1024 bytes");
+        }
+        if self.body_timeout.is_zero() {
+            problems.add("server.body_timeout", "must be above zero");
+        }
+        if !(1..=1024).contains(&self.max_concurrent_reviews) {
+            problems.add(
+                "server.max_concurrent_reviews",
+                "must be between 1 and 1024",
+            );
+        }
+        if !(1..=65_536).contains(&self.max_connections) {
+            problems.add("server.max_connections", "must be between 1 and 65536");
+        }
+        if self.request_head_timeout.is_zero() {
+            problems.add("server.request_head_timeout", "must be above zero");
+        }
+        if self.reload_interval.is_zero() {
+            problems.add("server.reload_interval", "must be above zero");
+        }
+    }
+}
+
+impl PodLimits {
+    /// Limits a task pod can meet and Kubernetes' own annotation limit does not make moot.
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.token_requests == 0 {
+            problems.add("limits.token_requests", "must be at least 1");
+        }
+        if self.review_array_items < 100 {
+            problems.add("limits.review_array_items", "must be at least 100");
+        }
+        // Kubernetes refuses a pod whose annotations total more than 256 KiB.
+        for (field, bytes) in [
+            ("limits.token_annotation_bytes", self.token_annotation_bytes),
+            (
+                "limits.token_annotations_total_bytes",
+                self.token_annotations_total_bytes,
+            ),
+        ] {
+            if !(1024..=MAX_ANNOTATIONS_BYTES).contains(&bytes) {
+                problems.add(
+                    field,
+                    format!("{bytes} is not between 1024 and {MAX_ANNOTATIONS_BYTES} (256 KiB, Kubernetes' limit for all annotations)"),
+                );
+            }
+        }
+    }
+}
+
+impl ServiceAccountToken {
+    /// An audience, and a lifetime within the API server's bounds for a projected token.
+    fn check(&self, problems: &mut Problems<'_>) {
+        if self.audience.is_empty() {
+            problems.add("admin.service_account_token.audience", "is empty");
+        }
+        if !(600..=(1 << 32)).contains(&self.expiration_seconds) {
+            problems.add(
+                "admin.service_account_token.expiration_seconds",
+                format!("{} is not between 600 and 2^32", self.expiration_seconds),
+            );
+        }
+    }
+}
+
+/// Refuses the Admin env `vars` that would fix the scope: it is each pod's own, from its
+/// namespace, and one configured for every agent would let every task act in that one project.
+fn scoped_admin_keys<'v>(vars: impl Iterator<Item = &'v str>, problems: &mut Problems<'_>) {
+    let scoped = [
+        env::ENV_ADMIN_PROJECT,
+        env::ENV_ADMIN_DOMAIN,
+        env::ENV_ADMIN_ORG,
+    ];
+    for var in vars.filter(|var| scoped.contains(var)) {
+        let key = var.trim_start_matches(env::ENV_ADMIN_PREFIX).to_lowercase();
+        problems.add(
+            format!("admin.{key}"),
+            "is derived for each pod from its namespace (the scope section); remove it",
+        );
     }
 }
 

@@ -31,6 +31,23 @@ pub struct Metrics {
     expiry: Gauge,
 }
 
+/// A counter family registered as `name`, labelled `label` with one series per value from the
+/// start, so a rate or an alert on it never sees "absent".
+fn counters(
+    registry: &mut Registry,
+    name: &str,
+    help: &str,
+    label: &'static str,
+    values: &[&'static str],
+) -> Family<Label, Counter> {
+    let family = Family::<Label, Counter>::default();
+    registry.register(name, help, family.clone());
+    for value in values {
+        let _ = family.get_or_create(&[(label, *value)]);
+    }
+    family
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -41,11 +58,12 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flyte_auth_injector");
-        let reviews = Family::<Label, Counter>::default();
-        registry.register(
+        let reviews = counters(
+            &mut registry,
             "reviews",
             "AdmissionReviews answered, by outcome (mutated, unchanged, skipped, denied, invalid)",
-            reviews.clone(),
+            "outcome",
+            &Outcome::ALL.map(Outcome::as_str),
         );
         // 20 µs to ~80 ms: a review is pure CPU work of well under a millisecond; the top
         // buckets are there to show a starved process, not slow logic.
@@ -55,43 +73,27 @@ impl Metrics {
             "Time from a whole request body to the answer, per review",
             review_duration.clone(),
         );
-        let refused = Family::<Label, Counter>::default();
-        registry.register(
+        let refused = counters(
+            &mut registry,
             "refused_reviews",
             "Reviews refused before a decision, by the limit met (too_large: server.max_body, busy: server.max_concurrent_reviews, body_timeout: server.body_timeout, unreadable: the connection failed)",
-            refused.clone(),
+            "reason",
+            &REFUSALS,
         );
-        let reloads = Family::<Label, Counter>::default();
-        registry.register(
+        let reloads = counters(
+            &mut registry,
             "certificate_reloads",
             "Changed certificate files read after start, by result (ok, or error: old certificate kept)",
-            reloads.clone(),
+            "result",
+            &["ok", "error"],
         );
-        // Every series exists from the start, so a rate or an alert on it never sees "absent".
-        for outcome in [
-            Outcome::Mutated,
-            Outcome::Unchanged,
-            Outcome::Skipped,
-            Outcome::Denied,
-            Outcome::Invalid,
-        ] {
-            let _ = reviews.get_or_create(&[("outcome", outcome.as_str())]);
-        }
-        for reason in REFUSALS {
-            let _ = refused.get_or_create(&[("reason", reason)]);
-        }
-        for result in ["ok", "error"] {
-            let _ = reloads.get_or_create(&[("result", result)]);
-        }
-        let scopes = Family::<Label, Counter>::default();
-        registry.register(
+        let scopes = counters(
+            &mut registry,
             "scopes",
             "Pods to get an Admin proxy, by where its scope came from (namespace; fallback: scope.fallback; unmatched: no proxy; disagreed: labels or env named another scope, denied)",
-            scopes.clone(),
+            "source",
+            &ScopeSource::ALL.map(ScopeSource::as_str),
         );
-        for source in ScopeSource::ALL {
-            let _ = scopes.get_or_create(&[("source", source.as_str())]);
-        }
         let expiry = Gauge::default();
         registry.register(
             "certificate_expiry_timestamp_seconds",

@@ -22,10 +22,13 @@ use k8s_openapi::api::core::v1::{
     Pod, Probe, ProjectedVolumeSource, SeccompProfile, SecretKeySelector, SecretVolumeSource,
     SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde::Serialize;
 
-use crate::config::{AdminEnv, Config, EnvConflict, InjectMode, TaskAuth, SA_TOKEN_FILE};
+use crate::config::{
+    AdminEnv, AgentSettings, Config, EnvConflict, InjectMode, TaskAuth, SA_TOKEN_FILE,
+};
 use crate::names::{check_dns_label, check_env_name};
 use crate::requests::PodRequests;
 use crate::scope::Execution;
@@ -91,8 +94,25 @@ impl Plan<'_> {
         self.config.mode == InjectMode::Sidecar
     }
 
+    /// The injected volumes' names: the agent's name and what each holds.
     fn volume_name(&self, suffix: &str) -> String {
         format!("{}-{suffix}", self.config.agent.name)
+    }
+
+    fn tokens_volume(&self) -> String {
+        self.volume_name("tokens")
+    }
+
+    fn socket_volume(&self) -> String {
+        self.volume_name("socket")
+    }
+
+    fn secret_volume(&self, i: usize) -> String {
+        self.volume_name(&format!("secret-{i}"))
+    }
+
+    fn sa_token_volume(&self) -> String {
+        self.volume_name("sa-token")
     }
 
     fn socket_path(&self) -> String {
@@ -148,27 +168,38 @@ pub fn mutate(
     if !problems.is_empty() {
         return Err(problems);
     }
+    Ok(patch(&plan, pod, &agent, &volumes, &mounts))
+}
 
+/// The operations that add `agent`, `volumes` and the task containers' `mounts` and env to
+/// `pod`, and mark it injected; warnings for env vars a container already sets.
+fn patch(
+    plan: &Plan<'_>,
+    pod: &Pod,
+    agent: &Container,
+    volumes: &[Volume],
+    mounts: &[VolumeMount],
+) -> Mutation {
     let mut ops = Ops::default();
     let spec = pod.spec.as_ref();
     match spec.and_then(|s| s.init_containers.as_ref()) {
         // First, so that the pod's own init containers can use the tokens too.
-        Some(_) => ops.add(&["spec", "initContainers", "0"], &agent),
-        None => ops.add(&["spec", "initContainers"], [&agent]),
+        Some(_) => ops.add(&["spec", "initContainers", "0"], agent),
+        None => ops.add(&["spec", "initContainers"], [agent]),
     }
     match spec.and_then(|s| s.volumes.as_ref()) {
         Some(_) => volumes
             .iter()
             .for_each(|v| ops.add(&["spec", "volumes", "-"], v)),
-        None => ops.add(&["spec", "volumes"], &volumes),
+        None => ops.add(&["spec", "volumes"], volumes),
     }
     let mut warnings = Vec::new();
-    let env = task_env(&plan);
+    let env = task_env(plan);
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     for (i, container) in containers.iter().enumerate() {
-        patch_task_container(&plan, i, container, &mounts, &env, &mut ops, &mut warnings);
+        patch_task_container(plan, i, container, mounts, &env, &mut ops, &mut warnings);
     }
-    let mode = match config.mode {
+    let mode = match plan.config.mode {
         InjectMode::Sidecar => "sidecar",
         InjectMode::InitOnly => "init-only",
     };
@@ -179,10 +210,10 @@ pub fn mutate(
             BTreeMap::from([(INJECTED_ANNOTATION, mode)]),
         ),
     }
-    Ok(Mutation {
+    Mutation {
         patch: Patch(ops.0),
         warnings,
-    })
+    }
 }
 
 /// flytekit's auth mode for the pod's task containers: `admin.task_auth`, or under `auto` what
@@ -311,44 +342,32 @@ fn resolver(config: &Config) -> SecretResolver {
 /// Where the agent will look for `secret`, relative to its Secret's volume.
 fn secret_file_path(resolver: &SecretResolver, config: &Config, secret: &Secret) -> String {
     let full = resolver.file_path(secret);
-    let volume_root = std::path::Path::new(&config.agent.secrets_dir).join(secret_dir(secret));
+    let volume_root =
+        std::path::Path::new(&config.agent.secrets_dir).join(secret_dir(&secret.group));
     full.strip_prefix(&volume_root)
         .unwrap_or(&full)
         .to_string_lossy()
         .into_owned()
 }
 
-/// The directory a Secret's volume is mounted at, under the secrets dir (flytekit lower-cases).
-fn secret_dir(secret: &Secret) -> String {
-    secret.group.to_lowercase()
+/// The directory the volume of Secret `group` is mounted at, under the secrets dir (flytekit
+/// lower-cases).
+fn secret_dir(group: &str) -> String {
+    group.to_lowercase()
 }
 
 fn volumes(plan: &Plan<'_>) -> Vec<Volume> {
     let agent = &plan.config.agent;
-    let mut volumes = vec![Volume {
-        name: plan.volume_name("tokens"),
-        empty_dir: Some(EmptyDirVolumeSource {
-            // Tokens never touch the node's disk.
-            medium: Some("Memory".into()),
-            size_limit: Some(agent.tokens_size_limit.clone()),
-        }),
-        ..Default::default()
-    }];
+    let mut volumes = vec![in_memory(
+        plan.tokens_volume(),
+        agent.tokens_size_limit.clone(),
+    )];
     if plan.sidecar() {
-        volumes.push(Volume {
-            name: plan.volume_name("socket"),
-            empty_dir: Some(EmptyDirVolumeSource {
-                medium: Some("Memory".into()),
-                size_limit: Some(k8s_openapi::apimachinery::pkg::api::resource::Quantity(
-                    "1Mi".into(),
-                )),
-            }),
-            ..Default::default()
-        });
+        volumes.push(in_memory(plan.socket_volume(), Quantity("1Mi".into())));
     }
     for (i, (group, files)) in plan.secrets.files.iter().enumerate() {
         volumes.push(Volume {
-            name: plan.volume_name(&format!("secret-{i}")),
+            name: plan.secret_volume(i),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(group.clone()),
                 items: Some(
@@ -370,7 +389,7 @@ fn volumes(plan: &Plan<'_>) -> Vec<Volume> {
     }
     if let Some(sa) = plan.admin.and_then(|a| a.service_account_token.as_ref()) {
         volumes.push(Volume {
-            name: plan.volume_name("sa-token"),
+            name: plan.sa_token_volume(),
             projected: Some(ProjectedVolumeSource {
                 default_mode: Some(0o444),
                 sources: Some(vec![VolumeProjection {
@@ -386,6 +405,18 @@ fn volumes(plan: &Plan<'_>) -> Vec<Volume> {
         });
     }
     volumes
+}
+
+/// An `emptyDir` in memory: tokens and the socket never touch the node's disk.
+fn in_memory(name: String, size_limit: Quantity) -> Volume {
+    Volume {
+        name,
+        empty_dir: Some(EmptyDirVolumeSource {
+            medium: Some("Memory".into()),
+            size_limit: Some(size_limit),
+        }),
+        ..Default::default()
+    }
 }
 
 /// Refuses names the pod already uses for something else: the agent container's, and every
@@ -427,7 +458,7 @@ fn check_collisions(
                     "container {:?} already mounts something at {}, where the agent's {} go",
                     container.name,
                     mount.mount_path,
-                    if mount.name.ends_with("tokens") {
+                    if mount.name == plan.tokens_volume() {
                         "token files"
                     } else {
                         "socket"
@@ -441,15 +472,40 @@ fn check_collisions(
 /// The agent: a native sidecar (or a plain init container in init-only mode), locked down.
 fn agent_container(plan: &Plan<'_>) -> Container {
     let agent = &plan.config.agent;
+    Container {
+        name: agent.name.clone(),
+        image: Some(agent.image.clone()),
+        image_pull_policy: Some(agent.image_pull_policy.clone()),
+        args: Some(agent_args(plan)),
+        env: Some(agent_env(plan)),
+        resources: Some(agent.resources.clone()),
+        restart_policy: plan.sidecar().then(|| "Always".to_string()),
+        startup_probe: plan.sidecar().then(|| startup_probe(agent)),
+        liveness_probe: plan.sidecar().then(|| liveness_probe(agent)),
+        security_context: Some(locked_down(agent)),
+        // An init-only failure then shows its last log lines in the pod's status.
+        termination_message_policy: Some("FallbackToLogsOnError".into()),
+        volume_mounts: Some(agent_mounts(plan)),
+        ..Default::default()
+    }
+}
+
+/// `serve`; in init-only mode once, giving up after `agent.once_timeout`.
+fn agent_args(plan: &Plan<'_>) -> Vec<String> {
     let mut args = vec!["serve".to_string()];
     if !plan.sidecar() {
         args.extend([
             "--once".into(),
             "--once-timeout".into(),
-            humantime::format_duration(agent.once_timeout).to_string(),
+            humantime::format_duration(plan.config.agent.once_timeout).to_string(),
         ]);
     }
-    let probe = |path: &str| Probe {
+    args
+}
+
+/// A probe of the agent's health port at `path`, every second.
+fn health_probe(agent: &AgentSettings, path: &str) -> Probe {
+    Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::Int(i32::from(agent.health_port)),
@@ -458,84 +514,82 @@ fn agent_container(plan: &Plan<'_>) -> Container {
         period_seconds: Some(1),
         timeout_seconds: Some(1),
         ..Default::default()
-    };
-    let startup_probe = Probe {
+    }
+}
+
+/// Holds the task back until the agent has every token, for at most `agent.startup_timeout`.
+fn startup_probe(agent: &AgentSettings) -> Probe {
+    Probe {
         // /readyz answers 200 once every requested token is on disk: the task starts then.
         failure_threshold: Some(
             i32::try_from(agent.startup_timeout.as_secs().max(1)).unwrap_or(i32::MAX),
         ),
-        ..probe("/readyz")
-    };
-    let liveness_probe = Probe {
+        ..health_probe(agent, "/readyz")
+    }
+}
+
+/// Restarts an agent that stops answering.
+fn liveness_probe(agent: &AgentSettings) -> Probe {
+    Probe {
         period_seconds: Some(10),
         failure_threshold: Some(3),
-        ..probe("/healthz")
-    };
-    let mut mounts = vec![VolumeMount {
-        name: plan.volume_name("tokens"),
-        mount_path: agent.tokens_dir.clone(),
+        ..health_probe(agent, "/healthz")
+    }
+}
+
+/// Non-root, read-only root, no privilege, no capabilities, the runtime's seccomp profile.
+fn locked_down(agent: &AgentSettings) -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        run_as_user: Some(agent.run_as_user),
+        run_as_group: Some(agent.run_as_user),
+        read_only_root_filesystem: Some(true),
+        allow_privilege_escalation: Some(false),
+        privileged: Some(false),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".into()]),
+            add: None,
+        }),
+        seccomp_profile: Some(SeccompProfile {
+            type_: "RuntimeDefault".into(),
+            localhost_profile: None,
+        }),
         ..Default::default()
-    }];
+    }
+}
+
+/// What the agent mounts: the tokens it writes, its socket's directory, and (read-only) the
+/// client secrets and the service-account token, which no other container gets.
+fn agent_mounts(plan: &Plan<'_>) -> Vec<VolumeMount> {
+    let agent = &plan.config.agent;
+    let mut mounts = vec![mount(plan.tokens_volume(), agent.tokens_dir.clone(), false)];
     if plan.sidecar() {
-        mounts.push(VolumeMount {
-            name: plan.volume_name("socket"),
-            mount_path: agent.socket_dir.clone(),
-            ..Default::default()
-        });
+        mounts.push(mount(plan.socket_volume(), agent.socket_dir.clone(), false));
     }
     for (i, group) in plan.secrets.files.keys().enumerate() {
-        mounts.push(VolumeMount {
-            name: plan.volume_name(&format!("secret-{i}")),
-            mount_path: format!(
-                "{}/{}",
-                agent.secrets_dir.trim_end_matches('/'),
-                group.to_lowercase()
-            ),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let dir = format!(
+            "{}/{}",
+            agent.secrets_dir.trim_end_matches('/'),
+            secret_dir(group)
+        );
+        mounts.push(mount(plan.secret_volume(i), dir, true));
     }
     if plan
         .admin
         .is_some_and(|a| a.service_account_token.is_some())
     {
-        mounts.push(VolumeMount {
-            name: plan.volume_name("sa-token"),
-            mount_path: agent.service_account_token_dir.clone(),
-            read_only: Some(true),
-            ..Default::default()
-        });
+        let dir = agent.service_account_token_dir.clone();
+        mounts.push(mount(plan.sa_token_volume(), dir, true));
     }
-    Container {
-        name: agent.name.clone(),
-        image: Some(agent.image.clone()),
-        image_pull_policy: Some(agent.image_pull_policy.clone()),
-        args: Some(args),
-        env: Some(agent_env(plan)),
-        resources: Some(agent.resources.clone()),
-        restart_policy: plan.sidecar().then(|| "Always".to_string()),
-        startup_probe: plan.sidecar().then_some(startup_probe),
-        liveness_probe: plan.sidecar().then_some(liveness_probe),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            run_as_user: Some(agent.run_as_user),
-            run_as_group: Some(agent.run_as_user),
-            read_only_root_filesystem: Some(true),
-            allow_privilege_escalation: Some(false),
-            privileged: Some(false),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".into()]),
-                add: None,
-            }),
-            seccomp_profile: Some(SeccompProfile {
-                type_: "RuntimeDefault".into(),
-                localhost_profile: None,
-            }),
-            ..Default::default()
-        }),
-        // An init-only failure then shows its last log lines in the pod's status.
-        termination_message_policy: Some("FallbackToLogsOnError".into()),
-        volume_mounts: Some(mounts),
+    mounts
+}
+
+/// Volume `name` mounted at `mount_path`.
+fn mount(name: String, mount_path: String, read_only: bool) -> VolumeMount {
+    VolumeMount {
+        name,
+        mount_path,
+        read_only: read_only.then_some(true),
         ..Default::default()
     }
 }
@@ -543,33 +597,28 @@ fn agent_container(plan: &Plan<'_>) -> Container {
 /// The agent's env: its token requests, directories, secrets lookup and Admin settings.
 fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
     let agent = &plan.config.agent;
-    let value = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        value_from: None,
-    };
     let mut env = vec![
-        value(
+        env_value(
             ENV_TOKEN_REQUESTS,
             serde_json::Value::Array(plan.requests.json.clone()).to_string(),
         ),
-        value(ENV_TOKENS_PATH_PREFIX, agent.tokens_dir.clone()),
-        value(ENV_SECRETS_DIR, agent.secrets_dir.clone()),
-        value(ENV_SECRETS_ENV_PREFIX, DEFAULT_SECRETS_ENV_PREFIX.into()),
-        value(ENV_SECRETS_FILE_PREFIX, String::new()),
-        value(ENV_LOG_FORMAT, agent.log_format.clone()),
-        value(ENV_LOG_FILTER, agent.log_level.clone()),
+        env_value(ENV_TOKENS_PATH_PREFIX, agent.tokens_dir.clone()),
+        env_value(ENV_SECRETS_DIR, agent.secrets_dir.clone()),
+        env_value(ENV_SECRETS_ENV_PREFIX, DEFAULT_SECRETS_ENV_PREFIX.into()),
+        env_value(ENV_SECRETS_FILE_PREFIX, String::new()),
+        env_value(ENV_LOG_FORMAT, agent.log_format.clone()),
+        env_value(ENV_LOG_FILTER, agent.log_level.clone()),
     ];
     if plan.sidecar() {
-        env.push(value(ENV_SOCKET, plan.socket_path()));
-        env.push(value(
+        env.push(env_value(ENV_SOCKET, plan.socket_path()));
+        env.push(env_value(
             ENV_HEALTH_ADDR,
             // The kubelet probes the pod IP; the health port serves no token.
             format!("0.0.0.0:{}", agent.health_port),
         ));
     }
     if agent.allow_insecure_http {
-        env.push(value(ENV_ALLOW_INSECURE_HTTP, "true".into()));
+        env.push(env_value(ENV_ALLOW_INSECURE_HTTP, "true".into()));
     }
     for (var, (group, key)) in &plan.secrets.env {
         env.push(EnvVar {
@@ -586,67 +635,64 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
         });
     }
     if let Some(admin) = plan.admin {
-        env.extend(admin.env.iter().map(|(k, v)| value(k, v.clone())));
+        env.extend(admin.env.iter().map(|(k, v)| env_value(k, v.clone())));
         if let Some(scope) = &plan.execution.scope {
-            env.push(value(ENV_ADMIN_PROJECT, scope.project.clone()));
-            env.push(value(ENV_ADMIN_DOMAIN, scope.domain.clone()));
+            env.push(env_value(ENV_ADMIN_PROJECT, scope.project.clone()));
+            env.push(env_value(ENV_ADMIN_DOMAIN, scope.domain.clone()));
             if let Some(org) = &scope.org {
-                env.push(value(ENV_ADMIN_ORG, org.clone()));
+                env.push(env_value(ENV_ADMIN_ORG, org.clone()));
             }
         }
     }
     if let Some(id) = &plan.execution.id {
-        env.push(value(ENV_EXECUTION_ID, id.clone()));
+        env.push(env_value(ENV_EXECUTION_ID, id.clone()));
     }
     // Checked when the config was read, so this cannot fail here.
     let limits = plan.config.agent_limits_env().unwrap_or_default();
-    env.extend(limits.into_iter().map(|(k, v)| value(&k, v)));
+    env.extend(limits.into_iter().map(|(k, v)| env_value(&k, v)));
     env
+}
+
+/// An env var with a plain value.
+fn env_value(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value: Some(value),
+        value_from: None,
+    }
 }
 
 /// What every task container mounts: the token files read-only, and the socket's directory.
 fn task_mounts(plan: &Plan<'_>) -> Vec<VolumeMount> {
     let agent = &plan.config.agent;
-    let mut mounts = vec![VolumeMount {
-        name: plan.volume_name("tokens"),
-        mount_path: agent.tokens_dir.trim_end_matches('/').to_string(),
-        read_only: Some(true),
-        ..Default::default()
-    }];
+    let tokens_dir = agent.tokens_dir.trim_end_matches('/').to_string();
+    let mut mounts = vec![mount(plan.tokens_volume(), tokens_dir, true)];
     if plan.sidecar() {
-        mounts.push(VolumeMount {
-            name: plan.volume_name("socket"),
-            mount_path: agent.socket_dir.trim_end_matches('/').to_string(),
-            ..Default::default()
-        });
+        let socket_dir = agent.socket_dir.trim_end_matches('/').to_string();
+        mounts.push(mount(plan.socket_volume(), socket_dir, false));
     }
     mounts
 }
 
 /// The env every task container gets, in groups that are kept or replaced together.
 fn task_env(plan: &Plan<'_>) -> Vec<Vec<EnvVar>> {
-    let value = |name: &str, value: String| EnvVar {
-        name: name.into(),
-        value: Some(value),
-        value_from: None,
-    };
-    let mut groups = vec![vec![value(
+    let mut groups = vec![vec![env_value(
         ENV_TOKENS_PATH_PREFIX,
         plan.config.agent.tokens_dir.clone(),
     )]];
     if plan.sidecar() {
-        groups.push(vec![value(ENV_SOCKET, plan.socket_path())]);
+        groups.push(vec![env_value(ENV_SOCKET, plan.socket_path())]);
         if plan.admin.is_some() {
             // flytekit needs both: a unix:// endpoint with TLS would not connect. The
             // auth mode belongs to the same group: it is right only for the agent's
             // endpoint, and a container that keeps its own endpoint keeps its own auth.
             let mut group = vec![
-                value(ENV_PLATFORM_URL, format!("unix://{}", plan.socket_path())),
-                value(ENV_PLATFORM_INSECURE, "true".into()),
-                value(ENV_CREDENTIALS_AUTH_MODE, plan.task_auth.into()),
+                env_value(ENV_PLATFORM_URL, format!("unix://{}", plan.socket_path())),
+                env_value(ENV_PLATFORM_INSECURE, "true".into()),
+                env_value(ENV_CREDENTIALS_AUTH_MODE, plan.task_auth.into()),
             ];
             if plan.task_auth == TASK_AUTH_MODE {
-                group.push(value(ENV_CREDENTIALS_COMMAND, TASK_AUTH_COMMAND.into()));
+                group.push(env_value(ENV_CREDENTIALS_COMMAND, TASK_AUTH_COMMAND.into()));
             }
             groups.push(group);
         }

@@ -27,33 +27,31 @@ pub fn check_label_key(key: &str) -> Result<(), String> {
 
 /// Checks a DNS-1123 label (container and volume names).
 pub fn check_dns_label(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        && !name.starts_with('-')
-        && !name.ends_with('-');
-    if ok {
+    if name.len() <= 63 && is_label(name) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a DNS-1123 label (at most 63 lower-case letters, digits and '-', not starting or ending with '-')"))
     }
 }
 
+/// Whether `part` is made like a DNS-1123 label (lower-case letters, digits and '-', not
+/// starting or ending with '-'), whatever its length: a subdomain's parts have no bound of their
+/// own.
+fn is_label(part: &str) -> bool {
+    !part.is_empty()
+        && part.bytes().all(is_label_byte)
+        && !part.starts_with('-')
+        && !part.ends_with('-')
+}
+
+/// Whether `b` may stand in a DNS-1123 label: a lower-case letter, a digit or '-'.
+pub(crate) fn is_label_byte(b: u8) -> bool {
+    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+}
+
 /// Checks a DNS-1123 subdomain (Secret names, label prefixes).
 pub fn check_dns_subdomain(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|part| {
-            !part.is_empty()
-                && part
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !part.starts_with('-')
-                && !part.ends_with('-')
-        });
-    if ok {
+    if name.len() <= 253 && name.split('.').all(is_label) {
         Ok(())
     } else {
         Err(format!("{name:?} is not a DNS-1123 subdomain (lower-case letters, digits, '-' and '.', at most 253)"))

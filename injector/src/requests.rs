@@ -15,7 +15,7 @@ use std::fmt;
 
 use flyte_auth_agent::config::{validate_token_requests, Endpoint, TokenRequest};
 use flyte_auth_proto::annotation;
-use flyte_auth_proto::flyteidl::core::OAuth2TokenRequest;
+use flyte_auth_proto::flyteidl::core::{OAuth2TokenRequest, Secret};
 
 use crate::config::{Config, PodLimits};
 
@@ -80,6 +80,42 @@ pub fn from_annotations(
 ) -> Result<PodRequests, Vec<String>> {
     check_limits(annotations, &policy.limits)?;
     let mut problems = Vec::new();
+    let mut items = propeller_requests(annotations, &mut problems);
+    items.extend(json_requests(annotations, &mut problems));
+    let json: Vec<serde_json::Value> = items.iter().map(|(_, v)| v.clone()).collect();
+    let paths: Vec<String> = items.iter().map(|(p, _)| p.clone()).collect();
+    let requests = match validate_token_requests(items, SOURCE, policy.allow_insecure_http) {
+        Ok(requests) => requests,
+        Err(errors) => {
+            problems.extend(
+                errors
+                    .0
+                    .iter()
+                    .map(|e| format!("{}: {}", e.field, e.problem)),
+            );
+            Vec::new()
+        }
+    };
+    // The agent's rules know nothing of Kubernetes or of the injector's policy.
+    for (request, path) in requests.iter().zip(&paths) {
+        check_secret(&request.client_secret, path, policy, &mut problems);
+        if !policy.allow_local_idp {
+            problems.extend(local_idp(request, path));
+        }
+    }
+    if problems.is_empty() {
+        Ok(PodRequests { json, requests })
+    } else {
+        Err(problems)
+    }
+}
+
+/// The requests in `flyte.tokens/t<i>` annotations, in flyteidl JSON, each with its annotation's
+/// name, in propeller's order; what cannot be read is added to `problems`.
+fn propeller_requests(
+    annotations: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Vec<(String, serde_json::Value)> {
     let mut items: Vec<(u64, String, serde_json::Value)> = Vec::new();
     for (key, value) in annotations.range(TOKEN_ANNOTATION_PREFIX.to_string()..) {
         let Some(suffix) = key.strip_prefix(TOKEN_ANNOTATION_PREFIX) else {
@@ -102,75 +138,75 @@ pub fn from_annotations(
     }
     // t2 before t10: propeller's order, not the map's.
     items.sort_by_key(|(index, _, _)| *index);
-    let mut items: Vec<(String, serde_json::Value)> =
-        items.into_iter().map(|(_, key, v)| (key, v)).collect();
-    if let Some(value) = annotations.get(JSON_ANNOTATION) {
-        match serde_json::from_str::<serde_json::Value>(value) {
-            Ok(serde_json::Value::Array(values)) => items.extend(
-                values
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| (format!("{JSON_ANNOTATION}[{i}]"), v)),
-            ),
-            Ok(_) => problems.push(format!(
+    items.into_iter().map(|(_, key, v)| (key, v)).collect()
+}
+
+/// The requests in the JSON annotation, each with its path (`flyte.org/token-requests[i]`); an
+/// annotation that is not a JSON array is added to `problems`.
+fn json_requests(
+    annotations: &BTreeMap<String, String>,
+    problems: &mut Vec<String>,
+) -> Vec<(String, serde_json::Value)> {
+    let Some(value) = annotations.get(JSON_ANNOTATION) else {
+        return Vec::new();
+    };
+    match serde_json::from_str::<serde_json::Value>(value) {
+        Ok(serde_json::Value::Array(values)) => values
+            .into_iter()
+            .enumerate()
+            .map(|(i, v)| (format!("{JSON_ANNOTATION}[{i}]"), v))
+            .collect(),
+        Ok(_) => {
+            problems.push(format!(
                 "annotation {JSON_ANNOTATION}: is not a JSON array of token requests"
-            )),
-            Err(e) => problems.push(format!("annotation {JSON_ANNOTATION}: is not JSON: {e}")),
-        }
-    }
-    let json: Vec<serde_json::Value> = items.iter().map(|(_, v)| v.clone()).collect();
-    let paths: Vec<String> = items.iter().map(|(p, _)| p.clone()).collect();
-    let requests = match validate_token_requests(items, SOURCE, policy.allow_insecure_http) {
-        Ok(requests) => requests,
-        Err(errors) => {
-            problems.extend(
-                errors
-                    .0
-                    .iter()
-                    .map(|e| format!("{}: {}", e.field, e.problem)),
-            );
+            ));
             Vec::new()
         }
+        Err(e) => {
+            problems.push(format!("annotation {JSON_ANNOTATION}: is not JSON: {e}"));
+            Vec::new()
+        }
+    }
+}
+
+/// What the agent's rules do not check of the client secret of the request at `path`: that
+/// Kubernetes can mount it (a Secret name and data key), and that it is not the Admin client
+/// Secret.
+fn check_secret(secret: &Secret, path: &str, policy: &Policy, problems: &mut Vec<String>) {
+    if let Err(e) = crate::names::check_dns_subdomain(&secret.group) {
+        problems.push(format!(
+            "{path}.client.clientSecret.group: is the Kubernetes Secret's name, but {e}"
+        ));
+    }
+    if let Err(e) = check_secret_key(&secret.key) {
+        problems.push(format!("{path}.client.clientSecret.key: {e}"));
+    }
+    if !secret.group_version.is_empty() {
+        if let Err(e) = crate::names::check_dns_label(&secret.group_version) {
+            problems.push(format!("{path}.client.clientSecret.groupVersion: {e}"));
+        }
+    }
+    if policy.reserved_secrets.contains(&secret.group) {
+        problems.push(format!(
+            "{path}.client.clientSecret.group: {:?} is the Admin client Secret (admin.client_secret in the injector config); the executor credential is the agent's alone and no token request may read it",
+            secret.group
+        ));
+    }
+}
+
+/// The problem with the request at `path` when its IdP is on the pod's own network (loopback,
+/// link-local, unspecified).
+fn local_idp(request: &TokenRequest, path: &str) -> Option<String> {
+    let (field, url) = match &request.endpoint {
+        Endpoint::Token(url) => ("tokenEndpoint", url),
+        Endpoint::Discovery(url) => ("idpDiscoveryEndpoint", url),
     };
-    // The agent's rules say nothing of Kubernetes; the volume needs a Secret name and key.
-    for (request, path) in requests.iter().zip(&paths) {
-        let secret = &request.client_secret;
-        if let Err(e) = crate::names::check_dns_subdomain(&secret.group) {
-            problems.push(format!(
-                "{path}.client.clientSecret.group: is the Kubernetes Secret's name, but {e}"
-            ));
-        }
-        if let Err(e) = check_secret_key(&secret.key) {
-            problems.push(format!("{path}.client.clientSecret.key: {e}"));
-        }
-        if !secret.group_version.is_empty() {
-            if let Err(e) = crate::names::check_dns_label(&secret.group_version) {
-                problems.push(format!("{path}.client.clientSecret.groupVersion: {e}"));
-            }
-        }
-        if policy.reserved_secrets.contains(&secret.group) {
-            problems.push(format!(
-                "{path}.client.clientSecret.group: {:?} is the Admin client Secret (admin.client_secret in the injector config); the executor credential is the agent's alone and no token request may read it",
-                secret.group
-            ));
-        }
-        if !policy.allow_local_idp {
-            let (field, url) = match &request.endpoint {
-                Endpoint::Token(url) => ("tokenEndpoint", url),
-                Endpoint::Discovery(url) => ("idpDiscoveryEndpoint", url),
-            };
-            if let Some(kind) = url.host_str().and_then(flyte_auth_agent::hosts::local_host) {
-                problems.push(format!(
-                    "{path}.{field}: {url} is {kind}, which inside the pod is the pod itself (or the node's metadata service), and the agent would send it the client secret; set agent.allow_local_idp in the injector config to allow it"
-                ));
-            }
-        }
-    }
-    if problems.is_empty() {
-        Ok(PodRequests { json, requests })
-    } else {
-        Err(problems)
-    }
+    let kind = url
+        .host_str()
+        .and_then(flyte_auth_agent::hosts::local_host)?;
+    Some(format!(
+        "{path}.{field}: {url} is {kind}, which inside the pod is the pod itself (or the node's metadata service), and the agent would send it the client secret; set agent.allow_local_idp in the injector config to allow it"
+    ))
 }
 
 /// Refuses a pod whose token annotations are too many or too large for `limits`, before any is

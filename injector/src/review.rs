@@ -8,16 +8,15 @@
 use std::collections::BTreeMap;
 
 use base64::Engine as _;
-use flyte_auth_agent::config::AdminMode;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
 use serde::Deserialize;
 
-use crate::config::{AdminEnv, Config};
+use crate::config::{AdminEnv, Config, ADMIN_MODES};
 use crate::mutate;
 use crate::requests;
-use crate::scope::{ScopeRules, ScopeSource};
+use crate::scope::{Execution, ScopeRules, ScopeSource};
 
 /// The pod annotation that picks the Admin credential mode for one pod.
 pub const ADMIN_MODE_ANNOTATION: &str = "flyte.org/auth-agent-admin-mode";
@@ -40,6 +39,15 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    /// Every outcome, for metrics that must exist from the start.
+    pub const ALL: [Outcome; 5] = [
+        Self::Mutated,
+        Self::Unchanged,
+        Self::Skipped,
+        Self::Denied,
+        Self::Invalid,
+    ];
+
     /// The metrics label.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -80,12 +88,7 @@ pub struct Injector {
 impl Injector {
     /// An injector for `config` (already checked by [`Config::parse`]).
     pub fn new(config: Config) -> Self {
-        let modes = [
-            AdminMode::ClientSecret,
-            AdminMode::JwtBearer,
-            AdminMode::TokenExchange,
-        ];
-        let admin = modes
+        let admin = ADMIN_MODES
             .into_iter()
             .map(|mode| {
                 let env = config.admin_env(Some(mode)).map_err(|e| {
@@ -172,8 +175,8 @@ impl Injector {
             pod = tracing::field::Empty,
         );
         let _entered = span.enter();
-        let mut scope = None;
-        let (answer, outcome) = self.decide(request, pod, &span, &mut scope);
+        let (decision, scope) = self.decide(request, pod, &span);
+        let (answer, outcome) = decision.answer(request);
         match outcome {
             Outcome::Denied => {
                 tracing::info!(outcome = outcome.as_str(), reason = %answer.response.result.message, "pod denied")
@@ -206,30 +209,20 @@ impl Injector {
             .map_err(|_| refuse(None, "the AdmissionReview has no request"))
     }
 
+    /// The decision on one request, and where the pod's scope came from if it was read.
     fn decide<T: kube_core::Resource>(
         &self,
         request: &AdmissionRequest<T>,
         pod: Result<Pod, String>,
         span: &tracing::Span,
-        scope: &mut Option<ScopeSource>,
-    ) -> (Answer, Outcome) {
-        let allow = Answer::from(AdmissionResponse::from(request));
+    ) -> (Decision, Option<ScopeSource>) {
         let is_pod = request.kind.group.is_empty() && request.kind.kind == "Pod";
         if !is_pod || request.sub_resource.is_some() || request.operation != Operation::Create {
-            return (allow, Outcome::Skipped);
+            return (Decision::Skip, None);
         }
-        let deny = |problems: Vec<String>| {
-            (
-                Answer::from(
-                    AdmissionResponse::from(request)
-                        .deny(format!("flyte-auth-injector: {}", problems.join("; "))),
-                ),
-                Outcome::Denied,
-            )
-        };
         let pod = match pod {
             Ok(pod) => pod,
-            Err(problem) => return deny(vec![problem]),
+            Err(problem) => return (Decision::Deny(vec![problem]), None),
         };
         let name = pod
             .metadata
@@ -238,66 +231,79 @@ impl Injector {
             .or(pod.metadata.generate_name.as_deref())
             .unwrap_or("");
         span.record("pod", name);
+        if !self.opted_in(&pod) {
+            return (Decision::Skip, None);
+        }
+        if mutate::already_injected(&self.config, &pod) {
+            return (Decision::Unchanged(Vec::new()), None);
+        }
+        // The review's namespace, not the pod's metadata.namespace: the API server fills in the
+        // first, the pod's author writes (or omits) the second.
+        self.inject(request.namespace.as_deref(), &pod)
+    }
+
+    /// Whether the pod carries the opt-in label with its value.
+    fn opted_in(&self, pod: &Pod) -> bool {
         let opt_in = &self.config.opt_in;
-        let opted_in = pod
-            .metadata
+        pod.metadata
             .labels
             .as_ref()
             .and_then(|l| l.get(&opt_in.label))
-            .is_some_and(|v| *v == opt_in.value);
-        if !opted_in {
-            return (allow, Outcome::Skipped);
-        }
-        if mutate::already_injected(&self.config, &pod) {
-            return (allow, Outcome::Unchanged);
-        }
+            .is_some_and(|v| *v == opt_in.value)
+    }
+
+    /// The decision on an opted-in pod not injected yet: its Admin proxy and scope, then (in
+    /// [`Self::add_agent`]) its token requests and the patch.
+    fn inject(&self, namespace: Option<&str>, pod: &Pod) -> (Decision, Option<ScopeSource>) {
         let no_annotations = BTreeMap::new();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
         let admin = match self.admin_for(annotations) {
             Ok(admin) => admin,
-            Err(problem) => return deny(vec![problem]),
+            Err(problem) => return (Decision::Deny(vec![problem]), None),
         };
         let rules = match &self.scope {
             Ok(rules) => rules,
-            Err(problem) => return deny(vec![format!("the injector's scope settings: {problem}")]),
-        };
-        // The review's namespace, not the pod's metadata.namespace: the API server fills in the
-        // first, the pod's author writes (or omits) the second.
-        let execution = match rules.execution(request.namespace.as_deref(), &pod, admin.is_some()) {
-            Ok(execution) => execution,
-            Err(problems) => {
-                *scope = Some(ScopeSource::Disagreed);
-                return deny(problems);
+            Err(problem) => {
+                let problem = format!("the injector's scope settings: {problem}");
+                return (Decision::Deny(vec![problem]), None);
             }
         };
-        *scope = execution.source;
+        let execution = match rules.execution(namespace, pod, admin.is_some()) {
+            Ok(execution) => execution,
+            Err(problems) => return (Decision::Deny(problems), Some(ScopeSource::Disagreed)),
+        };
         // No scope, no proxy: a proxy with no scope would act anywhere.
         let admin = admin.filter(|_| execution.scope.is_some());
+        let source = execution.source;
+        (self.add_agent(pod, annotations, admin, execution), source)
+    }
+
+    /// The agent added for the pod's token requests and Admin proxy, if it has either.
+    fn add_agent(
+        &self,
+        pod: &Pod,
+        annotations: &BTreeMap<String, String>,
+        admin: Option<&AdminEnv>,
+        mut execution: Execution,
+    ) -> Decision {
         let requests = match requests::from_annotations(annotations, &self.policy) {
             Ok(requests) => requests,
-            Err(problems) => return deny(problems),
+            Err(problems) => return Decision::Deny(problems),
         };
+        let mut warnings = std::mem::take(&mut execution.warnings);
         if requests.is_empty() && admin.is_none() {
-            let mut answer = allow;
-            let mut warnings = execution.warnings;
+            let opt_in = &self.config.opt_in;
             warnings.push(format!(
                 "{}={} is set but the pod has no token requests and no Admin proxy; the auth agent was not added",
                 opt_in.label, opt_in.value
             ));
-            answer.response.warnings = Some(warnings);
-            return (answer, Outcome::Unchanged);
+            return Decision::Unchanged(warnings);
         }
-        match mutate::mutate(&self.config, &pod, &requests, admin, &execution) {
-            Err(problems) => deny(problems),
+        match mutate::mutate(&self.config, pod, &requests, admin, &execution) {
+            Err(problems) => Decision::Deny(problems),
             Ok(mutation) => {
-                let mut answer = allow;
-                let mut warnings = execution.warnings;
                 warnings.extend(mutation.warnings);
-                if !warnings.is_empty() {
-                    answer.response.warnings = Some(warnings);
-                }
-                answer.patch = Some(mutation.patch);
-                (answer, Outcome::Mutated)
+                Decision::Mutate(mutation.patch, warnings)
             }
         }
     }
@@ -477,10 +483,56 @@ impl kube_core::Resource for Unread {
     }
 }
 
+/// What was decided about one request, before it is written as a response.
+enum Decision {
+    /// Not ours to touch: allowed as is.
+    Skip,
+    /// Opted in, but nothing was added; what the requester should know.
+    Unchanged(Vec<String>),
+    /// Refused, for every reason listed.
+    Deny(Vec<String>),
+    /// The patch, and what the requester should know.
+    Mutate(json_patch::Patch, Vec<String>),
+}
+
+impl Decision {
+    /// The response to `request`, and how the review ended.
+    fn answer<T: kube_core::Resource>(self, request: &AdmissionRequest<T>) -> (Answer, Outcome) {
+        let mut answer = Answer::from(AdmissionResponse::from(request));
+        let outcome = match self {
+            Self::Skip => Outcome::Skipped,
+            Self::Unchanged(warnings) => {
+                answer.warn(warnings);
+                Outcome::Unchanged
+            }
+            Self::Deny(problems) => {
+                let message = format!("flyte-auth-injector: {}", problems.join("; "));
+                answer.response = answer.response.deny(message);
+                Outcome::Denied
+            }
+            Self::Mutate(patch, warnings) => {
+                answer.warn(warnings);
+                answer.patch = Some(patch);
+                Outcome::Mutated
+            }
+        };
+        (answer, outcome)
+    }
+}
+
 /// A response and the patch that goes with it.
 struct Answer {
     response: AdmissionResponse,
     patch: Option<json_patch::Patch>,
+}
+
+impl Answer {
+    /// Adds `warnings` for the requester, if there are any.
+    fn warn(&mut self, warnings: Vec<String>) {
+        if !warnings.is_empty() {
+            self.response.warnings = Some(warnings);
+        }
+    }
 }
 
 impl From<AdmissionResponse> for Answer {

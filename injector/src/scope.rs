@@ -16,7 +16,7 @@
 use k8s_openapi::api::core::v1::Pod;
 use serde::Deserialize;
 
-use crate::names::check_dns_label;
+use crate::names::{check_dns_label, is_label_byte};
 
 /// Flyte's default `namespace_mapping.template`.
 pub const DEFAULT_TEMPLATE: &str = "{{ project }}-{{ domain }}";
@@ -389,10 +389,7 @@ fn parse_template(template: &str) -> Result<Vec<Part>, String> {
     }
     for part in &parts {
         if let Part::Literal(text) = part {
-            if !text
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-            {
+            if !text.bytes().all(is_label_byte) {
                 return Err(format!(
                     "{template:?}: {text:?} holds characters no namespace can (lower-case letters, digits and '-' only)"
                 ));

@@ -151,6 +151,14 @@ async fn read(what: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
         })
 }
 
+/// Both files' contents, certificate first.
+async fn read_pair(cert_path: &Path, key_path: &Path) -> Result<(Vec<u8>, Vec<u8>), TlsError> {
+    Ok((
+        read("certificate", cert_path).await?,
+        read("private key", key_path).await?,
+    ))
+}
+
 /// The contents last read from the two files, so an unchanged pair is not parsed again and a
 /// bad one is reported once, not on every check.
 type Seen = (Vec<u8>, Vec<u8>);
@@ -181,8 +189,7 @@ impl CertStore {
         key_path: &Path,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<Self>, TlsError> {
-        let cert_pem = read("certificate", cert_path).await?;
-        let key_pem = read("private key", key_path).await?;
+        let (cert_pem, key_pem) = read_pair(cert_path, key_path).await?;
         let loaded = parse_pair(cert_path, &cert_pem, key_path, &key_pem)?;
         metrics.certificate_expiry(loaded.not_after);
         Ok(Arc::new(Self {
@@ -227,8 +234,7 @@ impl CertStore {
     /// One check: reads both files and, if either changed, swaps in the new pair when valid.
     async fn check(&self) -> Result<(), TlsError> {
         // A missing file mid-rotation is an error for this check only: the next one retries.
-        let cert_pem = read("certificate", &self.cert_path).await?;
-        let key_pem = read("private key", &self.key_path).await?;
+        let (cert_pem, key_pem) = read_pair(&self.cert_path, &self.key_path).await?;
         {
             let mut seen = self.seen.lock().unwrap_or_else(|e| e.into_inner());
             if seen.0 == cert_pem && seen.1 == key_pem {

@@ -191,9 +191,8 @@ pub(crate) fn check(
     let ca = parse_x509(CA_CRT, &ca_der)?;
     let crt = parse_x509(TLS_CRT, &crt_der)?;
     let key = std::str::from_utf8(key_pem)
-        .map_err(|e| e.to_string())
-        .and_then(|pem| KeyPair::from_pem(pem).map_err(|e| e.to_string()))
-        .map_err(|why| Invalid::Unparsable { file: TLS_KEY, why })?;
+        .map_err(unparsable(TLS_KEY))
+        .and_then(|pem| KeyPair::from_pem(pem).map_err(unparsable(TLS_KEY)))?;
 
     if !ca.is_ca() {
         return Err(Invalid::NotCa);
@@ -205,31 +204,19 @@ pub(crate) fn check(
     // The same verification a TLS client trusting only ca.crt performs (signature, validity
     // now, serverAuth, name), once per name the API server may use to reach the service.
     let mut roots = RootCertStore::empty();
-    roots.add(ca_der.clone()).map_err(|e| Invalid::Unparsable {
-        file: CA_CRT,
-        why: e.to_string(),
-    })?;
+    roots.add(ca_der.clone()).map_err(unparsable(CA_CRT))?;
     let verifier = WebPkiServerVerifier::builder_with_provider(
         Arc::new(roots),
         Arc::new(rustls::crypto::ring::default_provider()),
     )
     .build()
-    .map_err(|e| Invalid::Unparsable {
-        file: CA_CRT,
-        why: e.to_string(),
-    })?;
+    .map_err(unparsable(CA_CRT))?;
     let unix_now = UnixTime::since_unix_epoch(now);
     for name in names {
-        let server_name = ServerName::try_from(name.as_str()).map_err(|e| Invalid::Untrusted {
-            name: name.clone(),
-            why: e.to_string(),
-        })?;
+        let server_name = ServerName::try_from(name.as_str()).map_err(untrusted(name))?;
         verifier
             .verify_server_cert(&crt_der, &[], &server_name, &[], unix_now)
-            .map_err(|e| Invalid::Untrusted {
-                name: name.clone(),
-                why: e.to_string(),
-            })?;
+            .map_err(untrusted(name))?;
     }
 
     let deadline = now.as_secs().saturating_add(renew_before.as_secs());
@@ -253,10 +240,7 @@ pub(crate) fn check(
 
 /// The first (and only expected) certificate of a PEM file.
 fn cert_der(file: &'static str, pem: &[u8]) -> Result<CertificateDer<'static>, Invalid> {
-    CertificateDer::from_pem_slice(pem).map_err(|e| Invalid::Unparsable {
-        file,
-        why: e.to_string(),
-    })
+    CertificateDer::from_pem_slice(pem).map_err(unparsable(file))
 }
 
 fn parse_x509<'a>(
@@ -265,10 +249,23 @@ fn parse_x509<'a>(
 ) -> Result<x509_parser::certificate::X509Certificate<'a>, Invalid> {
     x509_parser::parse_x509_certificate(der)
         .map(|(_, cert)| cert)
-        .map_err(|e| Invalid::Unparsable {
-            file,
-            why: e.to_string(),
-        })
+        .map_err(unparsable(file))
+}
+
+/// The error of `file` when it does not parse, for the parser's complaint.
+fn unparsable<E: fmt::Display>(file: &'static str) -> impl FnOnce(E) -> Invalid {
+    move |e| Invalid::Unparsable {
+        file,
+        why: e.to_string(),
+    }
+}
+
+/// The error of tls.crt when it is not trusted for `name`, for the verifier's reason.
+fn untrusted<E: fmt::Display>(name: &str) -> impl FnOnce(E) -> Invalid + '_ {
+    move |e| Invalid::Untrusted {
+        name: name.to_owned(),
+        why: e.to_string(),
+    }
 }
 
 #[cfg(test)]

@@ -96,12 +96,7 @@ fn tighten_key_mode(path: &Path) -> Result<(), CertsError> {
     };
     let mode = fs::metadata(path).map_err(write_err)?.permissions().mode() & 0o777;
     if mode != KEY_MODE {
-        fs::set_permissions(path, Permissions::from_mode(KEY_MODE)).map_err(|source| {
-            CertsError::Write {
-                path: path.to_owned(),
-                source,
-            }
-        })?;
+        fs::set_permissions(path, Permissions::from_mode(KEY_MODE)).map_err(write_err)?;
         tracing::info!(path = %path.display(), "key file mode {mode:o} narrowed to 600");
     }
     Ok(())

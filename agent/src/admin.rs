@@ -18,8 +18,9 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::cache::Minter;
-use crate::config::{check_idp_url, AdminConfig, AdminMode, Endpoint};
+use crate::config::{AdminConfig, AdminMode};
 use crate::idp::{Exchange, Grant, Idp, IdpError};
+use crate::request::{check_idp_url, Endpoint};
 use crate::secret::SecretResolver;
 use crate::token::{SecretString, Token};
 use crate::upstream::Upstream;

@@ -27,9 +27,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::TokenRequest;
-use crate::idp::{Idp, IdpError, Lifetimes};
+use crate::idp::{Idp, IdpError};
 use crate::metrics::{Metrics, NameMetrics};
+use crate::refresh::RefreshPolicy;
+use crate::request::TokenRequest;
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
 use crate::token::Token;
@@ -83,64 +84,6 @@ impl Minter for ClientCredentials {
 
 /// The cached tokens by name.
 pub type Entries = moka::future::Cache<String, Arc<Token>>;
-
-/// When to refresh a token and how to back off after a failure.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshPolicy {
-    /// Refresh once this fraction of the lifetime has passed…
-    pub at_fraction: f64,
-    /// …minus up to this fraction, drawn at random per refresh.
-    pub jitter: f64,
-    /// Lifetime assumed when the IdP states none and the token is not a JWT with `exp`.
-    pub default_lifetime: Duration,
-    /// Longest lifetime believed: a longer `expires_in` or JWT `exp` is cut to it, so a broken
-    /// IdP cannot make the agent keep a token for centuries (or overflow its clock arithmetic).
-    pub max_lifetime: Duration,
-    /// First back-off after a failure.
-    pub min_backoff: Duration,
-    /// Longest back-off.
-    pub max_backoff: Duration,
-}
-
-impl Default for RefreshPolicy {
-    fn default() -> Self {
-        Self {
-            at_fraction: 0.75,
-            jitter: 0.1,
-            default_lifetime: Duration::from_secs(300),
-            max_lifetime: Duration::from_secs(365 * 24 * 3600),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-        }
-    }
-}
-
-impl RefreshPolicy {
-    /// The lifetimes the IdP client applies to what it mints.
-    pub fn lifetimes(&self) -> Lifetimes {
-        Lifetimes {
-            default: self.default_lifetime,
-            max: self.max_lifetime,
-        }
-    }
-
-    /// Time after issue at which to refresh a token of `lifetime`; `draw` is uniform in [0, 1).
-    pub fn refresh_after(&self, lifetime: Duration, draw: f64) -> Duration {
-        lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
-    }
-
-    /// Wait before the retry that follows failure number `attempt` (0 for the first failure):
-    /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
-    /// in [0, 1), and never shorter than the IdP's `Retry-After`.
-    pub fn backoff(&self, attempt: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .min_backoff
-            .saturating_mul(1 << attempt.min(20))
-            .min(self.max_backoff);
-        let jittered = exp.mul_f64(0.5 + 0.5 * draw);
-        retry_after.map_or(jittered, |r| r.max(jittered))
-    }
-}
 
 /// Why a token could not be minted.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -597,7 +540,7 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::config::IdpSettings;
+    use crate::request::IdpSettings;
     use crate::secret::SecretsConfig;
 
     /// A minter that always gives the same answer and counts the calls.
@@ -698,55 +641,5 @@ mod tests {
         // Back-offs of 0.5–1, 1–2, 2–4, 4–8, 8–16, 16–32 s fit 60 s at least five times.
         assert!(calls.load(Ordering::SeqCst) >= 5, "{calls:?}");
         assert!(Instant::now() > start + Duration::from_secs(15));
-    }
-
-    #[test]
-    fn refresh_point_is_a_jittered_fraction_of_the_lifetime() {
-        let p = RefreshPolicy::default();
-        let hour = Duration::from_secs(3600);
-        assert_eq!(p.refresh_after(hour, 0.0), Duration::from_secs(2700));
-        assert_eq!(p.refresh_after(hour, 0.5), Duration::from_secs(2520));
-        assert!(p.refresh_after(hour, 0.999) > Duration::from_secs(2340));
-        assert!(p.refresh_after(hour, 0.999) < hour);
-        // Two pods with different draws refresh at different times.
-        assert_ne!(p.refresh_after(hour, 0.1), p.refresh_after(hour, 0.9));
-    }
-
-    #[test]
-    fn refresh_comes_well_before_a_token_stops_being_fresh() {
-        use crate::token::SecretString;
-        use std::time::UNIX_EPOCH;
-        let p = RefreshPolicy::default();
-        for secs in [2, 4, 8, 30, 300, 3600, 86_400] {
-            let lifetime = Duration::from_secs(secs);
-            let token = Token {
-                access_token: SecretString::new("t"),
-                token_type: "Bearer".into(),
-                issued_at: UNIX_EPOCH,
-                expires_at: UNIX_EPOCH + lifetime,
-            };
-            // The latest refresh point, plus a tenth of the lifetime for retries.
-            let latest = UNIX_EPOCH + p.refresh_after(lifetime, 0.0) + lifetime / 10;
-            assert!(token.is_fresh(latest), "{secs}s token");
-        }
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        let p = RefreshPolicy::default();
-        let secs = |attempt, draw| p.backoff(attempt, draw, None).as_secs_f64();
-        assert_eq!(secs(0, 1.0), 1.0);
-        assert_eq!(secs(0, 0.0), 0.5);
-        assert_eq!(secs(3, 1.0), 8.0);
-        assert_eq!(secs(10, 1.0), 60.0);
-        assert_eq!(secs(u32::MAX, 1.0), 60.0);
-        assert_eq!(
-            p.backoff(0, 1.0, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            p.backoff(6, 1.0, Some(Duration::from_secs(2))),
-            Duration::from_secs(60)
-        );
     }
 }

@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod assertion;
 pub mod cache;
 pub mod client;
 pub mod config;
@@ -21,6 +22,8 @@ pub mod hosts;
 pub mod idp;
 pub mod metrics;
 pub mod proxy;
+pub mod refresh;
+pub mod request;
 pub mod scope;
 pub mod secret;
 pub mod server;

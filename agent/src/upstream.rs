@@ -27,6 +27,7 @@ use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
 use crate::config::{AdminAddress, AdminConfig};
+use crate::refresh::Backoff;
 
 /// Any error a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,8 +35,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the agent's own.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Failed connects back off 100 ms doubling to 5 s, unjittered: one agent reconnects one
+/// connection, so there is no herd of its own to spread out.
+const BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 /// Why a call could not be sent to Admin (once sent, Admin's answer is a response, not this).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -80,11 +85,12 @@ struct Inner {
     /// The live connection's sender; a clone per call.
     current: Mutex<Option<SendRequest<Body>>>,
     /// Held while connecting, so concurrent callers share one connect.
-    connecting: tokio::sync::Mutex<Backoff>,
+    connecting: tokio::sync::Mutex<Failures>,
 }
 
+/// The connect failures since the last success, and when the next try may go.
 #[derive(Default)]
-struct Backoff {
+struct Failures {
     failures: u32,
     retry_at: Option<Instant>,
     last_error: Option<String>,
@@ -131,7 +137,7 @@ impl Upstream {
                 connect_timeout: config.connect_timeout,
                 keepalive: config.keepalive,
                 current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(Backoff::default()),
+                connecting: tokio::sync::Mutex::new(Failures::default()),
             }),
         })
     }
@@ -214,7 +220,7 @@ impl Upstream {
         }
         match tokio::time::timeout(self.inner.connect_timeout, self.connect()).await {
             Ok(Ok(sender)) => {
-                *backoff = Backoff::default();
+                *backoff = Failures::default();
                 *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) =
                     Some(sender.clone());
                 Ok(sender)
@@ -227,9 +233,7 @@ impl Upstream {
                         humantime::format_duration(self.inner.connect_timeout)
                     ),
                 };
-                let delay = MIN_BACKOFF
-                    .saturating_mul(1 << backoff.failures.min(6))
-                    .min(MAX_BACKOFF);
+                let delay = BACKOFF.delay(backoff.failures);
                 backoff.failures = backoff.failures.saturating_add(1);
                 backoff.retry_at = Some(Instant::now() + delay);
                 backoff.last_error = Some(reason.clone());

@@ -11,7 +11,8 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
-use super::{check_idp_url, parse_bool, parse_duration, ClientAuth, IdpSettings, Loader};
+use super::{parse_bool, parse_duration, Loader};
+use crate::request::{check_idp_url, ClientAuth, IdpSettings};
 use crate::secret::SecretResolver;
 
 /// How the executor's identity is proven to the IdP.

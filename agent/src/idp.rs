@@ -40,6 +40,7 @@ use crate::hosts::local_host;
 pub use crate::refresh::Lifetimes;
 use crate::request::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
 use crate::token::{jwt_exp, SecretString, Token};
+use crate::util::{causes, lock};
 
 /// Largest IdP response read; discovery documents and token responses are a few kB.
 const MAX_BODY: usize = 1 << 20;
@@ -368,7 +369,7 @@ impl Idp {
             Endpoint::Token(url) => Ok(url.clone()),
             Endpoint::Discovery(url) => {
                 let cell = {
-                    let mut map = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut map = lock(&self.discovered);
                     map.entry(url.clone()).or_default().clone()
                 };
                 // Concurrent first requests share one discovery; a failure is not cached.
@@ -522,7 +523,7 @@ impl<'a> Recorder<'a> {
     }
 
     fn seen(&self) -> Option<(StatusCode, Option<Duration>)> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.seen)
     }
 }
 
@@ -540,8 +541,7 @@ impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((response.status(), retry_after));
+            *lock(&self.seen) = Some((response.status(), retry_after));
             Ok(response)
         })
     }
@@ -559,12 +559,9 @@ fn reqwest_error(e: reqwest::Error) -> Transport {
     // The chain's innermost cause ("Connection refused", "invalid peer certificate") is the
     // useful part; reqwest's own text repeats the URL we already report.
     let e = e.without_url();
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        reason = s.to_string();
-        source = s.source();
-    }
+    let reason = causes(&e)
+        .last()
+        .map_or_else(String::new, |c| c.to_string());
     // A TLS failure can quote the peer's certificate (the names it is valid for): the IdP's words.
     Transport::Failed(clean_text(&reason))
 }

@@ -21,6 +21,7 @@ pub mod health;
 pub mod hosts;
 pub mod idp;
 pub mod metrics;
+pub mod mint;
 pub mod proxy;
 pub mod refresh;
 pub mod request;
@@ -30,6 +31,7 @@ pub mod server;
 pub mod sink;
 pub mod token;
 pub mod upstream;
+pub mod util;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -43,6 +45,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{GetError, TokenCache};
 use crate::config::{Config, Env};
 use crate::metrics::Metrics;
+use crate::mint::{AdminMinter, ClientCredentials};
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
 
@@ -147,8 +150,7 @@ impl Agent {
         let idp = Arc::new(idp::Idp::new(&config.idp, config.refresh.lifetimes())?);
         let sink = Arc::new(Sink::open(&config.tokens_dir, config.file_mode)?);
         let resolver = SecretResolver::new(config.secrets.clone(), env);
-        let entries = TokenCache::entries(config.token_requests.len() + 1);
-        let metrics = Arc::new(Metrics::new(entries.clone()));
+        let metrics = Arc::new(Metrics::new());
         let proxy = match &config.admin {
             None => None,
             Some(admin) => {
@@ -162,20 +164,17 @@ impl Agent {
                 Some((upstream, auth))
             }
         };
-        let minter = proxy.as_ref().map(|(_, auth)| {
-            Box::new(admin::AdminMinter::new(
+        let admin_minter = proxy.as_ref().map(|(_, auth)| {
+            Box::new(AdminMinter::new(
                 auth.clone(),
                 idp.clone(),
                 resolver.clone(),
             )) as Box<dyn cache::Minter>
         });
         let cache = Arc::new(TokenCache::new(
-            config.token_requests.clone(),
-            minter,
-            idp,
-            resolver,
+            ClientCredentials::for_requests(&config.token_requests, &idp, &resolver),
+            admin_minter,
             sink,
-            entries,
             metrics.clone(),
             config.refresh,
         ));

@@ -28,6 +28,7 @@ use tokio::time::Instant;
 
 use crate::config::{AdminAddress, AdminConfig};
 use crate::refresh::Backoff;
+use crate::util::{chain, lock};
 
 /// Any error a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -187,13 +188,13 @@ impl Upstream {
     }
 
     fn live(&self) -> Option<SendRequest<Body>> {
-        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = lock(&self.inner.current);
         current.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     /// Drops the cached connection if it can take no more calls (closed, or going away).
     fn forget_dead(&self) {
-        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = lock(&self.inner.current);
         if current
             .as_ref()
             .is_some_and(|s| s.is_closed() || !s.is_ready())
@@ -221,8 +222,7 @@ impl Upstream {
         match tokio::time::timeout(self.inner.connect_timeout, self.connect()).await {
             Ok(Ok(sender)) => {
                 *backoff = Failures::default();
-                *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(sender.clone());
+                *lock(&self.inner.current) = Some(sender.clone());
                 Ok(sender)
             }
             result => {
@@ -301,15 +301,9 @@ impl Upstream {
     }
 }
 
-/// A hyper error with its innermost cause, which is the part that says what happened.
+/// A hyper error with its causes: the innermost is the part that says what happened.
 fn describe(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
+    chain(e)
 }
 
 fn connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, TlsError> {

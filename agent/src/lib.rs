@@ -11,6 +11,7 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod api;
 pub mod assertion;
 pub mod cache;
 pub mod client;
@@ -19,6 +20,7 @@ pub mod dev;
 pub mod env;
 pub mod health;
 pub mod hosts;
+pub mod http;
 pub mod idp;
 pub mod metrics;
 pub mod mint;
@@ -27,11 +29,14 @@ pub mod refresh;
 pub mod request;
 pub mod scope;
 pub mod secret;
-pub mod server;
 pub mod sink;
 pub mod token;
 pub mod upstream;
 pub mod util;
+
+/// The connection loop's path before it was split from the token API ([`api`]); kept while the
+/// injector, refactored elsewhere, still imports it from here. New code uses [`http`].
+pub use crate::http as server;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -218,14 +223,14 @@ impl Agent {
                 proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
                     .with_max_inflight(self.limits.max_inflight_calls)
             });
-            let api = Arc::new(server::SocketApi::new(
-                server::TokenApi::new(self.cache.clone(), self.serve_admin_token),
+            let api = Arc::new(api::SocketApi::new(
+                api::TokenApi::new(self.cache.clone(), self.serve_admin_token),
                 proxy,
             ));
-            tasks.spawn(server::serve(
+            tasks.spawn(http::serve(
                 listener,
                 api,
-                server::Protocols::Http1And2,
+                http::Protocols::Http1And2,
                 self.limits.socket,
                 shutdown.clone(),
                 self.grace,
@@ -235,10 +240,10 @@ impl Agent {
             self.cache.clone(),
             self.metrics.clone(),
         ));
-        tasks.spawn(server::serve(
+        tasks.spawn(http::serve(
             health,
             health_api,
-            server::Protocols::Http1,
+            http::Protocols::Http1,
             self.limits.health,
             shutdown.clone(),
             self.grace,

@@ -39,6 +39,7 @@ use crate::assertion::{AssertionError, AssertionKey};
 use crate::hosts::local_host;
 pub use crate::refresh::Lifetimes;
 use crate::request::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
+use crate::tls::{load_ca_bundle, CaBundleError};
 use crate::token::{jwt_exp, SecretString, Token};
 use crate::util::{causes, lock};
 
@@ -269,16 +270,11 @@ pub struct Idp {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The CA bundle could not be read or parsed.
-    #[error("CA bundle {path}: {reason}")]
-    CaBundle {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
     /// The TLS/HTTP stack refused the settings.
     #[error("HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 impl Idp {
@@ -291,23 +287,13 @@ impl Idp {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flyte-auth-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &settings.ca_file {
-            let ca_err = |reason: String| BuildError::CaBundle {
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificates in it".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            for cert in load_ca_bundle(path)? {
+                builder = builder.add_root_certificate(
+                    reqwest::Certificate::from_der(&cert).map_err(BuildError::Client)?,
+                );
             }
         }
-        let http = builder
-            .build()
-            .map_err(|e| BuildError::Client(e.to_string()))?;
+        let http = builder.build().map_err(BuildError::Client)?;
         Ok(Self {
             http,
             timeout: settings.timeout,

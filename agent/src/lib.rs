@@ -30,6 +30,7 @@ pub mod request;
 pub mod scope;
 pub mod secret;
 pub mod sink;
+pub mod tls;
 pub mod token;
 pub mod upstream;
 pub mod util;

@@ -35,6 +35,19 @@ impl ClientAuth {
             Self::None => "none",
         }
     }
+
+    /// The method of `allowed` whose registration name is `s`.
+    pub fn parse(s: &str, allowed: &[ClientAuth]) -> Result<Self, String> {
+        if let Some(method) = allowed.iter().find(|m| m.as_str() == s) {
+            return Ok(*method);
+        }
+        let names: Vec<&str> = allowed.iter().map(|m| m.as_str()).collect();
+        let (last, rest) = names.split_last().unwrap_or((&"", &[]));
+        Err(match rest {
+            [] => format!("{s:?} is not {last}"),
+            _ => format!("{s:?} is not {} or {last}", rest.join(", ")),
+        })
+    }
 }
 
 /// Where the token endpoint comes from.
@@ -133,5 +146,28 @@ fn is_loopback(url: &Url) -> bool {
         Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
         Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
         None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn client_auth_names_parse_within_the_allowed_set() {
+        let two = [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost];
+        assert_eq!(
+            ClientAuth::parse("client_secret_post", &two),
+            Ok(ClientAuth::ClientSecretPost)
+        );
+        assert_eq!(
+            ClientAuth::parse("private_key_jwt", &two).unwrap_err(),
+            "\"private_key_jwt\" is not client_secret_basic or client_secret_post"
+        );
+        let three = [two[0], two[1], ClientAuth::PrivateKeyJwt];
+        assert_eq!(
+            ClientAuth::parse("mtls", &three).unwrap_err(),
+            "\"mtls\" is not client_secret_basic, client_secret_post or private_key_jwt"
+        );
     }
 }

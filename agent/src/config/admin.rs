@@ -417,6 +417,10 @@ fn build_transport(
     (address, tls)
 }
 
+/// The `client_auth_method` values of the admin section: assertions are its jwt-bearer mode.
+const ADMIN_CLIENT_AUTH: [ClientAuth; 2] =
+    [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost];
+
 /// The executor-bound credential as configured, before the checks that relate its fields.
 struct Credential {
     auth_header: Option<HeaderName>,
@@ -487,7 +491,7 @@ fn build_credential(
         Some(&env("client_auth_method")),
         raw.client_auth_method.take(),
         ClientAuth::ClientSecretBasic,
-        parse_client_auth,
+        |s| ClientAuth::parse(s, &ADMIN_CLIENT_AUTH),
     );
     let token_file_given = l
         .pick(Some(&env("token_file")), raw.token_file.clone())
@@ -515,16 +519,6 @@ fn parse_mode(s: &str) -> Result<AdminMode, String> {
         "token-exchange" => Ok(AdminMode::TokenExchange),
         _ => Err(format!(
             "{s:?} is not client-secret, jwt-bearer or token-exchange"
-        )),
-    }
-}
-
-fn parse_client_auth(s: &str) -> Result<ClientAuth, String> {
-    match s {
-        "client_secret_basic" => Ok(ClientAuth::ClientSecretBasic),
-        "client_secret_post" => Ok(ClientAuth::ClientSecretPost),
-        _ => Err(format!(
-            "{s:?} is not client_secret_basic or client_secret_post"
         )),
     }
 }

@@ -87,6 +87,13 @@ const EXTENSION_KEYS: [&str; 4] = [
     "client_auth_method",
 ];
 
+/// The `clientAuthMethod` values a token request may use.
+const CLIENT_AUTH_METHODS: [ClientAuth; 3] = [
+    ClientAuth::ClientSecretBasic,
+    ClientAuth::ClientSecretPost,
+    ClientAuth::PrivateKeyJwt,
+];
+
 /// The agent's extensions of one request.
 struct Extensions {
     scopes: Vec<String>,
@@ -185,7 +192,7 @@ impl Reader<'_, '_> {
                 }
                 ("audience", Value::String(s)) if !s.is_empty() => ext.audience = Some(s),
                 (_, Value::String(s)) if key != "scopes" && key != "audience" => {
-                    match client_auth(&s) {
+                    match ClientAuth::parse(&s, &CLIENT_AUTH_METHODS) {
                         Ok(method) => ext.client_auth = method,
                         Err(problem) => self.error(key, problem),
                     }
@@ -309,17 +316,5 @@ impl Reader<'_, '_> {
             Ok(_) => return,
         };
         self.error("client.clientSecret", problem);
-    }
-}
-
-/// The `clientAuthMethod` extension's value.
-fn client_auth(s: &str) -> Result<ClientAuth, String> {
-    match s {
-        "client_secret_basic" => Ok(ClientAuth::ClientSecretBasic),
-        "client_secret_post" => Ok(ClientAuth::ClientSecretPost),
-        "private_key_jwt" => Ok(ClientAuth::PrivateKeyJwt),
-        _ => Err(format!(
-            "{s:?} is not client_secret_basic, client_secret_post or private_key_jwt"
-        )),
     }
 }

@@ -4,7 +4,8 @@
 //! never a secret.
 //!
 //! This module only builds: the values it makes are the vocabulary of [`crate::request`],
-//! [`crate::refresh`] and [`crate::secret`], read by the [`loader`] from names in [`crate::env`].
+//! [`crate::refresh`] and [`crate::secret`], read by its loader (`config/loader.rs`) from names in
+//! [`crate::env`].
 //! The token request validator ([`validate_token_requests`]) and the `admin` and `limits`
 //! sections' checks are also what the injector runs on a pod's annotations and its own config.
 

@@ -1,10 +1,9 @@
-//! The executor-bound FlyteAdmin credential: what Admin says about its own authentication
-//! (`AuthMetadataService`: token endpoint, audience, scopes, the metadata key tokens go in), and
-//! the [`Minter`] that gets the credential from the IdP in the configured mode. The credential
-//! lives in the token cache under [`crate::cache::ADMIN`], so it shares the cache's single-flight,
-//! refresh and back-off.
+//! What FlyteAdmin says about its own authentication (`AuthMetadataService`: token endpoint,
+//! audience, scopes, the metadata key tokens go in), asked once each over the proxy's own
+//! connection. The executor-bound credential made from it is minted by
+//! [`crate::mint::AdminMinter`] and lives in the token cache under [`crate::cache::ADMIN`], so it
+//! shares the cache's single-flight, refresh and back-off.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use flyte_auth_proto::flyteidl::service::auth_metadata_service_client::AuthMetadataServiceClient;
@@ -12,16 +11,13 @@ use flyte_auth_proto::flyteidl::service::{
     OAuth2MetadataRequest, OAuth2MetadataResponse, PublicClientAuthConfigRequest,
     PublicClientAuthConfigResponse,
 };
-use futures_util::future::BoxFuture;
 use http::HeaderName;
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::cache::Minter;
-use crate::config::{check_idp_url, AdminConfig, AdminMode, Endpoint};
-use crate::idp::{Exchange, Grant, Idp, IdpError};
-use crate::secret::SecretResolver;
-use crate::token::{SecretString, Token};
+use crate::config::AdminConfig;
+use crate::idp::IdpError;
+use crate::request::check_idp_url;
 use crate::upstream::Upstream;
 
 /// The header flytekit and Admin fall back to when Admin announces none.
@@ -124,7 +120,8 @@ impl AdminAuth {
         }
     }
 
-    async fn token_endpoint(&self) -> Result<Url, IdpError> {
+    /// The token endpoint: configured, else what Admin's `GetOAuth2Metadata` announces.
+    pub async fn token_endpoint(&self) -> Result<Url, IdpError> {
         if let Some(url) = &self.config.token_endpoint {
             return Ok(url.clone());
         }
@@ -139,7 +136,9 @@ impl AdminAuth {
         Ok(url)
     }
 
-    async fn audience_and_scopes(&self) -> Result<(Option<String>, Vec<String>), IdpError> {
+    /// The audience and scopes to request: configured, else what Admin's
+    /// `GetPublicClientConfig` announces.
+    pub async fn audience_and_scopes(&self) -> Result<(Option<String>, Vec<String>), IdpError> {
         let (audience, scopes) = (&self.config.audience, &self.config.scopes);
         if let (Some(a), Some(s)) = (audience, scopes) {
             return Ok((Some(a.clone()), s.clone()));
@@ -150,94 +149,5 @@ impl AdminAuth {
             .or_else(|| Some(public.audience.clone()).filter(|a| !a.is_empty()));
         let scopes = scopes.clone().unwrap_or_else(|| public.scopes.clone());
         Ok((audience, scopes))
-    }
-}
-
-/// Gets the Admin credential from the IdP in the configured mode.
-pub struct AdminMinter {
-    auth: Arc<AdminAuth>,
-    idp: Arc<Idp>,
-    resolver: SecretResolver,
-}
-
-impl AdminMinter {
-    /// A minter asking `idp`, with settings and Admin's answers from `auth`.
-    pub fn new(auth: Arc<AdminAuth>, idp: Arc<Idp>, resolver: SecretResolver) -> Self {
-        Self {
-            auth,
-            idp,
-            resolver,
-        }
-    }
-
-    /// The client secret, or the projected service-account token, read fresh: both rotate.
-    async fn read_credentials(
-        &self,
-    ) -> Result<(Option<SecretString>, Option<SecretString>), IdpError> {
-        let config = self.auth.config.clone();
-        let resolver = self.resolver.clone();
-        tokio::task::spawn_blocking(move || {
-            let secret = match &config.client_secret {
-                Some(s) => Some(
-                    resolver
-                        .read(s)
-                        .map_err(|e| IdpError::Secret(e.to_string()))?,
-                ),
-                None => None,
-            };
-            let sa_token = match &config.token_file {
-                Some(path) => {
-                    let text = std::fs::read_to_string(path).map_err(|e| {
-                        IdpError::Secret(format!("service-account token {}: {e}", path.display()))
-                    })?;
-                    let text = text.trim();
-                    if text.is_empty() {
-                        return Err(IdpError::Secret(format!(
-                            "service-account token {} is empty",
-                            path.display()
-                        )));
-                    }
-                    Some(SecretString::new(text))
-                }
-                None => None,
-            };
-            Ok((secret, sa_token))
-        })
-        .await
-        .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
-    }
-}
-
-impl Minter for AdminMinter {
-    fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
-        Box::pin(async move {
-            let config = &self.auth.config;
-            let endpoint = Endpoint::Token(self.auth.token_endpoint().await?);
-            let (audience, scopes) = self.auth.audience_and_scopes().await?;
-            let (secret, sa_token) = self.read_credentials().await?;
-            let (credential, grant) = match (config.mode, sa_token) {
-                (AdminMode::ClientSecret, _) => (secret, Grant::ClientCredentials),
-                (AdminMode::JwtBearer, sa_token) => (sa_token, Grant::ClientCredentials),
-                (AdminMode::TokenExchange, Some(subject_token)) => {
-                    (secret, Grant::TokenExchange { subject_token })
-                }
-                (AdminMode::TokenExchange, None) => {
-                    return Err(IdpError::Secret(
-                        "token-exchange needs admin.token_file".into(),
-                    ))
-                }
-            };
-            self.idp
-                .exchange(&Exchange {
-                    endpoint: &endpoint,
-                    client_id: &config.client_id,
-                    client_auth: config.client_auth,
-                    credential: credential.as_ref(),
-                    grant,
-                    scopes: &scopes,
-                    audience: audience.as_deref(),
-                })
-                .await
-        })
     }
 }

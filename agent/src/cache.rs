@@ -14,8 +14,10 @@
 //! When to refresh is [`RefreshPolicy`], a pure function of the token's lifetime and a random
 //! draw, so a fleet of pods that started together spreads its refreshes out.
 //!
-//! What a name's token comes from is a [`Minter`]: a configured token request, or the FlyteAdmin
-//! credential (under the name [`ADMIN`], which no token request can have, and with no file).
+//! What a name's token comes from is a [`Minter`] (see [`crate::mint`]): the cache only calls it,
+//! and never learns how a grant is made. A configured token request's token also goes to its
+//! file; the FlyteAdmin credential lives under the name [`ADMIN`], which no token request can
+//! have, and has no file. The cache registers its own seconds-to-expiry gauge on the metrics.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -23,16 +25,19 @@ use std::time::{Duration, SystemTime};
 
 use futures_util::future::BoxFuture;
 use moka::ops::compute::{CompResult, Op};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
-use crate::config::TokenRequest;
-use crate::idp::{Idp, IdpError, Lifetimes};
+use crate::idp::IdpError;
 use crate::metrics::{Metrics, NameMetrics};
-use crate::secret::SecretResolver;
+use crate::refresh::RefreshPolicy;
 use crate::sink::Sink;
 use crate::token::Token;
+use crate::util::lock;
 
 /// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
 pub const ADMIN: &str = ".admin";
@@ -47,98 +52,38 @@ pub trait Minter: Send + Sync {
     fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>>;
 }
 
-/// A configured token request: client credentials with a secret from the secrets manager.
-pub struct ClientCredentials {
-    request: TokenRequest,
-    idp: Arc<Idp>,
-    resolver: SecretResolver,
-}
-
-impl ClientCredentials {
-    /// Mints for `request` through `idp`, reading its secret with `resolver` each time.
-    pub fn new(request: TokenRequest, idp: Arc<Idp>, resolver: SecretResolver) -> Self {
-        Self {
-            request,
-            idp,
-            resolver,
-        }
-    }
-}
-
-impl Minter for ClientCredentials {
-    fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
-        Box::pin(async move {
-            let resolver = self.resolver.clone();
-            let secret_ref = self.request.client_secret.clone();
-            // Secrets are re-read on every mint so a rotated secret is picked up without a
-            // restart; the read is file I/O, so off the runtime.
-            let secret = tokio::task::spawn_blocking(move || resolver.read(&secret_ref))
-                .await
-                .map_err(|e| IdpError::Secret(format!("reader task failed: {e}")))?
-                .map_err(|e| IdpError::Secret(e.to_string()))?;
-            self.idp.token(&self.request, &secret).await
-        })
-    }
-}
-
 /// The cached tokens by name.
-pub type Entries = moka::future::Cache<String, Arc<Token>>;
+type Entries = moka::future::Cache<String, Arc<Token>>;
 
-/// When to refresh a token and how to back off after a failure.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct RefreshPolicy {
-    /// Refresh once this fraction of the lifetime has passed…
-    pub at_fraction: f64,
-    /// …minus up to this fraction, drawn at random per refresh.
-    pub jitter: f64,
-    /// Lifetime assumed when the IdP states none and the token is not a JWT with `exp`.
-    pub default_lifetime: Duration,
-    /// Longest lifetime believed: a longer `expires_in` or JWT `exp` is cut to it, so a broken
-    /// IdP cannot make the agent keep a token for centuries (or overflow its clock arithmetic).
-    pub max_lifetime: Duration,
-    /// First back-off after a failure.
-    pub min_backoff: Duration,
-    /// Longest back-off.
-    pub max_backoff: Duration,
-}
+/// Reads each cached token's seconds to expiry at scrape time.
+struct ExpiryCollector(Entries);
 
-impl Default for RefreshPolicy {
-    fn default() -> Self {
-        Self {
-            at_fraction: 0.75,
-            jitter: 0.1,
-            default_lifetime: Duration::from_secs(300),
-            max_lifetime: Duration::from_secs(365 * 24 * 3600),
-            min_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(60),
-        }
+impl std::fmt::Debug for ExpiryCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ExpiryCollector")
     }
 }
 
-impl RefreshPolicy {
-    /// The lifetimes the IdP client applies to what it mints.
-    pub fn lifetimes(&self) -> Lifetimes {
-        Lifetimes {
-            default: self.default_lifetime,
-            max: self.max_lifetime,
+impl prometheus_client::collector::Collector for ExpiryCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let now = SystemTime::now();
+        let mut family = encoder.encode_descriptor(
+            "token_seconds_to_expiry",
+            "Seconds until the cached token expires (negative once expired)",
+            None,
+            MetricType::Gauge,
+        )?;
+        let mut rows: Vec<_> = self
+            .0
+            .iter()
+            .map(|(name, token)| (name, token.seconds_to_expiry(now)))
+            .collect();
+        rows.sort_by(|a, b| a.0.cmp(&b.0));
+        for (name, seconds) in rows {
+            let labels = [("name", name.as_str())];
+            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
         }
-    }
-
-    /// Time after issue at which to refresh a token of `lifetime`; `draw` is uniform in [0, 1).
-    pub fn refresh_after(&self, lifetime: Duration, draw: f64) -> Duration {
-        lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
-    }
-
-    /// Wait before the retry that follows failure number `attempt` (0 for the first failure):
-    /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
-    /// in [0, 1), and never shorter than the IdP's `Retry-After`.
-    pub fn backoff(&self, attempt: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
-        let exp = self
-            .min_backoff
-            .saturating_mul(1 << attempt.min(20))
-            .min(self.max_backoff);
-        let jittered = exp.mul_f64(0.5 + 0.5 * draw);
-        retry_after.map_or(jittered, |r| r.max(jittered))
+        Ok(())
     }
 }
 
@@ -261,31 +206,24 @@ pub struct TokenCache {
     policy: RefreshPolicy,
 }
 
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // A panic while holding one of these small locks leaves consistent data behind.
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 impl TokenCache {
-    /// A cache for `requests` (names are unique: config validation guarantees it), plus the
-    /// FlyteAdmin credential if `admin` is given.
-    #[allow(clippy::too_many_arguments)]
+    /// A cache for the token requests' `minters`, by name (names are unique: config validation
+    /// guarantees it), plus the FlyteAdmin credential if `admin` is given. Registers the
+    /// seconds-to-expiry gauge of its entries on `metrics`.
     pub fn new(
-        requests: Vec<TokenRequest>,
+        minters: Vec<(String, Box<dyn Minter>)>,
         admin: Option<Box<dyn Minter>>,
-        idp: Arc<Idp>,
-        resolver: SecretResolver,
         sink: Arc<Sink>,
-        entries: Entries,
         metrics: Arc<Metrics>,
         policy: RefreshPolicy,
     ) -> Self {
-        let order: Vec<String> = requests.iter().map(|r| r.name.clone()).collect();
-        let minters = requests.into_iter().map(|request| {
-            let name = request.name.clone();
-            let minter = ClientCredentials::new(request, idp.clone(), resolver.clone());
-            (name, Box::new(minter) as Box<dyn Minter>, true)
-        });
+        // Room for every name and the Admin credential, so no entry is ever evicted.
+        let entries: Entries = moka::future::Cache::builder()
+            .max_capacity(minters.len() as u64 + 1)
+            .build();
+        metrics.register_collector(Box::new(ExpiryCollector(entries.clone())));
+        let order: Vec<String> = minters.iter().map(|(name, _)| name.clone()).collect();
+        let minters = minters.into_iter().map(|(name, m)| (name, m, true));
         let admin = admin.map(|m| (ADMIN.to_string(), m, false));
         let slots = minters
             .chain(admin)
@@ -308,13 +246,6 @@ impl TokenCache {
             metrics,
             policy,
         }
-    }
-
-    /// An empty entries map sized for `n` names.
-    pub fn entries(n: usize) -> Entries {
-        moka::future::Cache::builder()
-            .max_capacity(n.max(1) as u64)
-            .build()
     }
 
     /// The configured names, in configuration order.
@@ -597,9 +528,6 @@ mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
 
-    use crate::config::IdpSettings;
-    use crate::secret::SecretsConfig;
-
     /// A minter that always gives the same answer and counts the calls.
     struct Scripted {
         calls: Arc<AtomicUsize>,
@@ -624,25 +552,12 @@ mod tests {
             calls: calls.clone(),
             answer,
         };
-        let policy = RefreshPolicy::default();
-        let settings = IdpSettings {
-            timeout: Duration::from_secs(1),
-            ca_file: None,
-            allow_insecure_http: false,
-        };
-        let entries = TokenCache::entries(1);
         let cache = TokenCache::new(
             Vec::new(),
             Some(Box::new(minter)),
-            Arc::new(Idp::new(&settings, policy.lifetimes()).unwrap()),
-            SecretResolver::new(
-                SecretsConfig::default(),
-                Arc::new(HashMap::<String, String>::new()),
-            ),
             Arc::new(Sink::open(dir.path(), 0o644).unwrap()),
-            entries.clone(),
-            Arc::new(Metrics::new(entries)),
-            policy,
+            Arc::new(Metrics::new()),
+            RefreshPolicy::default(),
         );
         (cache, calls, dir)
     }
@@ -698,55 +613,5 @@ mod tests {
         // Back-offs of 0.5–1, 1–2, 2–4, 4–8, 8–16, 16–32 s fit 60 s at least five times.
         assert!(calls.load(Ordering::SeqCst) >= 5, "{calls:?}");
         assert!(Instant::now() > start + Duration::from_secs(15));
-    }
-
-    #[test]
-    fn refresh_point_is_a_jittered_fraction_of_the_lifetime() {
-        let p = RefreshPolicy::default();
-        let hour = Duration::from_secs(3600);
-        assert_eq!(p.refresh_after(hour, 0.0), Duration::from_secs(2700));
-        assert_eq!(p.refresh_after(hour, 0.5), Duration::from_secs(2520));
-        assert!(p.refresh_after(hour, 0.999) > Duration::from_secs(2340));
-        assert!(p.refresh_after(hour, 0.999) < hour);
-        // Two pods with different draws refresh at different times.
-        assert_ne!(p.refresh_after(hour, 0.1), p.refresh_after(hour, 0.9));
-    }
-
-    #[test]
-    fn refresh_comes_well_before_a_token_stops_being_fresh() {
-        use crate::token::SecretString;
-        use std::time::UNIX_EPOCH;
-        let p = RefreshPolicy::default();
-        for secs in [2, 4, 8, 30, 300, 3600, 86_400] {
-            let lifetime = Duration::from_secs(secs);
-            let token = Token {
-                access_token: SecretString::new("t"),
-                token_type: "Bearer".into(),
-                issued_at: UNIX_EPOCH,
-                expires_at: UNIX_EPOCH + lifetime,
-            };
-            // The latest refresh point, plus a tenth of the lifetime for retries.
-            let latest = UNIX_EPOCH + p.refresh_after(lifetime, 0.0) + lifetime / 10;
-            assert!(token.is_fresh(latest), "{secs}s token");
-        }
-    }
-
-    #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
-        let p = RefreshPolicy::default();
-        let secs = |attempt, draw| p.backoff(attempt, draw, None).as_secs_f64();
-        assert_eq!(secs(0, 1.0), 1.0);
-        assert_eq!(secs(0, 0.0), 0.5);
-        assert_eq!(secs(3, 1.0), 8.0);
-        assert_eq!(secs(10, 1.0), 60.0);
-        assert_eq!(secs(u32::MAX, 1.0), 60.0);
-        assert_eq!(
-            p.backoff(0, 1.0, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            p.backoff(6, 1.0, Some(Duration::from_secs(2))),
-            Duration::from_secs(60)
-        );
     }
 }

@@ -3,26 +3,23 @@
 //! every problem at once, each naming the field and where the value came from (file or env var),
 //! never a secret.
 //!
-//! Token requests are flyteidl `OAuth2TokenRequest` objects (camelCase or snake_case) with three
-//! optional agent extensions beside the proto fields, since flyteidl has no place for them:
-//! `scopes` (list of strings, or one space-separated string), `audience` (string) and
-//! `clientAuthMethod` / `client_auth_method` (`client_secret_basic`, the default,
-//! `client_secret_post` or `private_key_jwt`; with `private_key_jwt` the client secret holds a PEM
-//! private key, RSA or P-256).
+//! This module only builds: the values it makes are the vocabulary of [`crate::request`],
+//! [`crate::refresh`] and [`crate::secret`], read by its loader (`config/loader.rs`) from names in
+//! [`crate::env`].
+//! The token request validator ([`validate_token_requests`]) and the `admin` and `limits`
+//! sections' checks are also what the injector runs on a pod's annotations and its own config.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use flyte_auth_proto::flyteidl::core::secret::MountType;
-use flyte_auth_proto::flyteidl::core::{o_auth2_token_request, OAuth2TokenRequest, Secret};
 use serde::Deserialize;
-use url::Url;
 
 mod admin;
 mod limits;
+mod loader;
+mod requests;
 
 pub use admin::{
     admin_section_env, parse_endpoint, AdminAddress, AdminConfig, AdminMode, AdminPolicy, AdminTls,
@@ -32,18 +29,23 @@ pub use limits::{
     limits_section_env, Limits, ServeLimits, DEFAULT_HEALTH_LIMITS, DEFAULT_SOCKET_LIMITS,
     MAX_HEADER_BYTES, MIN_HEADER_BYTES,
 };
+use loader::{parse_bool, parse_duration, parse_mode, Loader};
+pub use loader::{ConfigError, ConfigErrors};
+pub use requests::validate_token_requests;
 
-use crate::cache::RefreshPolicy;
+use crate::refresh::RefreshPolicy;
+pub use crate::request::{
+    check_idp_url, check_name, ClientAuth, Endpoint, IdpSettings, TokenRequest,
+};
 use crate::secret::{SecretResolver, SecretsConfig};
 
-use crate::env::{
-    is_agent_owned, DEFAULT_HEALTH_PORT, DEFAULT_SECRETS_ENV_PREFIX, DEFAULT_SOCKET,
-    DEFAULT_TOKENS_DIR, ENV_ALLOW_INSECURE_HTTP, ENV_CA_FILE, ENV_FILE_MODE, ENV_HEALTH_ADDR,
-    ENV_IDP_TIMEOUT, ENV_LOG_FORMAT, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX,
-    ENV_SHUTDOWN_GRACE, ENV_SOCKET_MODE,
-};
 pub use crate::env::{
     Env, ProcessEnv, ENV_SECRETS_DIR, ENV_SOCKET, ENV_TOKENS_PATH_PREFIX, ENV_TOKEN_REQUESTS,
+};
+use crate::env::{
+    DEFAULT_HEALTH_PORT, DEFAULT_SOCKET, DEFAULT_TOKENS_DIR, ENV_ALLOW_INSECURE_HTTP, ENV_CA_FILE,
+    ENV_FILE_MODE, ENV_HEALTH_ADDR, ENV_IDP_TIMEOUT, ENV_LOG_FORMAT, ENV_SECRETS_ENV_PREFIX,
+    ENV_SECRETS_FILE_PREFIX, ENV_SHUTDOWN_GRACE, ENV_SOCKET_MODE,
 };
 
 /// Log line format.
@@ -53,76 +55,6 @@ pub enum LogFormat {
     Text,
     /// One JSON object per line.
     Json,
-}
-
-/// How the agent authenticates itself to the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// HTTP Basic with client id and secret (RFC 6749 §2.3.1).
-    ClientSecretBasic,
-    /// Client id and secret in the form body.
-    ClientSecretPost,
-    /// An RFC 7523 JWT assertion signed with the private key the secret holds.
-    PrivateKeyJwt,
-    /// An RFC 7523 JWT assertion made elsewhere and read as is, such as a projected
-    /// service-account token (workload identity federation; Admin credential only).
-    JwtBearer,
-    /// A public client: `client_id` alone (Admin token exchange only).
-    None,
-}
-
-impl ClientAuth {
-    /// The OAuth2 registration name of the method.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::ClientSecretBasic => "client_secret_basic",
-            Self::ClientSecretPost => "client_secret_post",
-            Self::PrivateKeyJwt | Self::JwtBearer => "private_key_jwt",
-            Self::None => "none",
-        }
-    }
-}
-
-/// Where the token endpoint comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// Given directly.
-    Token(Url),
-    /// Found by OIDC discovery from this URL (an issuer, or its
-    /// `/.well-known/openid-configuration`).
-    Discovery(Url),
-}
-
-/// One validated token request.
-#[derive(Debug, Clone)]
-pub struct TokenRequest {
-    /// Unique name; the token file's name.
-    pub name: String,
-    /// OAuth2 client id.
-    pub client_id: String,
-    /// Where the client secret (or private key) lives.
-    pub client_secret: Secret,
-    /// Token endpoint or discovery URL.
-    pub endpoint: Endpoint,
-    /// Client authentication method.
-    pub client_auth: ClientAuth,
-    /// Scopes to request (none: the IdP's default).
-    pub scopes: Vec<String>,
-    /// Audience to request, sent as `audience`.
-    pub audience: Option<String>,
-    /// Where this request was configured, for messages.
-    pub origin: String,
-}
-
-/// Settings for calls to IdPs.
-#[derive(Debug, Clone)]
-pub struct IdpSettings {
-    /// Timeout for each HTTP call (connect and whole response).
-    pub timeout: Duration,
-    /// Extra CA certificates (PEM bundle) trusted besides the webpki roots.
-    pub ca_file: Option<PathBuf>,
-    /// Allow plain `http://` to hosts other than loopback.
-    pub allow_insecure_http: bool,
 }
 
 /// The validated configuration.
@@ -156,39 +88,6 @@ pub struct Config {
     pub limits: Limits,
     /// Things worth saying at info level once logging is up.
     pub notices: Vec<String>,
-}
-
-/// One configuration problem.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError {
-    /// Where the value came from (`config file a.yaml`, `env FLYTE_…`).
-    pub source: String,
-    /// The field, as a path.
-    pub field: String,
-    /// What is wrong.
-    pub problem: String,
-}
-
-impl std::fmt::Display for ConfigError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}: {}", self.source, self.field, self.problem)
-    }
-}
-
-/// Every problem found in a configuration, one per line.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub struct ConfigErrors(pub Vec<ConfigError>);
-
-impl std::fmt::Display for ConfigErrors {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        for (i, e) in self.0.iter().enumerate() {
-            if i > 0 {
-                f.write_str("\n")?;
-            }
-            write!(f, "{e}")?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -236,74 +135,6 @@ struct RawRefresh {
     max_backoff: Option<String>,
 }
 
-/// Collects values and problems while one configuration is read.
-struct Loader<'a> {
-    file_source: String,
-    env: &'a dyn Env,
-    errors: Vec<ConfigError>,
-}
-
-impl Loader<'_> {
-    fn error(&mut self, source: &str, field: &str, problem: impl Into<String>) {
-        self.errors.push(ConfigError {
-            source: source.to_string(),
-            field: field.to_string(),
-            problem: problem.into(),
-        });
-    }
-
-    /// The env var if set, else the file's value, with where it came from.
-    fn pick(&self, env_var: Option<&str>, file: Option<String>) -> Option<(String, String)> {
-        if let Some(var) = env_var {
-            if let Some(v) = self.env.var(var) {
-                return Some((v, format!("env {var}")));
-            }
-        }
-        file.map(|v| (v, self.file_source.clone()))
-    }
-
-    fn parsed<T>(
-        &mut self,
-        field: &str,
-        env_var: Option<&str>,
-        file: Option<String>,
-        default: T,
-        parse: impl FnOnce(&str) -> Result<T, String>,
-    ) -> T {
-        match self.pick(env_var, file) {
-            None => default,
-            Some((raw, source)) => match parse(raw.trim()) {
-                Ok(v) => v,
-                Err(problem) => {
-                    self.error(&source, field, problem);
-                    default
-                }
-            },
-        }
-    }
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    humantime::parse_duration(s)
-        .map_err(|e| format!("{s:?} is not a duration like 10s or 1h30m ({e})"))
-}
-
-fn parse_mode(s: &str) -> Result<u32, String> {
-    let digits = s.strip_prefix("0o").unwrap_or(s);
-    match u32::from_str_radix(digits, 8) {
-        Ok(m) if m <= 0o777 => Ok(m),
-        _ => Err(format!("{s:?} is not an octal file mode like \"0644\"")),
-    }
-}
-
-fn parse_bool(s: &str) -> Result<bool, String> {
-    match s.to_ascii_lowercase().as_str() {
-        "true" | "1" | "yes" => Ok(true),
-        "false" | "0" | "no" => Ok(false),
-        _ => Err(format!("{s:?} is not true or false")),
-    }
-}
-
 fn parse_fraction(s: f64) -> Result<f64, String> {
     if (0.0..1.0).contains(&s) {
         Ok(s)
@@ -322,26 +153,14 @@ impl Config {
             Some(path) => {
                 let source = format!("config file {}", path.display());
                 let text = std::fs::read_to_string(path).map_err(|e| {
-                    ConfigErrors(vec![ConfigError {
-                        source: source.clone(),
-                        field: "(file)".into(),
-                        problem: format!("cannot read it: {e}"),
-                    }])
+                    ConfigErrors::one(&source, "(file)", format!("cannot read it: {e}"))
                 })?;
                 (parse_yaml(&text, &source)?, source)
             }
         };
-        let mut l = Loader {
-            file_source,
-            env: env.as_ref(),
-            errors: Vec::new(),
-        };
+        let mut l = Loader::new(&file_source, env.as_ref());
         let config = build(raw, &mut l, &env);
-        if l.errors.is_empty() {
-            Ok(config)
-        } else {
-            Err(ConfigErrors(l.errors))
-        }
+        l.finish(config)
     }
 }
 
@@ -350,40 +169,85 @@ fn parse_yaml(text: &str, source: &str) -> Result<RawConfig, ConfigErrors> {
         return Ok(RawConfig::default());
     }
     serde_yaml_ng::from_str(text).map_err(|e| {
-        ConfigErrors(vec![ConfigError {
-            source: source.to_string(),
-            field: e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_else(|| "(file)".into()),
-            problem: e.to_string(),
-        }])
+        let field = e
+            .location()
+            .map(|l| format!("line {} column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "(file)".into());
+        ConfigErrors::one(source, &field, e.to_string())
     })
 }
 
-fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
+fn build(mut raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
+    let secrets = build_secrets(std::mem::take(&mut raw.secrets), l);
+    let place = build_placement(&mut raw, l);
+    let idp = build_idp(raw.idp, l);
+    let refresh = build_refresh(raw.refresh, l);
+    let resolver = SecretResolver::new(secrets.clone(), env.clone());
+    let admin = admin::build_admin(raw.admin, l, &idp, Some(&resolver));
+    let items = token_request_items(raw.token_requests, l);
+    let mut notices = Vec::new();
+    let token_requests = requests::collect(
+        items,
+        idp.allow_insecure_http,
+        Some(&resolver),
+        l,
+        &mut notices,
+    );
+    Config {
+        tokens_dir: place.tokens_dir,
+        socket_path: place.socket_path,
+        health_addr: place.health_addr,
+        log_format: place.log_format,
+        file_mode: place.file_mode,
+        socket_mode: place.socket_mode,
+        shutdown_grace: place.shutdown_grace,
+        secrets,
+        idp,
+        refresh,
+        token_requests,
+        admin,
+        limits: limits::build_limits(raw.limits, l),
+        notices,
+    }
+}
+
+fn build_secrets(raw: RawSecrets, l: &mut Loader<'_>) -> SecretsConfig {
     let defaults = SecretsConfig::default();
-    let secrets = SecretsConfig {
+    SecretsConfig {
         default_dir: l
-            .pick(Some(ENV_SECRETS_DIR), raw.secrets.default_dir)
+            .pick(Some(ENV_SECRETS_DIR), raw.default_dir)
             .map_or(defaults.default_dir, |(v, _)| v.into()),
         env_prefix: l
-            .pick(Some(ENV_SECRETS_ENV_PREFIX), raw.secrets.env_prefix)
+            .pick(Some(ENV_SECRETS_ENV_PREFIX), raw.env_prefix)
             .map_or(defaults.env_prefix, |(v, _)| v),
         file_prefix: l
-            .pick(Some(ENV_SECRETS_FILE_PREFIX), raw.secrets.file_prefix)
+            .pick(Some(ENV_SECRETS_FILE_PREFIX), raw.file_prefix)
             .map_or(defaults.file_prefix, |(v, _)| v),
-    };
+    }
+}
+
+/// Where the agent sits in the pod: its files, its listeners, its logs.
+struct Placement {
+    tokens_dir: PathBuf,
+    socket_path: PathBuf,
+    health_addr: SocketAddr,
+    log_format: LogFormat,
+    file_mode: u32,
+    socket_mode: u32,
+    shutdown_grace: Duration,
+}
+
+fn build_placement(raw: &mut RawConfig, l: &mut Loader<'_>) -> Placement {
     let tokens_dir = l
-        .pick(Some(ENV_TOKENS_PATH_PREFIX), raw.tokens_path_prefix)
+        .pick(Some(ENV_TOKENS_PATH_PREFIX), raw.tokens_path_prefix.take())
         .map_or_else(|| PathBuf::from(DEFAULT_TOKENS_DIR), |(v, _)| v.into());
     let socket_path = l
-        .pick(Some(ENV_SOCKET), raw.socket)
+        .pick(Some(ENV_SOCKET), raw.socket.take())
         .map_or_else(|| PathBuf::from(DEFAULT_SOCKET), |(v, _)| v.into());
     let health_addr = l.parsed(
         "health_addr",
         Some(ENV_HEALTH_ADDR),
-        raw.health_addr,
+        raw.health_addr.take(),
         SocketAddr::from(([0, 0, 0, 0], DEFAULT_HEALTH_PORT)),
         |s| {
             s.parse()
@@ -393,7 +257,7 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
     let log_format = l.parsed(
         "log_format",
         Some(ENV_LOG_FORMAT),
-        raw.log_format,
+        raw.log_format.take(),
         LogFormat::Text,
         |s| match s {
             "text" => Ok(LogFormat::Text),
@@ -401,89 +265,25 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
             _ => Err(format!("{s:?} is not text or json")),
         },
     );
-    let file_mode = l.parsed(
-        "file_mode",
-        Some(ENV_FILE_MODE),
-        raw.file_mode,
-        0o644,
-        parse_mode,
-    );
-    let socket_mode = l.parsed(
+    let mode = |l: &mut Loader<'_>, field: &str, var, file, default| {
+        l.parsed(field, Some(var), file, default, parse_mode)
+    };
+    let file_mode = mode(l, "file_mode", ENV_FILE_MODE, raw.file_mode.take(), 0o644);
+    let socket_mode = mode(
+        l,
         "socket_mode",
-        Some(ENV_SOCKET_MODE),
-        raw.socket_mode,
+        ENV_SOCKET_MODE,
+        raw.socket_mode.take(),
         0o666,
-        parse_mode,
     );
     let shutdown_grace = l.parsed(
         "shutdown_grace",
         Some(ENV_SHUTDOWN_GRACE),
-        raw.shutdown_grace,
+        raw.shutdown_grace.take(),
         Duration::from_secs(10),
         parse_duration,
     );
-    let idp = IdpSettings {
-        timeout: l.parsed(
-            "idp.timeout",
-            Some(ENV_IDP_TIMEOUT),
-            raw.idp.timeout,
-            Duration::from_secs(10),
-            parse_duration,
-        ),
-        ca_file: l.parsed(
-            "idp.ca_file",
-            Some(ENV_CA_FILE),
-            raw.idp.ca_file,
-            None,
-            |s| match std::fs::metadata(s) {
-                Ok(_) => Ok(Some(PathBuf::from(s))),
-                Err(e) => Err(format!("cannot read {s}: {e}")),
-            },
-        ),
-        allow_insecure_http: l.parsed(
-            "idp.allow_insecure_http",
-            Some(ENV_ALLOW_INSECURE_HTTP),
-            raw.idp.allow_insecure_http.map(|b| b.to_string()),
-            false,
-            parse_bool,
-        ),
-    };
-    let refresh = build_refresh(raw.refresh, l);
-
-    let resolver = SecretResolver::new(secrets.clone(), env.clone());
-    let admin = admin::build_admin(raw.admin, l, &idp, Some(&resolver));
-    let mut notices = Vec::new();
-    let file_items = raw
-        .token_requests
-        .into_iter()
-        .enumerate()
-        .map(|(i, v)| (l.file_source.clone(), format!("token_requests[{i}]"), v));
-    let mut items: Vec<_> = file_items.collect();
-    if let Some(json) = l.env.var(ENV_TOKEN_REQUESTS) {
-        let source = format!("env {ENV_TOKEN_REQUESTS}");
-        match serde_json::from_str::<Vec<serde_json::Value>>(&json) {
-            Ok(values) => items.extend(
-                values
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, v)| (source.clone(), format!("[{i}]"), v)),
-            ),
-            Err(e) => l.error(
-                &source,
-                "(value)",
-                format!("not a JSON array of token requests: {e}"),
-            ),
-        }
-    }
-    let token_requests = collect_token_requests(
-        items,
-        idp.allow_insecure_http,
-        Some(&resolver),
-        l,
-        &mut notices,
-    );
-
-    Config {
+    Placement {
         tokens_dir,
         socket_path,
         health_addr,
@@ -491,14 +291,63 @@ fn build(raw: RawConfig, l: &mut Loader<'_>, env: &Arc<dyn Env>) -> Config {
         file_mode,
         socket_mode,
         shutdown_grace,
-        secrets,
-        idp,
-        refresh,
-        token_requests,
-        admin,
-        limits: limits::build_limits(raw.limits, l),
-        notices,
     }
+}
+
+fn build_idp(raw: RawIdp, l: &mut Loader<'_>) -> IdpSettings {
+    IdpSettings {
+        timeout: l.parsed(
+            "idp.timeout",
+            Some(ENV_IDP_TIMEOUT),
+            raw.timeout,
+            Duration::from_secs(10),
+            parse_duration,
+        ),
+        ca_file: l.parsed("idp.ca_file", Some(ENV_CA_FILE), raw.ca_file, None, |s| {
+            match std::fs::metadata(s) {
+                Ok(_) => Ok(Some(PathBuf::from(s))),
+                Err(e) => Err(format!("cannot read {s}: {e}")),
+            }
+        }),
+        allow_insecure_http: l.parsed(
+            "idp.allow_insecure_http",
+            Some(ENV_ALLOW_INSECURE_HTTP),
+            raw.allow_insecure_http.map(|b| b.to_string()),
+            false,
+            parse_bool,
+        ),
+    }
+}
+
+/// The token requests of the file (`token_requests[i]`), then of the env var (`[i]`), each with
+/// its source and path.
+fn token_request_items(
+    file: Vec<serde_json::Value>,
+    l: &mut Loader<'_>,
+) -> Vec<(String, String, serde_json::Value)> {
+    let mut items: Vec<_> = file
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| (l.file_source.clone(), format!("token_requests[{i}]"), v))
+        .collect();
+    let Some(json) = l.env.var(ENV_TOKEN_REQUESTS) else {
+        return items;
+    };
+    let source = format!("env {ENV_TOKEN_REQUESTS}");
+    match serde_json::from_str::<Vec<serde_json::Value>>(&json) {
+        Ok(values) => items.extend(
+            values
+                .into_iter()
+                .enumerate()
+                .map(|(i, v)| (source.clone(), format!("[{i}]"), v)),
+        ),
+        Err(e) => l.error(
+            &source,
+            "(value)",
+            format!("not a JSON array of token requests: {e}"),
+        ),
+    }
+    items
 }
 
 /// The largest `refresh.max_lifetime` accepted.
@@ -551,405 +400,33 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             parse_duration,
         ),
     };
-    if policy.jitter > policy.at_fraction {
-        let src = l.file_source.clone();
-        l.error(
-            &src,
-            "refresh.jitter",
-            "must not exceed refresh.at_fraction",
-        );
+    check_refresh(&policy, l);
+    policy
+}
+
+/// The relations between refresh settings that each value alone cannot show.
+fn check_refresh(p: &RefreshPolicy, l: &mut Loader<'_>) {
+    if p.jitter > p.at_fraction {
+        l.file_error("refresh.jitter", "must not exceed refresh.at_fraction");
     }
     // Bounded above so that now + max_lifetime is always a time the agent can write down.
-    if policy.max_lifetime.is_zero() || policy.max_lifetime > MAX_MAX_LIFETIME {
-        let src = l.file_source.clone();
-        l.error(
-            &src,
+    if p.max_lifetime.is_zero() || p.max_lifetime > MAX_MAX_LIFETIME {
+        l.file_error(
             "refresh.max_lifetime",
             "must be above zero and at most 100 years",
         );
-    } else if policy.default_lifetime > policy.max_lifetime {
-        let src = l.file_source.clone();
-        l.error(
-            &src,
+    } else if p.default_lifetime > p.max_lifetime {
+        l.file_error(
             "refresh.default_lifetime",
             "must not exceed refresh.max_lifetime",
         );
     }
-    if policy.min_backoff.is_zero() || policy.min_backoff > policy.max_backoff {
-        let src = l.file_source.clone();
-        l.error(
-            &src,
+    if p.min_backoff.is_zero() || p.min_backoff > p.max_backoff {
+        l.file_error(
             "refresh.min_backoff",
             "must be above zero and at most refresh.max_backoff",
         );
     }
-    policy
-}
-
-/// Validates token requests given as flyteidl JSON values (with the agent's extensions), each
-/// with the path that names it in messages (`[0]`, or an annotation key), all from `source`, by
-/// exactly the rules the agent applies at start, except that secrets are not read: for a caller
-/// that has none to read, such as the injector validating a pod's annotations. Every problem is
-/// reported, each naming its field (`[0].client.clientId`).
-pub fn validate_token_requests(
-    items: Vec<(String, serde_json::Value)>,
-    source: &str,
-    allow_insecure_http: bool,
-) -> Result<Vec<TokenRequest>, ConfigErrors> {
-    let no_env = HashMap::<String, String>::new();
-    let mut l = Loader {
-        file_source: source.to_string(),
-        env: &no_env,
-        errors: Vec::new(),
-    };
-    let items = items
-        .into_iter()
-        .map(|(path, v)| (source.to_string(), path, v))
-        .collect();
-    let requests =
-        collect_token_requests(items, allow_insecure_http, None, &mut l, &mut Vec::new());
-    if l.errors.is_empty() {
-        Ok(requests)
-    } else {
-        Err(ConfigErrors(l.errors))
-    }
-}
-
-/// Every valid request of `items` (source, path, value), unique by name; problems go to `l`.
-/// With a `resolver`, each client secret is read too.
-fn collect_token_requests(
-    items: Vec<(String, String, serde_json::Value)>,
-    allow_insecure_http: bool,
-    resolver: Option<&SecretResolver>,
-    l: &mut Loader<'_>,
-    notices: &mut Vec<String>,
-) -> Vec<TokenRequest> {
-    let mut token_requests = Vec::new();
-    let mut seen: HashMap<String, String> = HashMap::new();
-    for (source, path, value) in items {
-        let Some(req) = parse_token_request(
-            value,
-            &source,
-            &path,
-            allow_insecure_http,
-            resolver,
-            l,
-            notices,
-        ) else {
-            continue;
-        };
-        let origin = format!("{source} {path}");
-        if let Some(first) = seen.get(&req.name) {
-            l.error(
-                &source,
-                &format!("{path}.name"),
-                format!(
-                    "duplicate token request name {:?} (first defined at {first})",
-                    req.name
-                ),
-            );
-            continue;
-        }
-        seen.insert(req.name.clone(), origin);
-        token_requests.push(req);
-    }
-    token_requests
-}
-
-/// Checks a token request name: it becomes a file name and a URL path segment.
-pub fn check_name(name: &str) -> Result<(), String> {
-    if name.is_empty() {
-        return Err("is empty".into());
-    }
-    if name == "." || name == ".." {
-        return Err(format!("{name:?} is not a file name"));
-    }
-    if name.contains('/') {
-        return Err(format!(
-            "{name:?} contains '/'; it must be a single path component"
-        ));
-    }
-    if name.contains('\0') {
-        return Err("contains a NUL byte".into());
-    }
-    if name.chars().any(char::is_control) {
-        return Err(format!("{name:?} contains a control character"));
-    }
-    if name.len() > 255 {
-        return Err(format!(
-            "is {} bytes; a file name holds at most 255",
-            name.len()
-        ));
-    }
-    if name.starts_with('.') {
-        return Err(format!(
-            "{name:?} starts with '.'; token files must not be hidden files"
-        ));
-    }
-    Ok(())
-}
-
-/// Checks that an IdP URL may be used: https, or http to loopback, or http anywhere when
-/// explicitly allowed.
-pub fn check_idp_url(url: &Url, allow_insecure_http: bool) -> Result<(), String> {
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if allow_insecure_http || is_loopback(url) => Ok(()),
-        "http" => Err(format!(
-            "{url} is plain http to a non-loopback host; use https, or set idp.allow_insecure_http"
-        )),
-        other => Err(format!(
-            "{url} has scheme {other:?}; only https (or http to loopback) works"
-        )),
-    }
-}
-
-fn is_loopback(url: &Url) -> bool {
-    match url.host() {
-        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
-        None => false,
-    }
-}
-
-const EXTENSION_KEYS: [&str; 4] = [
-    "scopes",
-    "audience",
-    "clientAuthMethod",
-    "client_auth_method",
-];
-
-struct Extensions {
-    scopes: Vec<String>,
-    audience: Option<String>,
-    client_auth: ClientAuth,
-}
-
-fn take_extensions(
-    obj: &mut serde_json::Map<String, serde_json::Value>,
-    source: &str,
-    path: &str,
-    l: &mut Loader<'_>,
-) -> Extensions {
-    let mut ext = Extensions {
-        scopes: Vec::new(),
-        audience: None,
-        client_auth: ClientAuth::ClientSecretBasic,
-    };
-    for key in EXTENSION_KEYS {
-        let Some(value) = obj.remove(key) else {
-            continue;
-        };
-        let field = format!("{path}.{key}");
-        match (key, value) {
-            ("scopes", serde_json::Value::String(s)) => {
-                ext.scopes = s.split_whitespace().map(str::to_string).collect()
-            }
-            ("scopes", serde_json::Value::Array(items)) => {
-                for item in items {
-                    match item {
-                        serde_json::Value::String(s) if !s.is_empty() && !s.contains(' ') => {
-                            ext.scopes.push(s)
-                        }
-                        other => l.error(
-                            source,
-                            &field,
-                            format!("{other} is not a single scope string"),
-                        ),
-                    }
-                }
-            }
-            ("audience", serde_json::Value::String(s)) if !s.is_empty() => ext.audience = Some(s),
-            (_, serde_json::Value::String(s)) if key != "scopes" && key != "audience" => {
-                ext.client_auth = match s.as_str() {
-                    "client_secret_basic" => ClientAuth::ClientSecretBasic,
-                    "client_secret_post" => ClientAuth::ClientSecretPost,
-                    "private_key_jwt" => ClientAuth::PrivateKeyJwt,
-                    _ => {
-                        l.error(
-                            source,
-                            &field,
-                            format!(
-                                "{s:?} is not client_secret_basic, client_secret_post or private_key_jwt"
-                            ),
-                        );
-                        continue;
-                    }
-                }
-            }
-            (_, other) => l.error(source, &field, format!("{other} has the wrong type")),
-        }
-    }
-    ext
-}
-
-/// Checks the `type` field by hand: an unknown name would otherwise fail the whole message in the
-/// JSON parser, hiding every other problem in it.
-fn take_type(
-    obj: &mut serde_json::Map<String, serde_json::Value>,
-    source: &str,
-    path: &str,
-    l: &mut Loader<'_>,
-) {
-    let Some(value) = obj.get("type") else { return };
-    let known = match value {
-        serde_json::Value::String(s) => s == "CLIENT_CREDENTIALS",
-        serde_json::Value::Number(n) => {
-            n.as_i64() == Some(o_auth2_token_request::Type::ClientCredentials as i64)
-        }
-        _ => false,
-    };
-    if !known {
-        l.error(
-            source,
-            &format!("{path}.type"),
-            format!("unknown token request type {value}; only CLIENT_CREDENTIALS is supported"),
-        );
-        obj.remove("type");
-    }
-}
-
-/// The parts of a client secret reference the resolver would otherwise act on blindly: a mount
-/// requirement flyteidl defines, and a custom env var inside the secrets' env prefix, so that a
-/// token request can never make the agent read (and send to an IdP) one of its own settings.
-fn check_secret_ref(
-    secret: &Secret,
-    resolver: Option<&SecretResolver>,
-    field: &dyn Fn(&str) -> String,
-    source: &str,
-    l: &mut Loader<'_>,
-) {
-    if MountType::try_from(secret.mount_requirement).is_err() {
-        l.error(
-            source,
-            &field("client.clientSecret.mountRequirement"),
-            format!(
-                "{} is not ANY (0), ENV_VAR (1) or FILE (2)",
-                secret.mount_requirement
-            ),
-        );
-    }
-    let var = secret.env_var.as_str();
-    if var.is_empty() {
-        return;
-    }
-    let prefix = resolver.map_or(DEFAULT_SECRETS_ENV_PREFIX, SecretResolver::env_prefix);
-    let valid_name = var
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b));
-    let problem = if !valid_name {
-        format!("{var:?} is not an env var name (letters, digits, '_', '-', '.')")
-    } else if !var.starts_with(prefix) || var.len() == prefix.len() || is_agent_owned(var) {
-        format!(
-            "{var:?} must start with the secrets env prefix {prefix:?} \
-             (FLYTE_SECRETS_ENV_PREFIX): the agent's other env vars are its configuration"
-        )
-    } else {
-        return;
-    };
-    l.error(source, &field("client.clientSecret.envVar"), problem);
-}
-
-#[allow(clippy::too_many_arguments)]
-fn parse_token_request(
-    value: serde_json::Value,
-    source: &str,
-    path: &str,
-    allow_insecure_http: bool,
-    resolver: Option<&SecretResolver>,
-    l: &mut Loader<'_>,
-    notices: &mut Vec<String>,
-) -> Option<TokenRequest> {
-    let serde_json::Value::Object(mut obj) = value else {
-        l.error(source, path, "is not an object");
-        return None;
-    };
-    let errors_before = l.errors.len();
-    let ext = take_extensions(&mut obj, source, path, l);
-    take_type(&mut obj, source, path, l);
-    let proto: OAuth2TokenRequest =
-        match flyte_auth_proto::from_json(&serde_json::Value::Object(obj)) {
-            Ok(p) => p,
-            Err(e) => {
-                l.error(source, path, e.to_string());
-                return None;
-            }
-        };
-    let field = |f: &str| format!("{path}.{f}");
-    if let Err(problem) = check_name(&proto.name) {
-        l.error(source, &field("name"), problem);
-    }
-    let client = proto.client.unwrap_or_default();
-    if client.client_id.trim().is_empty() {
-        l.error(source, &field("client.clientId"), "is missing");
-    }
-    let client_secret = client.client_secret.unwrap_or_default();
-    let url = |s: &str, name: &str, l: &mut Loader<'_>| -> Option<Url> {
-        match Url::parse(s) {
-            Ok(u) => match check_idp_url(&u, allow_insecure_http) {
-                Ok(()) => Some(u),
-                Err(problem) => {
-                    l.error(source, &field(name), problem);
-                    None
-                }
-            },
-            Err(e) => {
-                l.error(source, &field(name), format!("{s:?} is not a URL: {e}"));
-                None
-            }
-        }
-    };
-    let endpoint = match (
-        proto.token_endpoint.as_str(),
-        proto.idp_discovery_endpoint.as_str(),
-    ) {
-        ("", "") => {
-            l.error(
-                source,
-                path,
-                "neither tokenEndpoint nor idpDiscoveryEndpoint is set",
-            );
-            None
-        }
-        (token, discovery) if !token.is_empty() => {
-            if !discovery.is_empty() {
-                notices.push(format!(
-                    "token request {:?} ({source} {path}) sets both tokenEndpoint and idpDiscoveryEndpoint; using tokenEndpoint",
-                    proto.name
-                ));
-            }
-            url(token, "tokenEndpoint", l).map(Endpoint::Token)
-        }
-        (_, discovery) => url(discovery, "idpDiscoveryEndpoint", l).map(Endpoint::Discovery),
-    };
-    check_secret_ref(&client_secret, resolver, &|f| field(f), source, l);
-    if client_secret.group.is_empty() {
-        l.error(source, &field("client.clientSecret.group"), "is missing");
-    } else if let Some(resolver) = resolver {
-        match resolver.read(&client_secret) {
-            Err(e) => l.error(source, &field("client.clientSecret"), e.to_string()),
-            Ok(value) if ext.client_auth == ClientAuth::PrivateKeyJwt => {
-                if let Err(e) = crate::idp::AssertionKey::from_pem(&value) {
-                    l.error(source, &field("client.clientSecret"), e.to_string());
-                }
-            }
-            Ok(_) => {}
-        }
-    }
-    if l.errors.len() > errors_before {
-        return None;
-    }
-    Some(TokenRequest {
-        name: proto.name,
-        client_id: client.client_id,
-        client_secret,
-        endpoint: endpoint?,
-        client_auth: ext.client_auth,
-        scopes: ext.scopes,
-        audience: ext.audience,
-        origin: format!("{source} {path}"),
-    })
 }
 
 #[cfg(test)]

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, ConfigErrors, Env};
-use crate::server::{error_response, json_response, Handler};
+use crate::http::{error_response, json_response, Handler};
 use crate::token::SecretString;
 use crate::{Agent, AgentError, BoundSocket};
 
@@ -237,11 +237,11 @@ pub fn spawn_issuer(
         .map_err(|e| IssuerError(e.to_string()))?;
     let issuer = Arc::new(Issuer::new(addr, client_id, client_secret, ttl)?);
     let url = issuer.url().to_string();
-    tokio::spawn(crate::server::serve(
+    tokio::spawn(crate::http::serve(
         listener,
         issuer,
-        crate::server::Protocols::Http1,
-        crate::server::ServeLimits::default(),
+        crate::http::Protocols::Http1,
+        crate::http::ServeLimits::default(),
         shutdown,
         Duration::from_secs(1),
     ));

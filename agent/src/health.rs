@@ -10,8 +10,8 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use crate::cache::TokenCache;
+use crate::http::{error_response, json_response, Handler};
 use crate::metrics::Metrics;
-use crate::server::{error_response, json_response, Handler};
 
 /// The health and metrics endpoints.
 pub struct Health {

@@ -29,16 +29,19 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use futures_util::future::BoxFuture;
 use http::StatusCode;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use oauth2::{AsyncHttpClient, HttpRequest, HttpResponse};
 use openidconnect::core::CoreProviderMetadata;
 use openidconnect::{DiscoveryError, IssuerUrl};
 use tokio::sync::OnceCell;
 use url::Url;
 
-use crate::config::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
+use crate::assertion::{AssertionError, AssertionKey};
 use crate::hosts::local_host;
+pub use crate::refresh::Lifetimes;
+use crate::request::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
+use crate::tls::{load_ca_bundle, CaBundleError};
 use crate::token::{jwt_exp, SecretString, Token};
+use crate::util::{causes, lock};
 
 /// Largest IdP response read; discovery documents and token responses are a few kB.
 const MAX_BODY: usize = 1 << 20;
@@ -134,8 +137,8 @@ pub enum IdpError {
         detail: String,
     },
     /// The private key could not be used to sign a client assertion.
-    #[error("client assertion: {0}")]
-    Assertion(String),
+    #[error(transparent)]
+    Assertion(#[from] AssertionError),
 }
 
 fn retry_note(retry_after: Option<Duration>) -> String {
@@ -195,62 +198,6 @@ enum Transport {
     TooLarge,
 }
 
-/// The private key behind `private_key_jwt`, parsed once to check it and pick the algorithm.
-pub struct AssertionKey {
-    key: EncodingKey,
-    alg: Algorithm,
-}
-
-#[derive(serde::Serialize)]
-struct AssertionClaims<'a> {
-    iss: &'a str,
-    sub: &'a str,
-    aud: &'a str,
-    jti: String,
-    iat: u64,
-    exp: u64,
-}
-
-impl AssertionKey {
-    /// Parses a PEM private key: RSA (signs RS256) or P-256 (signs ES256).
-    pub fn from_pem(pem: &SecretString) -> Result<Self, IdpError> {
-        let pem = pem.expose().as_bytes();
-        let candidates = [
-            EncodingKey::from_rsa_pem(pem).map(|k| (k, Algorithm::RS256)),
-            EncodingKey::from_ec_pem(pem).map(|k| (k, Algorithm::ES256)),
-        ];
-        for (key, alg) in candidates.into_iter().flatten() {
-            let key = Self { key, alg };
-            // Parsing alone accepts some keys the signer then refuses; a trial signature is the
-            // only reliable check.
-            if key.sign("probe", "probe").is_ok() {
-                return Ok(key);
-            }
-        }
-        Err(IdpError::Assertion(
-            "the client secret is not a PEM RSA or P-256 private key".into(),
-        ))
-    }
-
-    /// Signs an RFC 7523 client assertion for `client_id`, addressed to `audience`.
-    fn sign(&self, client_id: &str, audience: &str) -> Result<String, IdpError> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_secs();
-        let claims = AssertionClaims {
-            iss: client_id,
-            sub: client_id,
-            aud: audience,
-            jti: format!("{:032x}", rand::random::<u128>()),
-            iat: now,
-            exp: now + 60,
-        };
-        jsonwebtoken::encode(&Header::new(self.alg), &claims, &self.key)
-            .map_err(|e| IdpError::Assertion(format!("signing failed: {e}")))
-    }
-}
-
 const CLIENT_ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
@@ -297,7 +244,8 @@ impl Exchange<'_> {
         match self.client_auth {
             ClientAuth::PrivateKeyJwt => AssertionKey::from_pem(self.credential())?
                 .sign(self.client_id, token_url)
-                .map(Some),
+                .map(Some)
+                .map_err(IdpError::from),
             ClientAuth::JwtBearer => Ok(Some(self.credential().expose().to_string())),
             _ => Ok(None),
         }
@@ -307,15 +255,6 @@ impl Exchange<'_> {
 #[derive(Debug)]
 struct Metadata {
     token_endpoint: Url,
-}
-
-/// How long a token lives when the IdP does not say, and at most whatever it says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lifetimes {
-    /// Assumed when neither `expires_in` nor a JWT `exp` states a lifetime.
-    pub default: Duration,
-    /// The longest lifetime believed: longer `expires_in` or `exp` values are cut to it.
-    pub max: Duration,
 }
 
 /// The client for every IdP this agent talks to.
@@ -331,16 +270,11 @@ pub struct Idp {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// The CA bundle could not be read or parsed.
-    #[error("CA bundle {path}: {reason}")]
-    CaBundle {
-        /// The file.
-        path: String,
-        /// What went wrong.
-        reason: String,
-    },
+    #[error(transparent)]
+    CaBundle(#[from] CaBundleError),
     /// The TLS/HTTP stack refused the settings.
     #[error("HTTP client: {0}")]
-    Client(String),
+    Client(#[source] reqwest::Error),
 }
 
 impl Idp {
@@ -353,23 +287,13 @@ impl Idp {
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(concat!("flyte-auth-agent/", env!("CARGO_PKG_VERSION")));
         if let Some(path) = &settings.ca_file {
-            let ca_err = |reason: String| BuildError::CaBundle {
-                path: path.display().to_string(),
-                reason,
-            };
-            let pem = std::fs::read(path).map_err(|e| ca_err(e.to_string()))?;
-            let certs =
-                reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| ca_err(e.to_string()))?;
-            if certs.is_empty() {
-                return Err(ca_err("no PEM certificates in it".into()));
-            }
-            for cert in certs {
-                builder = builder.add_root_certificate(cert);
+            for cert in load_ca_bundle(path)? {
+                builder = builder.add_root_certificate(
+                    reqwest::Certificate::from_der(&cert).map_err(BuildError::Client)?,
+                );
             }
         }
-        let http = builder
-            .build()
-            .map_err(|e| BuildError::Client(e.to_string()))?;
+        let http = builder.build().map_err(BuildError::Client)?;
         Ok(Self {
             http,
             timeout: settings.timeout,
@@ -431,7 +355,7 @@ impl Idp {
             Endpoint::Token(url) => Ok(url.clone()),
             Endpoint::Discovery(url) => {
                 let cell = {
-                    let mut map = self.discovered.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut map = lock(&self.discovered);
                     map.entry(url.clone()).or_default().clone()
                 };
                 // Concurrent first requests share one discovery; a failure is not cached.
@@ -585,7 +509,7 @@ impl<'a> Recorder<'a> {
     }
 
     fn seen(&self) -> Option<(StatusCode, Option<Duration>)> {
-        *self.seen.lock().unwrap_or_else(|p| p.into_inner())
+        *lock(&self.seen)
     }
 }
 
@@ -603,8 +527,7 @@ impl<'c> AsyncHttpClient<'c> for Recorder<'_> {
                 .get(http::header::RETRY_AFTER)
                 .and_then(|v| v.to_str().ok())
                 .and_then(parse_retry_after);
-            *self.seen.lock().unwrap_or_else(|p| p.into_inner()) =
-                Some((response.status(), retry_after));
+            *lock(&self.seen) = Some((response.status(), retry_after));
             Ok(response)
         })
     }
@@ -622,12 +545,9 @@ fn reqwest_error(e: reqwest::Error) -> Transport {
     // The chain's innermost cause ("Connection refused", "invalid peer certificate") is the
     // useful part; reqwest's own text repeats the URL we already report.
     let e = e.without_url();
-    let mut reason = e.to_string();
-    let mut source = std::error::Error::source(&e);
-    while let Some(s) = source {
-        reason = s.to_string();
-        source = s.source();
-    }
+    let reason = causes(&e)
+        .last()
+        .map_or_else(String::new, |c| c.to_string());
     // A TLS failure can quote the peer's certificate (the names it is valid for): the IdP's words.
     Transport::Failed(clean_text(&reason))
 }
@@ -1288,17 +1208,6 @@ mod tests {
         assert_eq!(
             malformed(r#"{"access_token":7,"token_type":"Bearer"}"#),
             "unexpected value at access_token"
-        );
-    }
-
-    #[test]
-    fn assertion_key_rejects_garbage() {
-        let err = AssertionKey::from_pem(&SecretString::new("not a key"))
-            .err()
-            .unwrap();
-        assert_eq!(
-            err.to_string(),
-            "client assertion: the client secret is not a PEM RSA or P-256 private key"
         );
     }
 

@@ -11,6 +11,8 @@
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod api;
+pub mod assertion;
 pub mod cache;
 pub mod client;
 pub mod config;
@@ -18,15 +20,24 @@ pub mod dev;
 pub mod env;
 pub mod health;
 pub mod hosts;
+pub mod http;
 pub mod idp;
 pub mod metrics;
+pub mod mint;
 pub mod proxy;
+pub mod refresh;
+pub mod request;
 pub mod scope;
 pub mod secret;
-pub mod server;
 pub mod sink;
+pub mod tls;
 pub mod token;
 pub mod upstream;
+pub mod util;
+
+/// The connection loop's path before it was split from the token API ([`api`]); kept while the
+/// injector, refactored elsewhere, still imports it from here. New code uses [`http`].
+pub use crate::http as server;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -40,6 +51,7 @@ use tokio_util::task::TaskTracker;
 use crate::cache::{GetError, TokenCache};
 use crate::config::{Config, Env};
 use crate::metrics::Metrics;
+use crate::mint::{AdminMinter, ClientCredentials};
 use crate::secret::SecretResolver;
 use crate::sink::Sink;
 
@@ -144,8 +156,7 @@ impl Agent {
         let idp = Arc::new(idp::Idp::new(&config.idp, config.refresh.lifetimes())?);
         let sink = Arc::new(Sink::open(&config.tokens_dir, config.file_mode)?);
         let resolver = SecretResolver::new(config.secrets.clone(), env);
-        let entries = TokenCache::entries(config.token_requests.len() + 1);
-        let metrics = Arc::new(Metrics::new(entries.clone()));
+        let metrics = Arc::new(Metrics::new());
         let proxy = match &config.admin {
             None => None,
             Some(admin) => {
@@ -159,20 +170,17 @@ impl Agent {
                 Some((upstream, auth))
             }
         };
-        let minter = proxy.as_ref().map(|(_, auth)| {
-            Box::new(admin::AdminMinter::new(
+        let admin_minter = proxy.as_ref().map(|(_, auth)| {
+            Box::new(AdminMinter::new(
                 auth.clone(),
                 idp.clone(),
                 resolver.clone(),
             )) as Box<dyn cache::Minter>
         });
         let cache = Arc::new(TokenCache::new(
-            config.token_requests.clone(),
-            minter,
-            idp,
-            resolver,
+            ClientCredentials::for_requests(&config.token_requests, &idp, &resolver),
+            admin_minter,
             sink,
-            entries,
             metrics.clone(),
             config.refresh,
         ));
@@ -216,14 +224,14 @@ impl Agent {
                 proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
                     .with_max_inflight(self.limits.max_inflight_calls)
             });
-            let api = Arc::new(server::SocketApi::new(
-                server::TokenApi::new(self.cache.clone(), self.serve_admin_token),
+            let api = Arc::new(api::SocketApi::new(
+                api::TokenApi::new(self.cache.clone(), self.serve_admin_token),
                 proxy,
             ));
-            tasks.spawn(server::serve(
+            tasks.spawn(http::serve(
                 listener,
                 api,
-                server::Protocols::Http1And2,
+                http::Protocols::Http1And2,
                 self.limits.socket,
                 shutdown.clone(),
                 self.grace,
@@ -233,10 +241,10 @@ impl Agent {
             self.cache.clone(),
             self.metrics.clone(),
         ));
-        tasks.spawn(server::serve(
+        tasks.spawn(http::serve(
             health,
             health_api,
-            server::Protocols::Http1,
+            http::Protocols::Http1,
             self.limits.health,
             shutdown.clone(),
             self.grace,

@@ -7,18 +7,14 @@
 //! [`crate::scope::Reason`].
 
 use std::collections::HashSet;
-use std::sync::Arc;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex};
 
-use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::histogram::Histogram;
-use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::cache::Entries;
+use crate::util::lock;
 
 type NameLabel = [(&'static str, String); 1];
 type OutcomeLabels = [(&'static str, String); 2];
@@ -26,7 +22,8 @@ type OutcomeLabels = [(&'static str, String); 2];
 /// The agent's metric families.
 #[derive(Debug)]
 pub struct Metrics {
-    registry: Registry,
+    /// Behind a lock so parts built later (the token cache) can add their own collectors.
+    registry: Mutex<Registry>,
     token_requests: Family<OutcomeLabels, Counter>,
     idp_latency: Family<NameLabel, Histogram, fn() -> Histogram>,
     cache_hits: Family<NameLabel, Counter>,
@@ -42,6 +39,12 @@ type CallLabels = (
     [(&'static str, Arc<str>); 1],
     [(&'static str, &'static str); 1],
 );
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
 
 /// The per-name handles used on hot paths, so a cache hit costs one atomic add.
 #[derive(Debug, Clone)]
@@ -62,8 +65,8 @@ fn latency_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// Registers every family, plus a collector reading expiries from `entries` at scrape time.
-    pub fn new(entries: Entries) -> Self {
+    /// Registers every family the agent counts into.
+    pub fn new() -> Self {
         let mut registry = Registry::with_prefix("flyte_auth_agent");
         let token_requests = Family::<OutcomeLabels, Counter>::default();
         let idp_latency = Family::<NameLabel, Histogram, fn() -> Histogram>::new_with_constructor(
@@ -112,9 +115,8 @@ impl Metrics {
             "Time from a proxied call's arrival until it is handed to the FlyteAdmin connection",
             admin_overhead.clone(),
         );
-        registry.register_collector(Box::new(ExpiryCollector(entries)));
         Self {
-            registry,
+            registry: Mutex::new(registry),
             token_requests,
             idp_latency,
             cache_hits,
@@ -123,6 +125,11 @@ impl Metrics {
             admin_refusals,
             admin_overhead,
         }
+    }
+
+    /// Adds a collector read at scrape time (the token cache's seconds to expiry).
+    pub fn register_collector(&self, collector: Box<dyn prometheus_client::collector::Collector>) {
+        lock(&self.registry).register_collector(collector);
     }
 
     /// The handles for one token request name.
@@ -167,7 +174,7 @@ impl Metrics {
     pub fn encode(&self) -> String {
         let mut out = String::new();
         // Writing into a String cannot fail.
-        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        let _ = prometheus_client::encoding::text::encode(&mut out, &lock(&self.registry));
         out
     }
 }
@@ -250,37 +257,6 @@ pub fn code_label(code: u16) -> &'static str {
     }
 }
 
-struct ExpiryCollector(Entries);
-
-impl std::fmt::Debug for ExpiryCollector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("ExpiryCollector")
-    }
-}
-
-impl prometheus_client::collector::Collector for ExpiryCollector {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let now = SystemTime::now();
-        let mut family = encoder.encode_descriptor(
-            "token_seconds_to_expiry",
-            "Seconds until the cached token expires (negative once expired)",
-            None,
-            MetricType::Gauge,
-        )?;
-        let mut rows: Vec<_> = self
-            .0
-            .iter()
-            .map(|(name, token)| (name, token.seconds_to_expiry(now)))
-            .collect();
-        rows.sort_by(|a, b| a.0.cmp(&b.0));
-        for (name, seconds) in rows {
-            let labels = [("name", name.as_str())];
-            ConstGauge::new(seconds).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,7 +309,7 @@ mod tests {
 
     #[test]
     fn twenty_thousand_paths_make_one_series() {
-        let metrics = Metrics::new(crate::cache::TokenCache::entries(1));
+        let metrics = Metrics::new();
         let labels = MethodLabels::new([]);
         for i in 0..20_000 {
             let path = format!("/flyteidl.service.AdminService/Method{i}");

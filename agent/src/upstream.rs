@@ -20,13 +20,15 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
 use crate::config::{AdminAddress, AdminConfig};
+use crate::refresh::Backoff;
+use crate::tls::{load_ca_bundle, CaBundleError};
+use crate::util::{chain, lock};
 
 /// Any error a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -34,8 +36,12 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// the agent's own.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
-const MIN_BACKOFF: Duration = Duration::from_millis(100);
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Failed connects back off 100 ms doubling to 5 s, unjittered: one agent reconnects one
+/// connection, so there is no herd of its own to spread out.
+const BACKOFF: Backoff = Backoff {
+    min: Duration::from_millis(100),
+    max: Duration::from_secs(5),
+};
 
 /// Why a call could not be sent to Admin (once sent, Admin's answer is a response, not this).
 #[derive(Debug, Clone, thiserror::Error)]
@@ -46,7 +52,7 @@ pub enum UpstreamError {
         /// The configured endpoint.
         endpoint: String,
         /// Why.
-        reason: String,
+        reason: ConnectError,
     },
     /// The connection failed while the call was under way.
     #[error("FlyteAdmin at {endpoint} dropped the call: {reason}")]
@@ -54,14 +60,82 @@ pub enum UpstreamError {
         /// The configured endpoint.
         endpoint: String,
         /// Why.
-        reason: String,
+        reason: CallError,
     },
+}
+
+/// Why no connection to Admin could be made. Shared (`Arc`) because one failure answers every
+/// caller that waits out the same back-off.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ConnectError {
+    /// The unix socket refused.
+    #[error("{}: {source}", path.display())]
+    Unix {
+        /// The socket.
+        path: PathBuf,
+        /// The I/O error.
+        source: Arc<io::Error>,
+    },
+    /// The TCP connect failed.
+    #[error("{0}")]
+    Tcp(Arc<io::Error>),
+    /// The TLS handshake failed.
+    #[error("TLS handshake: {0}")]
+    TlsHandshake(Arc<io::Error>),
+    /// TLS worked but the server would not speak HTTP/2.
+    #[error("the server did not agree to HTTP/2 (ALPN h2) over TLS; gRPC needs it")]
+    NoHttp2,
+    /// The HTTP/2 handshake failed.
+    #[error("HTTP/2 handshake: {}", chain(.0.as_ref()))]
+    Http2Handshake(Arc<hyper::Error>),
+    /// Nothing within the connect timeout.
+    #[error("no connection within {}", humantime::format_duration(*.0))]
+    Timeout(Duration),
+}
+
+/// Why a call that had a connection was not answered.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum CallError {
+    /// The call's URI could not be pointed at Admin.
+    #[error("{0}")]
+    Uri(Arc<http::Error>),
+    /// The connection failed under the call.
+    #[error("{}", chain(.0.as_ref()))]
+    Failed(Arc<hyper::Error>),
+    /// Two connections in a row closed before taking the call.
+    #[error("the connection closed twice before the call could be sent")]
+    ClosedTwice,
 }
 
 /// The TLS or CA settings could not be used.
 #[derive(Debug, thiserror::Error)]
-#[error("admin TLS: {0}")]
-pub struct TlsError(String);
+pub enum TlsError {
+    /// The host and port do not make an authority.
+    #[error("admin TLS: {authority}: {source}")]
+    Authority {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        source: http::uri::InvalidUri,
+    },
+    /// The name to verify is not a DNS name or IP address.
+    #[error("admin TLS: {0:?} is not a valid server name")]
+    ServerName(String),
+    /// The CA bundle could not be read.
+    #[error("admin TLS: {0}")]
+    CaBundle(#[from] CaBundleError),
+    /// A certificate of the CA bundle is not a usable trust anchor.
+    #[error("admin TLS: CA bundle {}: {source}", path.display())]
+    Anchor {
+        /// The bundle.
+        path: PathBuf,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// rustls refused the settings.
+    #[error("admin TLS: {0}")]
+    Rustls(#[from] rustls::Error),
+}
 
 /// A cheap handle on the shared Admin connection.
 #[derive(Clone)]
@@ -80,14 +154,15 @@ struct Inner {
     /// The live connection's sender; a clone per call.
     current: Mutex<Option<SendRequest<Body>>>,
     /// Held while connecting, so concurrent callers share one connect.
-    connecting: tokio::sync::Mutex<Backoff>,
+    connecting: tokio::sync::Mutex<Failures>,
 }
 
+/// The connect failures since the last success, and when the next try may go with the error
+/// that callers get until then.
 #[derive(Default)]
-struct Backoff {
+struct Failures {
     failures: u32,
-    retry_at: Option<Instant>,
-    last_error: Option<String>,
+    retry: Option<(Instant, ConnectError)>,
 }
 
 impl Upstream {
@@ -105,9 +180,10 @@ impl Upstream {
                 } else {
                     Scheme::HTTP
                 };
-                let authority = format!("{host}:{port}")
+                let authority = format!("{host}:{port}");
+                let authority = authority
                     .parse()
-                    .map_err(|e| TlsError(format!("{host}:{port}: {e}")))?;
+                    .map_err(|source| TlsError::Authority { authority, source })?;
                 (scheme, authority)
             }
             AdminAddress::Unix(_) => (Scheme::HTTP, Authority::from_static("localhost")),
@@ -115,8 +191,8 @@ impl Upstream {
         let tls = match (&config.tls, &config.address) {
             (Some(tls), AdminAddress::Tcp { host, .. }) => {
                 let name = tls.server_name.clone().unwrap_or_else(|| host.clone());
-                let name = ServerName::try_from(name.clone())
-                    .map_err(|_| TlsError(format!("{name:?} is not a valid server name")))?;
+                let name =
+                    ServerName::try_from(name.clone()).map_err(|_| TlsError::ServerName(name))?;
                 Some((connector(tls.ca_file.as_ref())?, name))
             }
             _ => None,
@@ -131,7 +207,7 @@ impl Upstream {
                 connect_timeout: config.connect_timeout,
                 keepalive: config.keepalive,
                 current: Mutex::new(None),
-                connecting: tokio::sync::Mutex::new(Backoff::default()),
+                connecting: tokio::sync::Mutex::new(Failures::default()),
             }),
         })
     }
@@ -154,7 +230,7 @@ impl Upstream {
             .authority(self.inner.authority.clone())
             .path_and_query(path)
             .build()
-            .map_err(|e| self.call_error(e.to_string()))?;
+            .map_err(|e| self.call_error(CallError::Uri(Arc::new(e))))?;
         // A connection that closed before taking the request hands it back, so it can go on a
         // new connection without any risk of Admin seeing it twice.
         for _ in 0..2 {
@@ -166,14 +242,16 @@ impl Upstream {
                         self.forget_dead();
                         req = unsent;
                     }
-                    None => return Err(self.call_error(describe(e.error()))),
+                    None => {
+                        return Err(self.call_error(CallError::Failed(Arc::new(e.into_error()))))
+                    }
                 },
             }
         }
-        Err(self.call_error("the connection closed twice before the call could be sent".into()))
+        Err(self.call_error(CallError::ClosedTwice))
     }
 
-    fn call_error(&self, reason: String) -> UpstreamError {
+    fn call_error(&self, reason: CallError) -> UpstreamError {
         UpstreamError::Call {
             endpoint: self.inner.endpoint.clone(),
             reason,
@@ -181,13 +259,13 @@ impl Upstream {
     }
 
     fn live(&self) -> Option<SendRequest<Body>> {
-        let current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        let current = lock(&self.inner.current);
         current.as_ref().filter(|s| !s.is_closed()).cloned()
     }
 
     /// Drops the cached connection if it can take no more calls (closed, or going away).
     fn forget_dead(&self) {
-        let mut current = self.inner.current.lock().unwrap_or_else(|p| p.into_inner());
+        let mut current = lock(&self.inner.current);
         if current
             .as_ref()
             .is_some_and(|s| s.is_closed() || !s.is_ready())
@@ -205,59 +283,53 @@ impl Upstream {
         if let Some(sender) = self.live() {
             return Ok(sender);
         }
-        if let Some(at) = backoff.retry_at {
+        if let Some((at, last_error)) = &backoff.retry {
             let wait = at.saturating_duration_since(Instant::now());
             if wait > self.inner.connect_timeout {
-                return Err(self.connect_error(backoff.last_error.clone().unwrap_or_default()));
+                return Err(self.connect_error(last_error.clone()));
             }
             tokio::time::sleep(wait).await;
         }
         match tokio::time::timeout(self.inner.connect_timeout, self.connect()).await {
             Ok(Ok(sender)) => {
-                *backoff = Backoff::default();
-                *self.inner.current.lock().unwrap_or_else(|p| p.into_inner()) =
-                    Some(sender.clone());
+                *backoff = Failures::default();
+                *lock(&self.inner.current) = Some(sender.clone());
                 Ok(sender)
             }
             result => {
                 let reason = match result {
                     Ok(Err(e)) => e,
-                    _ => format!(
-                        "no connection within {}",
-                        humantime::format_duration(self.inner.connect_timeout)
-                    ),
+                    _ => ConnectError::Timeout(self.inner.connect_timeout),
                 };
-                let delay = MIN_BACKOFF
-                    .saturating_mul(1 << backoff.failures.min(6))
-                    .min(MAX_BACKOFF);
+                let delay = BACKOFF.delay(backoff.failures);
                 backoff.failures = backoff.failures.saturating_add(1);
-                backoff.retry_at = Some(Instant::now() + delay);
-                backoff.last_error = Some(reason.clone());
+                backoff.retry = Some((Instant::now() + delay, reason.clone()));
                 tracing::warn!(endpoint = %self.inner.endpoint, error = %reason, retry_in = ?delay, "cannot connect to FlyteAdmin");
                 Err(self.connect_error(reason))
             }
         }
     }
 
-    fn connect_error(&self, reason: String) -> UpstreamError {
+    fn connect_error(&self, reason: ConnectError) -> UpstreamError {
         UpstreamError::Connect {
             endpoint: self.inner.endpoint.clone(),
             reason,
         }
     }
 
-    async fn connect(&self) -> Result<SendRequest<Body>, String> {
+    async fn connect(&self) -> Result<SendRequest<Body>, ConnectError> {
         let inner = &self.inner;
         let stream = match &inner.address {
-            AdminAddress::Unix(path) => Stream::Unix(
-                UnixStream::connect(path)
-                    .await
-                    .map_err(|e| format!("{}: {e}", path.display()))?,
-            ),
+            AdminAddress::Unix(path) => Stream::Unix(UnixStream::connect(path).await.map_err(
+                |e| ConnectError::Unix {
+                    path: path.clone(),
+                    source: Arc::new(e),
+                },
+            )?),
             AdminAddress::Tcp { host, port } => {
                 let tcp = TcpStream::connect((host.as_str(), *port))
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| ConnectError::Tcp(Arc::new(e)))?;
                 // Small request/response frames: do not wait to coalesce them.
                 let _ = tcp.set_nodelay(true);
                 match &inner.tls {
@@ -266,9 +338,9 @@ impl Upstream {
                         let tls = connector
                             .connect(name.clone(), tcp)
                             .await
-                            .map_err(|e| format!("TLS handshake: {e}"))?;
+                            .map_err(|e| ConnectError::TlsHandshake(Arc::new(e)))?;
                         if tls.get_ref().1.alpn_protocol() != Some(b"h2") {
-                            return Err("the server did not agree to HTTP/2 (ALPN h2) over TLS; gRPC needs it".into());
+                            return Err(ConnectError::NoHttp2);
                         }
                         Stream::Tls(Box::new(tls))
                     }
@@ -282,13 +354,13 @@ impl Upstream {
             .keep_alive_while_idle(true)
             .handshake(TokioIo::new(stream))
             .await
-            .map_err(|e| format!("HTTP/2 handshake: {}", describe(&e)))?;
+            .map_err(|e| ConnectError::Http2Handshake(Arc::new(e)))?;
         let endpoint = inner.endpoint.clone();
         tokio::spawn(async move {
             match connection.await {
                 Ok(()) => tracing::info!(%endpoint, "FlyteAdmin connection closed"),
                 Err(e) => {
-                    tracing::warn!(%endpoint, error = %describe(&e), "FlyteAdmin connection failed")
+                    tracing::warn!(%endpoint, error = %chain(&e), "FlyteAdmin connection failed")
                 }
             }
         });
@@ -297,40 +369,20 @@ impl Upstream {
     }
 }
 
-/// A hyper error with its innermost cause, which is the part that says what happened.
-fn describe(e: &hyper::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        text = format!("{text}: {s}");
-        source = s.source();
-    }
-    text
-}
-
 fn connector(ca_file: Option<&PathBuf>) -> Result<tokio_rustls::TlsConnector, TlsError> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
-        let certs: Vec<_> = CertificateDer::pem_file_iter(path)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| TlsError(format!("CA bundle {}: {e}", path.display())))?;
-        if certs.is_empty() {
-            return Err(TlsError(format!(
-                "CA bundle {}: no PEM certificates in it",
-                path.display()
-            )));
-        }
-        for cert in certs {
-            roots
-                .add(cert)
-                .map_err(|e| TlsError(format!("CA bundle {}: {e}", path.display())))?;
+        for cert in load_ca_bundle(path)? {
+            roots.add(cert).map_err(|source| TlsError::Anchor {
+                path: path.clone(),
+                source,
+            })?;
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| TlsError(e.to_string()))?
+        .with_safe_default_protocol_versions()?
         .with_root_certificates(roots)
         .with_no_client_auth();
     config.alpn_protocols = vec![b"h2".to_vec()];

@@ -11,7 +11,8 @@ use http::HeaderName;
 use serde::Deserialize;
 use url::Url;
 
-use super::{check_idp_url, parse_bool, parse_duration, ClientAuth, IdpSettings, Loader};
+use super::loader::{parse_bool, parse_duration, ConfigError, ConfigErrors, Loader};
+use crate::request::{check_idp_url, ClientAuth, IdpSettings};
 use crate::secret::SecretResolver;
 
 /// How the executor's identity is proven to the IdP.
@@ -296,17 +297,86 @@ pub fn parse_endpoint(s: &str) -> Result<(AdminAddress, Option<bool>), String> {
 }
 
 pub(super) fn build_admin(
-    raw: RawAdmin,
+    mut raw: RawAdmin,
     l: &mut Loader<'_>,
     idp: &IdpSettings,
     resolver: Option<&SecretResolver>,
 ) -> Option<AdminConfig> {
-    let (endpoint, endpoint_source) = l.pick(Some(&env("endpoint")), raw.endpoint)?;
+    let (endpoint, endpoint_source) = l.pick(Some(&env("endpoint")), raw.endpoint.take())?;
     let errors_before = l.errors.len();
+    // Read in this order so that problems are listed in the order of the fields.
+    let (address, tls) = build_transport(&mut raw, l, &endpoint, &endpoint_source, resolver);
+    let credential = build_credential(&mut raw, l, idp, resolver);
+    let proxy = build_proxy(&mut raw, l);
+    let scope = build_scope(raw, l);
+    let mode = check_credential(&credential, l)?;
+    if l.errors.len() > errors_before {
+        return None;
+    }
+    let client_auth = match (mode, &credential.client_secret) {
+        (AdminMode::JwtBearer, _) => ClientAuth::JwtBearer,
+        (AdminMode::TokenExchange, None) => ClientAuth::None,
+        _ => credential.client_auth,
+    };
+    Some(AdminConfig {
+        endpoint,
+        address,
+        tls,
+        auth_header: credential.auth_header,
+        token_endpoint: credential.token_endpoint,
+        audience: credential.audience,
+        scopes: credential.scopes,
+        mode,
+        client_id: credential.client_id,
+        client_secret: credential.client_secret,
+        client_auth,
+        token_file: credential.token_file,
+        allowed_methods: proxy.allowed_methods,
+        retry_buffer: proxy.retry_buffer,
+        connect_timeout: proxy.connect_timeout,
+        keepalive: proxy.keepalive,
+        policy: proxy.policy,
+        project: scope.project,
+        domain: scope.domain,
+        org: scope.org,
+        pod_reported_execution_id: scope.pod_reported_execution_id,
+        max_request_bytes: scope.max_request_bytes,
+        serve_token: proxy.serve_token,
+    })
+}
+
+/// A path setting; checked to exist only when the agent itself reads the section (`check`), not
+/// when the injector checks it for a pod whose files it cannot see.
+fn path_field(
+    l: &mut Loader<'_>,
+    field: &str,
+    file: Option<String>,
+    check: bool,
+) -> Option<PathBuf> {
+    l.parsed(
+        &format!("admin.{field}"),
+        Some(&env(field)),
+        file,
+        None,
+        |s| match check.then(|| std::fs::metadata(s)) {
+            Some(Err(e)) => Err(format!("cannot read {s}: {e}")),
+            _ => Ok(Some(PathBuf::from(s))),
+        },
+    )
+}
+
+/// Where Admin listens and whether (and how) TLS is used.
+fn build_transport(
+    raw: &mut RawAdmin,
+    l: &mut Loader<'_>,
+    endpoint: &str,
+    endpoint_source: &str,
+    resolver: Option<&SecretResolver>,
+) -> (AdminAddress, Option<AdminTls>) {
     let (address, scheme_tls) = match parse_endpoint(endpoint.trim()) {
         Ok(v) => v,
         Err(problem) => {
-            l.error(&endpoint_source, "admin.endpoint", problem);
+            l.error(endpoint_source, "admin.endpoint", problem);
             (AdminAddress::Unix(PathBuf::new()), None)
         }
     };
@@ -320,7 +390,7 @@ pub(super) fn build_admin(
     let tls_wanted = match (scheme_tls, insecure) {
         (Some(true), Some(true)) => {
             l.error(
-                &endpoint_source,
+                endpoint_source,
                 "admin.insecure",
                 "is true but the endpoint is https://",
             );
@@ -329,20 +399,8 @@ pub(super) fn build_admin(
         (Some(tls), _) => tls,
         (None, insecure) => !insecure.unwrap_or(false),
     };
-    let path_field = |l: &mut Loader<'_>, field: &str, file: Option<String>| {
-        l.parsed(
-            &format!("admin.{field}"),
-            Some(&env(field)),
-            file,
-            None,
-            |s| match resolver.map(|_| std::fs::metadata(s)) {
-                Some(Err(e)) => Err(format!("cannot read {s}: {e}")),
-                _ => Ok(Some(PathBuf::from(s))),
-            },
-        )
-    };
-    let ca_file = path_field(l, "ca_file", raw.ca_file);
-    let server_name = l.pick(Some(&env("server_name")), raw.server_name);
+    let ca_file = path_field(l, "ca_file", raw.ca_file.take(), resolver.is_some());
+    let server_name = l.pick(Some(&env("server_name")), raw.server_name.take());
     if let Some((name, source)) = &server_name {
         if rustls_pki_types::ServerName::try_from(name.as_str()).is_err() {
             l.error(
@@ -356,10 +414,38 @@ pub(super) fn build_admin(
         ca_file,
         server_name: server_name.map(|(n, _)| n),
     });
+    (address, tls)
+}
+
+/// The `client_auth_method` values of the admin section: assertions are its jwt-bearer mode.
+const ADMIN_CLIENT_AUTH: [ClientAuth; 2] =
+    [ClientAuth::ClientSecretBasic, ClientAuth::ClientSecretPost];
+
+/// The executor-bound credential as configured, before the checks that relate its fields.
+struct Credential {
+    auth_header: Option<HeaderName>,
+    token_endpoint: Option<Url>,
+    audience: Option<String>,
+    scopes: Option<Vec<String>>,
+    mode: Option<AdminMode>,
+    client_id: String,
+    client_secret: Option<Secret>,
+    client_secret_given: bool,
+    client_auth: ClientAuth,
+    token_file: Option<PathBuf>,
+    token_file_given: bool,
+}
+
+fn build_credential(
+    raw: &mut RawAdmin,
+    l: &mut Loader<'_>,
+    idp: &IdpSettings,
+    resolver: Option<&SecretResolver>,
+) -> Credential {
     let auth_header = l.parsed(
         "admin.auth_header",
         Some(&env("auth_header")),
-        raw.auth_header,
+        raw.auth_header.take(),
         None,
         |s| {
             HeaderName::try_from(s.to_ascii_lowercase())
@@ -370,7 +456,7 @@ pub(super) fn build_admin(
     let token_endpoint = l.parsed(
         "admin.token_endpoint",
         Some(&env("token_endpoint")),
-        raw.token_endpoint,
+        raw.token_endpoint.take(),
         None,
         |s| {
             let url = Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
@@ -379,88 +465,118 @@ pub(super) fn build_admin(
         },
     );
     let audience = l
-        .pick(Some(&env("audience")), raw.audience)
+        .pick(Some(&env("audience")), raw.audience.take())
         .map(|(v, _)| v)
         .filter(|v| !v.is_empty());
     let scopes = l
-        .pick(Some(&env("scopes")), raw.scopes.map(|s| s.joined(" ")))
+        .pick(
+            Some(&env("scopes")),
+            raw.scopes.take().map(|s| s.joined(" ")),
+        )
         .map(|(v, _)| v.split_whitespace().map(str::to_string).collect());
     let mode = l.parsed(
         "admin.mode",
         Some(&env("mode")),
-        raw.mode,
+        raw.mode.take(),
         None,
-        |s| match s {
-            "client-secret" => Ok(Some(AdminMode::ClientSecret)),
-            "jwt-bearer" => Ok(Some(AdminMode::JwtBearer)),
-            "token-exchange" => Ok(Some(AdminMode::TokenExchange)),
-            _ => Err(format!(
-                "{s:?} is not client-secret, jwt-bearer or token-exchange"
-            )),
-        },
+        |s| parse_mode(s).map(Some),
     );
     let client_id = l
-        .pick(Some(&env("client_id")), raw.client_id)
+        .pick(Some(&env("client_id")), raw.client_id.take())
         .map(|(v, _)| v.trim().to_string())
         .unwrap_or_default();
-    let client_secret_given = l
-        .pick(
-            Some(&env("client_secret")),
-            raw.client_secret.as_ref().map(|v| v.to_string()),
-        )
-        .is_some();
-    let client_secret = match l.pick(
-        Some(&env("client_secret")),
-        raw.client_secret.map(|v| v.to_string()),
-    ) {
-        None => None,
-        Some((json, source)) => {
-            match serde_json::from_str::<serde_json::Value>(&json)
-                .map_err(|e| e.to_string())
-                .and_then(|v| flyte_auth_proto::from_json::<Secret>(&v).map_err(|e| e.to_string()))
-            {
-                Ok(secret) if secret.group.is_empty() => {
-                    l.error(&source, "admin.client_secret.group", "is missing");
-                    None
-                }
-                Ok(secret) => {
-                    if let Some(Err(e)) = resolver.map(|r| r.read(&secret)) {
-                        l.error(&source, "admin.client_secret", e.to_string());
-                    }
-                    Some(secret)
-                }
-                Err(e) => {
-                    l.error(
-                    &source,
-                    "admin.client_secret",
-                    format!("not a flyteidl Secret like {{\"group\": \"name\", \"key\": \"key\"}}: {e}"),
-                );
-                    None
-                }
-            }
-        }
-    };
+    let (client_secret_given, client_secret) = client_secret(l, raw.client_secret.take(), resolver);
     let client_auth = l.parsed(
         "admin.client_auth_method",
         Some(&env("client_auth_method")),
-        raw.client_auth_method,
+        raw.client_auth_method.take(),
         ClientAuth::ClientSecretBasic,
-        |s| match s {
-            "client_secret_basic" => Ok(ClientAuth::ClientSecretBasic),
-            "client_secret_post" => Ok(ClientAuth::ClientSecretPost),
-            _ => Err(format!(
-                "{s:?} is not client_secret_basic or client_secret_post"
-            )),
-        },
+        |s| ClientAuth::parse(s, &ADMIN_CLIENT_AUTH),
     );
     let token_file_given = l
         .pick(Some(&env("token_file")), raw.token_file.clone())
         .is_some();
-    let token_file = path_field(l, "token_file", raw.token_file);
+    let token_file = path_field(l, "token_file", raw.token_file.take(), resolver.is_some());
+    Credential {
+        auth_header,
+        token_endpoint,
+        audience,
+        scopes,
+        mode,
+        client_id,
+        client_secret,
+        client_secret_given,
+        client_auth,
+        token_file,
+        token_file_given,
+    }
+}
+
+fn parse_mode(s: &str) -> Result<AdminMode, String> {
+    match s {
+        "client-secret" => Ok(AdminMode::ClientSecret),
+        "jwt-bearer" => Ok(AdminMode::JwtBearer),
+        "token-exchange" => Ok(AdminMode::TokenExchange),
+        _ => Err(format!(
+            "{s:?} is not client-secret, jwt-bearer or token-exchange"
+        )),
+    }
+}
+
+/// Whether a client secret is given, and the reference if it is a usable one (read now with a
+/// `resolver`, so an unreadable secret stops the agent at start).
+fn client_secret(
+    l: &mut Loader<'_>,
+    file: Option<serde_json::Value>,
+    resolver: Option<&SecretResolver>,
+) -> (bool, Option<Secret>) {
+    let Some((json, source)) = l.pick(Some(&env("client_secret")), file.map(|v| v.to_string()))
+    else {
+        return (false, None);
+    };
+    let parsed = serde_json::from_str::<serde_json::Value>(&json)
+        .map_err(|e| e.to_string())
+        .and_then(|v| flyte_auth_proto::from_json::<Secret>(&v).map_err(|e| e.to_string()));
+    let secret = match parsed {
+        Ok(secret) if secret.group.is_empty() => {
+            l.error(&source, "admin.client_secret.group", "is missing");
+            None
+        }
+        Ok(secret) => {
+            if let Some(Err(e)) = resolver.map(|r| r.read(&secret)) {
+                l.error(&source, "admin.client_secret", e.to_string());
+            }
+            Some(secret)
+        }
+        Err(e) => {
+            l.error(
+                &source,
+                "admin.client_secret",
+                format!(
+                    "not a flyteidl Secret like {{\"group\": \"name\", \"key\": \"key\"}}: {e}"
+                ),
+            );
+            None
+        }
+    };
+    (true, secret)
+}
+
+/// What the proxy forwards and how it holds the connection.
+struct ProxySettings {
+    allowed_methods: MethodFilter,
+    retry_buffer: usize,
+    connect_timeout: Duration,
+    keepalive: Duration,
+    serve_token: bool,
+    policy: AdminPolicy,
+}
+
+fn build_proxy(raw: &mut RawAdmin, l: &mut Loader<'_>) -> ProxySettings {
     let allowed_methods = l.parsed(
         "admin.allowed_methods",
         Some(&env("allowed_methods")),
-        raw.allowed_methods.map(|m| m.joined(",")),
+        raw.allowed_methods.take().map(|m| m.joined(",")),
         MethodFilter::default(),
         |s| MethodFilter::parse(s.split([',', ' ', '\n'])),
     );
@@ -474,20 +590,21 @@ pub(super) fn build_admin(
                 .map_err(|_| format!("{s:?} is not a number of bytes"))
         },
     );
-    let connect_timeout = l.parsed(
-        "admin.connect_timeout",
-        Some(&env("connect_timeout")),
-        raw.connect_timeout,
+    let mut duration = |field: &str, file: Option<String>, default| {
+        l.parsed(
+            &format!("admin.{field}"),
+            Some(&env(field)),
+            file,
+            default,
+            parse_duration,
+        )
+    };
+    let connect_timeout = duration(
+        "connect_timeout",
+        raw.connect_timeout.take(),
         Duration::from_secs(5),
-        parse_duration,
     );
-    let keepalive = l.parsed(
-        "admin.keepalive",
-        Some(&env("keepalive")),
-        raw.keepalive,
-        Duration::from_secs(30),
-        parse_duration,
-    );
+    let keepalive = duration("keepalive", raw.keepalive.take(), Duration::from_secs(30));
     let serve_token = l.parsed(
         "admin.serve_token",
         Some(ENV_ADMIN_SERVE_TOKEN),
@@ -498,7 +615,7 @@ pub(super) fn build_admin(
     let policy = l.parsed(
         "admin.policy",
         Some(&env("policy")),
-        raw.policy,
+        raw.policy.take(),
         AdminPolicy::Execution,
         |s| match s {
             "execution" => Ok(AdminPolicy::Execution),
@@ -506,23 +623,26 @@ pub(super) fn build_admin(
             _ => Err(format!("{s:?} is not execution or unrestricted")),
         },
     );
-    let scope_name = |l: &mut Loader<'_>, field: &str, var: &str, file: Option<String>| {
-        let (value, source) = l.pick(Some(var), file)?;
-        let value = value.trim().to_string();
-        // Flyte's project and domain ids: letters, digits, '-' and '_' (a namespace part).
-        let valid = value
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
-        if !valid || value.len() > 253 {
-            l.error(
-                &source,
-                &format!("admin.{field}"),
-                format!("{value:?} is not a Flyte {field} name (letters, digits, '-', '_', '.')"),
-            );
-            return None;
-        }
-        (!value.is_empty()).then_some(value)
-    };
+    ProxySettings {
+        allowed_methods,
+        retry_buffer,
+        connect_timeout,
+        keepalive,
+        serve_token,
+        policy,
+    }
+}
+
+/// The execution a pod's calls are held to, and how much of a call the policy reads.
+struct ScopeSettings {
+    project: Option<String>,
+    domain: Option<String>,
+    org: Option<String>,
+    pod_reported_execution_id: Option<String>,
+    max_request_bytes: usize,
+}
+
+fn build_scope(raw: RawAdmin, l: &mut Loader<'_>) -> ScopeSettings {
     let project = scope_name(l, "project", ENV_ADMIN_PROJECT, raw.project);
     let domain = scope_name(l, "domain", ENV_ADMIN_DOMAIN, raw.domain);
     let org = scope_name(l, "org", ENV_ADMIN_ORG, raw.org);
@@ -540,27 +660,51 @@ pub(super) fn build_admin(
             _ => Err(format!("{s:?} is not a number of bytes (at least 5)")),
         },
     );
+    ScopeSettings {
+        project,
+        domain,
+        org,
+        pod_reported_execution_id,
+        max_request_bytes,
+    }
+}
 
-    let src = l.file_source.clone();
-    let Some(mode) = mode else {
+/// A project, domain or org name, from `var` or the file.
+fn scope_name(l: &mut Loader<'_>, field: &str, var: &str, file: Option<String>) -> Option<String> {
+    let (value, source) = l.pick(Some(var), file)?;
+    let value = value.trim().to_string();
+    // Flyte's project and domain ids: letters, digits, '-' and '_' (a namespace part).
+    let valid = value
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+    if !valid || value.len() > 253 {
         l.error(
-            &src,
+            &source,
+            &format!("admin.{field}"),
+            format!("{value:?} is not a Flyte {field} name (letters, digits, '-', '_', '.')"),
+        );
+        return None;
+    }
+    (!value.is_empty()).then_some(value)
+}
+
+/// The mode, if the credential's fields fit it; each missing one is a problem of the file.
+fn check_credential(c: &Credential, l: &mut Loader<'_>) -> Option<AdminMode> {
+    let Some(mode) = c.mode else {
+        l.file_error(
             "admin.mode",
             "is missing: client-secret, jwt-bearer or token-exchange",
         );
         return None;
     };
-    if client_id.is_empty() {
-        l.error(&src, "admin.client_id", "is missing");
+    if c.client_id.is_empty() {
+        l.file_error("admin.client_id", "is missing");
     }
     match mode {
-        AdminMode::ClientSecret if !client_secret_given => l.error(
-            &src,
-            "admin.client_secret",
-            "is missing (mode client-secret)",
-        ),
-        AdminMode::JwtBearer | AdminMode::TokenExchange if !token_file_given => l.error(
-            &src,
+        AdminMode::ClientSecret if !c.client_secret_given => {
+            l.file_error("admin.client_secret", "is missing (mode client-secret)")
+        }
+        AdminMode::JwtBearer | AdminMode::TokenExchange if !c.token_file_given => l.file_error(
             "admin.token_file",
             format!(
                 "is missing (mode {} needs the projected service-account token)",
@@ -569,39 +713,7 @@ pub(super) fn build_admin(
         ),
         _ => {}
     }
-    if l.errors.len() > errors_before {
-        return None;
-    }
-    let client_auth = match (mode, &client_secret) {
-        (AdminMode::JwtBearer, _) => ClientAuth::JwtBearer,
-        (AdminMode::TokenExchange, None) => ClientAuth::None,
-        _ => client_auth,
-    };
-    Some(AdminConfig {
-        endpoint,
-        address,
-        tls,
-        auth_header,
-        token_endpoint,
-        audience,
-        scopes,
-        mode,
-        client_id,
-        client_secret,
-        client_auth,
-        token_file,
-        allowed_methods,
-        retry_buffer,
-        connect_timeout,
-        keepalive,
-        policy,
-        project,
-        domain,
-        org,
-        pod_reported_execution_id,
-        max_request_bytes,
-        serve_token,
-    })
+    Some(mode)
 }
 
 /// An `admin` section checked by the agent's rules without touching files, as the env vars that
@@ -625,24 +737,56 @@ pub fn admin_section_env(
     source: &str,
     token_file: &str,
     allow_insecure_http: bool,
-) -> Result<CheckedAdmin, super::ConfigErrors> {
-    let fail = |field: &str, problem: String| {
-        super::ConfigErrors(vec![super::ConfigError {
-            source: source.to_string(),
-            field: field.to_string(),
-            problem,
-        }])
-    };
+) -> Result<CheckedAdmin, ConfigErrors> {
     let raw: RawAdmin = serde_path_to_error::deserialize(section).map_err(|e| {
         let field = match e.path().to_string() {
             p if p == "." => "admin".to_string(),
             p => format!("admin.{p}"),
         };
-        fail(&field, e.into_inner().to_string())
+        ConfigErrors::one(source, &field, e.into_inner().to_string())
     })?;
+    refuse_injector_fields(&raw)
+        .map_err(|(field, problem)| ConfigErrors::one(source, &field, problem))?;
+    let mut env = section_env(&raw);
+    env.push((self::env("token_file"), token_file.to_string()));
+    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut l = Loader::new(source, &vars);
+    let idp = IdpSettings {
+        timeout: Duration::from_secs(10),
+        ca_file: None,
+        allow_insecure_http,
+    };
+    let checked = build_admin(RawAdmin::default(), &mut l, &idp, None);
+    if !l.errors.is_empty() {
+        // The values came from the section, not from env vars: name the section.
+        let errors = l
+            .errors
+            .into_iter()
+            .map(|e| ConfigError {
+                source: source.to_string(),
+                ..e
+            })
+            .collect();
+        return Err(ConfigErrors(errors));
+    }
+    let Some(admin) = checked else {
+        return Err(ConfigErrors::one(source, "admin.endpoint", "is missing"));
+    };
+    if admin.mode == AdminMode::ClientSecret {
+        env.retain(|(k, _)| *k != self::env("token_file"));
+    }
+    Ok(CheckedAdmin {
+        mode: admin.mode,
+        env,
+        client_secret: admin.client_secret,
+    })
+}
+
+/// The fields the injector sets per pod, which a section must leave out: the field and why.
+fn refuse_injector_fields(raw: &RawAdmin) -> Result<(), (String, String)> {
     if raw.token_file.is_some() {
-        return Err(fail(
-            "admin.token_file",
+        return Err((
+            "admin.token_file".into(),
             "is set by the injector (the projected service-account token); remove it".into(),
         ));
     }
@@ -652,15 +796,21 @@ pub fn admin_section_env(
         ("org", raw.org.is_some()),
     ] {
         if set {
-            return Err(fail(
-                &format!("admin.{field}"),
+            return Err((
+                format!("admin.{field}"),
                 "is set by the injector per pod (from the pod's namespace); remove it".into(),
             ));
         }
     }
     if raw.endpoint.is_none() {
-        return Err(fail("admin.endpoint", "is missing".into()));
+        return Err(("admin.endpoint".into(), "is missing".into()));
     }
+    Ok(())
+}
+
+/// The section's values as the `FLYTE_AUTH_AGENT_ADMIN_*` env vars that carry them, in field
+/// order.
+fn section_env(raw: &RawAdmin) -> Vec<(String, String)> {
     let fields: [(&str, Option<String>); 19] = [
         ("endpoint", raw.endpoint.clone()),
         ("insecure", raw.insecure.map(|b| b.to_string())),
@@ -691,46 +841,10 @@ pub fn admin_section_env(
             raw.max_request_bytes.map(|n| n.to_string()),
         ),
     ];
-    let mut env: Vec<(String, String)> = fields
+    fields
         .into_iter()
-        .filter_map(|(field, value)| value.map(|v| (self::env(field), v)))
-        .collect();
-    env.push((self::env("token_file"), token_file.to_string()));
-    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
-    let mut l = Loader {
-        file_source: source.to_string(),
-        env: &vars,
-        errors: Vec::new(),
-    };
-    let idp = IdpSettings {
-        timeout: Duration::from_secs(10),
-        ca_file: None,
-        allow_insecure_http,
-    };
-    let checked = build_admin(RawAdmin::default(), &mut l, &idp, None);
-    if !l.errors.is_empty() {
-        // The values came from the section, not from env vars: name the section.
-        let errors = l
-            .errors
-            .into_iter()
-            .map(|e| super::ConfigError {
-                source: source.to_string(),
-                ..e
-            })
-            .collect();
-        return Err(super::ConfigErrors(errors));
-    }
-    let Some(admin) = checked else {
-        return Err(fail("admin.endpoint", "is missing".into()));
-    };
-    if admin.mode == AdminMode::ClientSecret {
-        env.retain(|(k, _)| *k != self::env("token_file"));
-    }
-    Ok(CheckedAdmin {
-        mode: admin.mode,
-        env,
-        client_secret: admin.client_secret,
-    })
+        .filter_map(|(field, value)| value.map(|v| (env(field), v)))
+        .collect()
 }
 
 #[cfg(test)]

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{parse_duration, Loader};
+use super::loader::{parse_duration, ConfigErrors, Loader};
 
 use crate::env::{
     ENV_LIMITS_H2_KEEPALIVE_INTERVAL, ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
@@ -150,77 +150,38 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
     let n = |v: Option<u64>| v.map(|n| n.to_string());
     let headers = count(MIN_HEADER_BYTES as u64, MAX_HEADER_BYTES as u64);
     let connections = count(1, 65_536);
-    let socket_max_connections = l.parsed(
+    let mut per_listener = |field: &str, var, file, default: usize, parse: &dyn Fn(&str) -> _| {
+        l.parsed(field, Some(var), n(file), default as u64, parse)
+    };
+    let socket_max_connections = per_listener(
         "limits.socket_max_connections",
-        Some(ENV_LIMITS_SOCKET_MAX_CONNECTIONS),
-        n(raw.socket_max_connections),
-        d.socket.max_connections as u64,
+        ENV_LIMITS_SOCKET_MAX_CONNECTIONS,
+        raw.socket_max_connections,
+        d.socket.max_connections,
         &connections,
     );
-    let socket_max_header_bytes = l.parsed(
+    let socket_max_header_bytes = per_listener(
         "limits.socket_max_header_bytes",
-        Some(ENV_LIMITS_SOCKET_MAX_HEADER_BYTES),
-        n(raw.socket_max_header_bytes),
-        d.socket.max_header_bytes as u64,
+        ENV_LIMITS_SOCKET_MAX_HEADER_BYTES,
+        raw.socket_max_header_bytes,
+        d.socket.max_header_bytes,
         &headers,
     );
-    let health_max_connections = l.parsed(
+    let health_max_connections = per_listener(
         "limits.health_max_connections",
-        Some(ENV_LIMITS_HEALTH_MAX_CONNECTIONS),
-        n(raw.health_max_connections),
-        d.health.max_connections as u64,
+        ENV_LIMITS_HEALTH_MAX_CONNECTIONS,
+        raw.health_max_connections,
+        d.health.max_connections,
         &connections,
     );
-    let health_max_header_bytes = l.parsed(
+    let health_max_header_bytes = per_listener(
         "limits.health_max_header_bytes",
-        Some(ENV_LIMITS_HEALTH_MAX_HEADER_BYTES),
-        n(raw.health_max_header_bytes),
-        d.health.max_header_bytes as u64,
+        ENV_LIMITS_HEALTH_MAX_HEADER_BYTES,
+        raw.health_max_header_bytes,
+        d.health.max_header_bytes,
         &headers,
     );
-    let max_headers = l.parsed(
-        "limits.max_headers",
-        Some(ENV_LIMITS_MAX_HEADERS),
-        n(raw.max_headers),
-        d.socket.max_headers as u64,
-        count(1, 1024),
-    );
-    let request_head_timeout = l.parsed(
-        "limits.request_head_timeout",
-        Some(ENV_LIMITS_REQUEST_HEAD_TIMEOUT),
-        raw.request_head_timeout,
-        d.socket.request_head_timeout,
-        positive_duration,
-    );
-    let h2_keepalive_interval = l.parsed(
-        "limits.h2_keepalive_interval",
-        Some(ENV_LIMITS_H2_KEEPALIVE_INTERVAL),
-        raw.h2_keepalive_interval,
-        d.socket.h2_keepalive_interval,
-        positive_duration,
-    );
-    let h2_keepalive_timeout = l.parsed(
-        "limits.h2_keepalive_timeout",
-        Some(ENV_LIMITS_H2_KEEPALIVE_TIMEOUT),
-        raw.h2_keepalive_timeout,
-        d.socket.h2_keepalive_timeout,
-        positive_duration,
-    );
-    let h2_max_concurrent_streams = l.parsed(
-        "limits.h2_max_concurrent_streams",
-        Some(ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS),
-        n(raw.h2_max_concurrent_streams),
-        u64::from(d.socket.h2_max_concurrent_streams),
-        count(1, 10_000),
-    );
-    let h2_window = l.parsed(
-        "limits.h2_window",
-        Some(ENV_LIMITS_H2_WINDOW),
-        n(raw.h2_window),
-        u64::from(d.socket.h2_window),
-        // HTTP/2's own floor (RFC 9113 §6.9.2) and ceiling.
-        count(65_535, (1 << 31) - 1),
-    );
+    let shared = shared_limits(&raw, l, &d.socket);
     let max_inflight_calls = l.parsed(
         "limits.max_inflight_calls",
         Some(ENV_LIMITS_MAX_INFLIGHT_CALLS),
@@ -229,20 +190,73 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
         count(1, 65_536),
     );
     // Every value is within its checked range, so these conversions are exact.
-    let shared = |max_connections: u64, max_header_bytes: u64| ServeLimits {
+    let listener = |max_connections: u64, max_header_bytes: u64| ServeLimits {
         max_connections: max_connections as usize,
         max_header_bytes: max_header_bytes as usize,
+        ..shared
+    };
+    Limits {
+        socket: listener(socket_max_connections, socket_max_header_bytes),
+        health: listener(health_max_connections, health_max_header_bytes),
+        max_inflight_calls: max_inflight_calls as usize,
+    }
+}
+
+/// The settings both listeners share, over `d`'s per-listener values (which the caller sets).
+fn shared_limits(raw: &RawLimits, l: &mut Loader<'_>, d: &ServeLimits) -> ServeLimits {
+    let n = |v: Option<u64>| v.map(|n| n.to_string());
+    let max_headers = l.parsed(
+        "limits.max_headers",
+        Some(ENV_LIMITS_MAX_HEADERS),
+        n(raw.max_headers),
+        d.max_headers as u64,
+        count(1, 1024),
+    );
+    let mut duration = |field: &str, var, file: &Option<String>, default| {
+        l.parsed(field, Some(var), file.clone(), default, positive_duration)
+    };
+    let request_head_timeout = duration(
+        "limits.request_head_timeout",
+        ENV_LIMITS_REQUEST_HEAD_TIMEOUT,
+        &raw.request_head_timeout,
+        d.request_head_timeout,
+    );
+    let h2_keepalive_interval = duration(
+        "limits.h2_keepalive_interval",
+        ENV_LIMITS_H2_KEEPALIVE_INTERVAL,
+        &raw.h2_keepalive_interval,
+        d.h2_keepalive_interval,
+    );
+    let h2_keepalive_timeout = duration(
+        "limits.h2_keepalive_timeout",
+        ENV_LIMITS_H2_KEEPALIVE_TIMEOUT,
+        &raw.h2_keepalive_timeout,
+        d.h2_keepalive_timeout,
+    );
+    let h2_max_concurrent_streams = l.parsed(
+        "limits.h2_max_concurrent_streams",
+        Some(ENV_LIMITS_H2_MAX_CONCURRENT_STREAMS),
+        n(raw.h2_max_concurrent_streams),
+        u64::from(d.h2_max_concurrent_streams),
+        count(1, 10_000),
+    );
+    let h2_window = l.parsed(
+        "limits.h2_window",
+        Some(ENV_LIMITS_H2_WINDOW),
+        n(raw.h2_window),
+        u64::from(d.h2_window),
+        // HTTP/2's own floor (RFC 9113 §6.9.2) and ceiling.
+        count(65_535, (1 << 31) - 1),
+    );
+    // Every value is within its checked range, so these conversions are exact.
+    ServeLimits {
         max_headers: max_headers as usize,
         request_head_timeout,
         h2_keepalive_interval,
         h2_keepalive_timeout,
         h2_max_concurrent_streams: h2_max_concurrent_streams as u32,
         h2_window: h2_window as u32,
-    };
-    Limits {
-        socket: shared(socket_max_connections, socket_max_header_bytes),
-        health: shared(health_max_connections, health_max_header_bytes),
-        max_inflight_calls: max_inflight_calls as usize,
+        ..*d
     }
 }
 
@@ -252,14 +266,8 @@ pub(super) fn build_limits(raw: RawLimits, l: &mut Loader<'_>) -> Limits {
 pub fn limits_section_env(
     section: serde_json::Value,
     source: &str,
-) -> Result<Vec<(String, String)>, super::ConfigErrors> {
-    let fail = |field: String, problem: String| {
-        super::ConfigErrors(vec![super::ConfigError {
-            source: source.to_string(),
-            field,
-            problem,
-        }])
-    };
+) -> Result<Vec<(String, String)>, ConfigErrors> {
+    let fail = |field: String, problem: String| ConfigErrors::one(source, &field, problem);
     let section = match section {
         serde_json::Value::Null => return Ok(Vec::new()),
         serde_json::Value::Object(map) => map,
@@ -288,17 +296,9 @@ pub fn limits_section_env(
         .collect();
     // Values, by the agent's own rules, read from exactly the env it will be given.
     let map: std::collections::HashMap<String, String> = env.iter().cloned().collect();
-    let mut l = Loader {
-        file_source: source.to_string(),
-        env: &map,
-        errors: Vec::new(),
-    };
+    let mut l = Loader::new(source, &map);
     build_limits(RawLimits::default(), &mut l);
-    if l.errors.is_empty() {
-        Ok(env)
-    } else {
-        Err(super::ConfigErrors(l.errors))
-    }
+    l.finish(env)
 }
 
 #[cfg(test)]

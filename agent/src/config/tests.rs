@@ -3,6 +3,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use super::*;
+use url::Url;
 
 struct Fixture {
     dir: tempfile::TempDir,

@@ -33,11 +33,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
 
 use crate::idp::IdpError;
+use crate::lock::lock;
 use crate::metrics::{Metrics, NameMetrics};
 use crate::refresh::RefreshPolicy;
 use crate::sink::Sink;
 use crate::token::Token;
-use crate::util::lock;
 
 /// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
 pub const ADMIN: &str = ".admin";

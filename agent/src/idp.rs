@@ -36,12 +36,13 @@ use tokio::sync::OnceCell;
 use url::Url;
 
 use crate::assertion::{AssertionError, AssertionKey};
+use crate::chain::causes;
 use crate::hosts::local_host;
+use crate::lock::lock;
 pub use crate::refresh::Lifetimes;
 use crate::request::{check_idp_url, ClientAuth, Endpoint, IdpSettings, TokenRequest};
 use crate::tls::{load_ca_bundle, CaBundleError};
 use crate::token::{jwt_exp, SecretString, Token};
-use crate::util::{causes, lock};
 
 /// Largest IdP response read; discovery documents and token responses are a few kB.
 const MAX_BODY: usize = 1 << 20;

@@ -14,6 +14,7 @@ pub mod admin;
 pub mod api;
 pub mod assertion;
 pub mod cache;
+pub mod chain;
 pub mod client;
 pub mod config;
 pub mod dev;
@@ -22,6 +23,7 @@ pub mod health;
 pub mod hosts;
 pub mod http;
 pub mod idp;
+pub mod lock;
 pub mod metrics;
 pub mod mint;
 pub mod proxy;
@@ -33,11 +35,6 @@ pub mod sink;
 pub mod tls;
 pub mod token;
 pub mod upstream;
-pub mod util;
-
-/// The connection loop's path before it was split from the token API ([`api`]); kept while the
-/// injector, refactored elsewhere, still imports it from here. New code uses [`http`].
-pub use crate::http as server;
 
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};

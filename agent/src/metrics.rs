@@ -14,7 +14,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::util::lock;
+use crate::lock::lock;
 
 type NameLabel = [(&'static str, String); 1];
 type OutcomeLabels = [(&'static str, String); 2];

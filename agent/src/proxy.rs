@@ -47,6 +47,7 @@ use tracing::Instrument as _;
 use crate::admin::AdminAuth;
 use crate::cache::TokenCache;
 use crate::config::AdminPolicy;
+use crate::lock::lock;
 use crate::metrics::{code_label, MethodLabels, Metrics, DENIED};
 use crate::scope::{Named, Policy, Reason, Refusal, Scope};
 use crate::token::Token;
@@ -386,12 +387,24 @@ impl Proxy {
         if header_status(response.headers()) != Some(code::UNAUTHENTICATED) {
             return pass(call, response);
         }
-
-        // Admin refused the credential: renew it (one IdP call however many calls saw the
-        // refusal) and retry once if the request body was small enough to keep.
         let refusal = grpc_message(response.headers());
+        self.retry(call, parts, header, &token, kept, &refusal)
+            .await
+    }
+
+    /// Admin refused the credential: renews it (one IdP call however many calls saw the
+    /// refusal) and sends the call once more, if what was kept of its body allows.
+    async fn retry(
+        &self,
+        call: Call,
+        parts: http::request::Parts,
+        header: &CredentialHeader,
+        token: &Arc<Token>,
+        kept: Kept,
+        refusal: &str,
+    ) -> Response<ProxyBody> {
         tracing::info!(reason = %refusal, "FlyteAdmin refused the credential; renewing it");
-        let renewed = self.cache.renew_admin(&token).await;
+        let renewed = self.cache.renew_admin(token).await;
         let replay = match kept {
             Kept::Message(message) => Some(message),
             Kept::Capture(capture) => lock(&capture).replay(),
@@ -402,7 +415,8 @@ impl Proxy {
                 return denied(call, &format!("FlyteAdmin refused the executor credential ({refusal}) and no new one could be had: {e}"));
             }
             (Ok(_), None) => {
-                return denied(call, &format!("FlyteAdmin refused the executor credential ({refusal}); a new one is ready, but this call's request was too large to replay (admin.retry_buffer is {} bytes); retry the call", config.retry_buffer));
+                let limit = self.auth.config().retry_buffer;
+                return denied(call, &format!("FlyteAdmin refused the executor credential ({refusal}); a new one is ready, but this call's request was too large to replay (admin.retry_buffer is {limit} bytes); retry the call"));
             }
         };
         let second = Request::from_parts(
@@ -622,10 +636,6 @@ fn canonical_path(uri: &http::Uri) -> Option<String> {
     let mut names = service.split('.');
     let dotted = service.contains('.') && names.all(ident);
     (dotted && ident(method)).then(|| path.to_string())
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn with_credential(

@@ -25,10 +25,11 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::time::Instant;
 
+use crate::chain::chain;
 use crate::config::{AdminAddress, AdminConfig};
+use crate::lock::lock;
 use crate::refresh::Backoff;
 use crate::tls::{load_ca_bundle, CaBundleError};
-use crate::util::{chain, lock};
 
 /// Any error a body can carry.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

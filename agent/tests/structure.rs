@@ -19,7 +19,7 @@ use syn::spanned::Spanned as _;
 use syn::visit::Visit;
 
 /// The source directories checked, relative to the workspace root, each a crate's `src`.
-const SOURCE_DIRS: &[&str] = &["agent/src"];
+const SOURCE_DIRS: &[&str] = &["agent/src", "injector/src", "proto/src"];
 
 /// The longest function allowed, in lines from its signature to its closing brace.
 const MAX_FN_LINES: usize = 80;

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use flyte_auth_agent::server::{serve, Handler, Protocols, ServeLimits};
+use flyte_auth_agent::http::{serve, Handler, Protocols, ServeLimits};
 use http::{header, HeaderMap, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

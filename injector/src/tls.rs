@@ -295,11 +295,11 @@ impl TlsListener {
     }
 }
 
-impl flyte_auth_agent::server::Accept for TlsListener {
+impl flyte_auth_agent::http::Accept for TlsListener {
     type Io = TlsConn;
 
     async fn accept(&self) -> io::Result<TlsConn> {
-        let tcp = flyte_auth_agent::server::Accept::accept(&self.tcp).await?;
+        let tcp = flyte_auth_agent::http::Accept::accept(&self.tcp).await?;
         // Only sets up state: the handshake's I/O happens when the connection is first polled,
         // in its task.
         Ok(TlsConn {

@@ -75,9 +75,7 @@ impl TokenApi {
     ) -> Response<Full<Bytes>> {
         let mut response = match token {
             Ok(token) if plain => {
-                let mut r = Response::new(Full::new(Bytes::copy_from_slice(
-                    token.access_token.expose().as_bytes(),
-                )));
+                let mut r = Response::new(Full::new(token.access_token.expose_bytes()));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,
                     header::HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -86,12 +84,12 @@ impl TokenApi {
             }
             Ok(token) => json_response(
                 StatusCode::OK,
-                &json!({
-                    "name": name,
-                    "access_token": token.access_token.expose(),
-                    "token_type": token.token_type,
-                    "expires_at": rfc3339(token.expires_at),
-                }),
+                &TokenBody {
+                    access_token: token.access_token.expose(),
+                    expires_at: rfc3339(token.expires_at),
+                    name,
+                    token_type: &token.token_type,
+                },
             ),
             Err(e @ GetError::Unknown(_)) => {
                 let known = self.cache.names().join(", ");
@@ -131,6 +129,16 @@ impl TokenApi {
             .collect();
         json_response(StatusCode::OK, &json!({ "tokens": tokens }))
     }
+}
+
+/// A token as `GET /v1/tokens/<name>` answers it in JSON, borrowed from the cached token (keys
+/// in the order `json!` wrote them).
+#[derive(serde::Serialize)]
+struct TokenBody<'a> {
+    access_token: &'a str,
+    expires_at: String,
+    name: &'a str,
+    token_type: &'a str,
 }
 
 fn wants_plain_text(req: &Request<Incoming>) -> bool {

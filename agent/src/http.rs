@@ -206,8 +206,13 @@ fn connection_builder(
 }
 
 /// A JSON response.
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Full<Bytes>> {
-    let mut response = Response::new(Full::new(Bytes::from(body.to_string())));
+pub fn json_response<T: serde::Serialize + ?Sized>(
+    status: StatusCode,
+    body: &T,
+) -> Response<Full<Bytes>> {
+    // Serializing a value or a struct of strings cannot fail.
+    let body = serde_json::to_vec(body).unwrap_or_default();
+    let mut response = Response::new(Full::new(Bytes::from(body)));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -6,22 +6,31 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
+use bytes::Bytes;
 
 /// A secret or token value. It has no `Display`, and its `Debug` prints `[redacted]`, so it
 /// cannot reach a log line or an error message by accident; [`SecretString::expose`] is the one
 /// door out, and every caller of it is a place that must send the value somewhere on purpose.
+///
+/// The value is held as [`Bytes`], so a response body can share it instead of copying it.
 #[derive(Clone, PartialEq, Eq)]
-pub struct SecretString(Box<str>);
+pub struct SecretString(Bytes);
 
 impl SecretString {
     /// Wraps a value.
-    pub fn new(value: impl Into<Box<str>>) -> Self {
-        Self(value.into())
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(Bytes::from(value.into().into_bytes()))
     }
 
     /// The value itself, for the few places that must send it.
     pub fn expose(&self) -> &str {
-        &self.0
+        // Made from a String, so always UTF-8.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The value as shared bytes, for a response body (no copy).
+    pub fn expose_bytes(&self) -> Bytes {
+        self.0.clone()
     }
 }
 

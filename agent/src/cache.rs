@@ -193,6 +193,16 @@ struct Slot {
     file: bool,
     metrics: NameMetrics,
     backoff: Mutex<Backoff>,
+    /// Draws for the refresh point and back-off jitter: one sequence per name, so a name's
+    /// timing does not depend on how other names' calls interleave with it.
+    jitter: Mutex<StdRng>,
+}
+
+impl Slot {
+    /// One draw, uniform in [0, 1).
+    fn draw(&self) -> f64 {
+        lock(&self.jitter).random()
+    }
 }
 
 /// What a fetch is for, which decides whether the cached entry is good enough. Every kind
@@ -229,8 +239,6 @@ pub struct TokenCache {
     sink: Arc<Sink>,
     metrics: Arc<Metrics>,
     policy: RefreshPolicy,
-    /// Draws for the refresh point and back-off jitter.
-    jitter: Mutex<StdRng>,
 }
 
 impl TokenCache {
@@ -261,6 +269,7 @@ impl TokenCache {
                     minter,
                     file,
                     backoff: Mutex::default(),
+                    jitter: Mutex::new(StdRng::from_rng(&mut rand::rng())),
                 };
                 (name, slot)
             })
@@ -272,20 +281,20 @@ impl TokenCache {
             sink,
             metrics,
             policy,
-            jitter: Mutex::new(StdRng::from_rng(&mut rand::rng())),
         }
     }
 
-    /// The same cache with its jitter drawn from `seed`: the same calls at the same times give
-    /// the same refresh points and back-offs, so a simulated run can be repeated.
+    /// The same cache with its jitter drawn from `seed` (and each name): the same calls at the
+    /// same times give the same refresh points and back-offs, so a simulated run can be repeated.
     pub fn with_jitter_seed(mut self, seed: u64) -> Self {
-        self.jitter = Mutex::new(StdRng::seed_from_u64(seed));
+        for (name, slot) in &mut self.slots {
+            // FNV-1a: a stable mix of the name into the seed.
+            let mixed = name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            slot.jitter = Mutex::new(StdRng::seed_from_u64(mixed));
+        }
         self
-    }
-
-    /// One draw, uniform in [0, 1).
-    fn draw(&self) -> f64 {
-        lock(&self.jitter).random()
     }
 
     /// The configured names, in configuration order.
@@ -463,7 +472,7 @@ impl TokenCache {
             );
             self.record(slot, &result);
             result.map(|token| Entry {
-                schedule: self.policy.schedule(started, token.lifetime(), self.draw()),
+                schedule: self.policy.schedule(started, token.lifetime(), slot.draw()),
                 token: Arc::new(token),
             })
         }
@@ -486,7 +495,7 @@ impl TokenCache {
             Err(e) => {
                 let delay = self
                     .policy
-                    .backoff(backoff.failures, self.draw(), e.retry_after());
+                    .backoff(backoff.failures, slot.draw(), e.retry_after());
                 backoff.failures = backoff.failures.saturating_add(1);
                 backoff.not_before = Some(later(Instant::now(), delay));
                 backoff.last_error = Some(e.clone());

@@ -12,7 +12,14 @@
 //! of queueing up behind fresh IdP calls, and the refresher sleeps until it ends.
 //!
 //! When to refresh is [`RefreshPolicy`], a pure function of the token's lifetime and a random
-//! draw, so a fleet of pods that started together spreads its refreshes out.
+//! draw, so a fleet of pods that started together spreads its refreshes out. Each token gets its
+//! [`Schedule`] when it is minted, and whether it may be served is [`Schedule::freshness`].
+//!
+//! Every timing decision here (freshness, the refresh point, back-off, expiry) reads tokio's clock
+//! ([`tokio::time::Instant`], [`tokio::time::sleep_until`]), never the wall clock, so a test that
+//! pauses it (`tokio::time::pause`) drives a day of refreshes in moments. A token's wall-clock
+//! `issued_at`/`expires_at` are only reported (the API's `expires_at`), and `issued_at` names a
+//! token that a peer refused.
 //!
 //! What a name's token comes from is a [`Minter`] (see [`crate::mint`]): the cache only calls it,
 //! and never learns how a grant is made. A configured token request's token also goes to its
@@ -28,6 +35,8 @@ use moka::ops::compute::{CompResult, Op};
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric as _};
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::MetricType;
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument as _;
@@ -35,16 +44,12 @@ use tracing::Instrument as _;
 use crate::idp::IdpError;
 use crate::lock::lock;
 use crate::metrics::{Metrics, NameMetrics};
-use crate::refresh::RefreshPolicy;
+use crate::refresh::{later, Freshness, RefreshPolicy, Schedule};
 use crate::sink::Sink;
 use crate::token::Token;
 
 /// The cache name of the FlyteAdmin credential; token request names cannot start with '.'.
 pub const ADMIN: &str = ".admin";
-
-/// A wait that stands for "not in this process's lifetime" when a longer one cannot be added to
-/// the clock (thirty years, as tokio's own far future).
-const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
 
 /// Mints tokens for one name: reads whatever credential it needs and asks the IdP.
 pub trait Minter: Send + Sync {
@@ -52,8 +57,15 @@ pub trait Minter: Send + Sync {
     fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>>;
 }
 
+/// A cached token and its times on the cache's clock.
+#[derive(Debug, Clone)]
+struct Entry {
+    token: Arc<Token>,
+    schedule: Schedule,
+}
+
 /// The cached tokens by name.
-type Entries = moka::future::Cache<String, Arc<Token>>;
+type Entries = moka::future::Cache<String, Entry>;
 
 /// Reads each cached token's seconds to expiry at scrape time.
 struct ExpiryCollector(Entries);
@@ -66,7 +78,7 @@ impl std::fmt::Debug for ExpiryCollector {
 
 impl prometheus_client::collector::Collector for ExpiryCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
-        let now = SystemTime::now();
+        let now = Instant::now();
         let mut family = encoder.encode_descriptor(
             "token_seconds_to_expiry",
             "Seconds until the cached token expires (negative once expired)",
@@ -76,7 +88,7 @@ impl prometheus_client::collector::Collector for ExpiryCollector {
         let mut rows: Vec<_> = self
             .0
             .iter()
-            .map(|(name, token)| (name, token.seconds_to_expiry(now)))
+            .map(|(name, entry)| (name, entry.schedule.seconds_to_expiry(now)))
             .collect();
         rows.sort_by(|a, b| a.0.cmp(&b.0));
         for (name, seconds) in rows {
@@ -181,19 +193,42 @@ struct Slot {
     file: bool,
     metrics: NameMetrics,
     backoff: Mutex<Backoff>,
+    /// Draws for the refresh point and back-off jitter: one sequence per name, so a name's
+    /// timing does not depend on how other names' calls interleave with it.
+    jitter: Mutex<StdRng>,
 }
 
-/// What a fetch is for, which decides whether the cached entry is good enough.
+impl Slot {
+    /// One draw, uniform in [0, 1).
+    fn draw(&self) -> f64 {
+        lock(&self.jitter).random()
+    }
+}
+
+/// What a fetch is for, which decides whether the cached entry is good enough. Every kind
+/// respects the back-off.
 #[derive(Clone, Copy)]
 enum Want {
-    /// A reader: any fresh token will do; respect the back-off.
-    Fresh,
-    /// The refresher: replace the token it scheduled from (`seen`), unless someone already did;
-    /// respect the back-off.
-    Replace { seen: Option<SystemTime> },
-    /// A peer refused the token issued at `seen`: replace it unless someone already did, but
-    /// respect the back-off, so a peer that refuses every token cannot make us hammer the IdP.
+    /// A reader (or `--once`): any token that may still be served will do.
+    Usable,
+    /// The refresher: replace a token that is due for refresh; one that is not (someone already
+    /// replaced it) is kept.
+    Refresh,
+    /// A peer refused the token issued at `seen`: replace it unless someone already did, so a
+    /// peer that refuses every token cannot make us hammer the IdP.
     Renew { seen: SystemTime },
+}
+
+impl Want {
+    /// Whether `entry` will do at `now`, so no IdP call is needed.
+    fn keeps(self, entry: &Entry, now: Instant) -> bool {
+        match (entry.schedule.freshness(now), self) {
+            (Freshness::Expired, _) => false,
+            (_, Want::Usable) => true,
+            (freshness, Want::Refresh) => freshness == Freshness::Fresh,
+            (_, Want::Renew { seen }) => entry.token.issued_at != seen,
+        }
+    }
 }
 
 /// Tokens by name, with the machinery to mint and refresh them.
@@ -234,6 +269,7 @@ impl TokenCache {
                     minter,
                     file,
                     backoff: Mutex::default(),
+                    jitter: Mutex::new(StdRng::from_rng(&mut rand::rng())),
                 };
                 (name, slot)
             })
@@ -246,6 +282,19 @@ impl TokenCache {
             metrics,
             policy,
         }
+    }
+
+    /// The same cache with its jitter drawn from `seed` (and each name): the same calls at the
+    /// same times give the same refresh points and back-offs, so a simulated run can be repeated.
+    pub fn with_jitter_seed(mut self, seed: u64) -> Self {
+        for (name, slot) in &mut self.slots {
+            // FNV-1a: a stable mix of the name into the seed.
+            let mixed = name.bytes().fold(seed ^ 0xcbf2_9ce4_8422_2325, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+            slot.jitter = Mutex::new(StdRng::seed_from_u64(mixed));
+        }
+        self
     }
 
     /// The configured names, in configuration order.
@@ -272,6 +321,7 @@ impl TokenCache {
         };
         self.fetch(slot, want)
             .await
+            .map(|entry| entry.token)
             .map_err(|reason| GetError::Unavailable {
                 name: ADMIN.to_string(),
                 reason,
@@ -295,15 +345,16 @@ impl TokenCache {
 
     async fn get_any(&self, name: &str) -> Result<Arc<Token>, GetError> {
         let slot = self.slot(name)?;
-        if let Some(token) = self.entries.get(name).await {
-            if token.is_fresh(SystemTime::now()) {
+        if let Some(entry) = self.entries.get(name).await {
+            if entry.schedule.usable(Instant::now()) {
                 slot.metrics.hits.inc();
-                return Ok(token);
+                return Ok(entry.token);
             }
         }
         slot.metrics.misses.inc();
-        self.fetch(slot, Want::Fresh)
+        self.fetch(slot, Want::Usable)
             .await
+            .map(|entry| entry.token)
             .map_err(|reason| GetError::Unavailable {
                 name: name.to_string(),
                 reason,
@@ -312,16 +363,16 @@ impl TokenCache {
 
     /// Every name's state, in configuration order.
     pub async fn status(&self) -> Vec<Status> {
-        let now = SystemTime::now();
+        let now = Instant::now();
         let mut out = Vec::with_capacity(self.order.len());
         for name in &self.order {
-            let token = self.entries.get(name).await;
+            let entry = self.entries.get(name).await;
             let last_error = self
                 .slots
                 .get(name)
                 .and_then(|s| lock(&s.backoff).last_error.as_ref().map(|e| e.to_string()));
-            let state = match (&token, &last_error) {
-                (Some(t), _) if t.is_fresh(now) => State::Valid,
+            let state = match (&entry, &last_error) {
+                (Some(e), _) if e.schedule.usable(now) => State::Valid,
                 (Some(_), _) => State::Expired,
                 (None, None) => State::Pending,
                 (None, Some(_)) => State::Failing,
@@ -329,7 +380,7 @@ impl TokenCache {
             out.push(Status {
                 name: name.clone(),
                 state,
-                expires_at: token.map(|t| t.expires_at),
+                expires_at: entry.map(|e| e.token.expires_at),
                 last_error,
             });
         }
@@ -352,7 +403,7 @@ impl TokenCache {
         }
     }
 
-    async fn fetch(&self, slot: &Slot, want: Want) -> Result<Arc<Token>, MintError> {
+    async fn fetch(&self, slot: &Slot, want: Want) -> Result<Entry, MintError> {
         let result = self
             .entries
             .entry_by_ref(slot.name.as_str())
@@ -380,19 +431,11 @@ impl TokenCache {
         &'a self,
         slot: &'a Slot,
         want: Want,
-        current: Option<Arc<Token>>,
-    ) -> BoxFuture<'a, Result<Op<Arc<Token>>, MintError>> {
+        current: Option<Entry>,
+    ) -> BoxFuture<'a, Result<Op<Entry>, MintError>> {
         Box::pin(async move {
-            let now = SystemTime::now();
-            let usable = current.as_ref().is_some_and(|t| {
-                t.is_fresh(now)
-                    && match want {
-                        Want::Fresh => true,
-                        Want::Replace { seen } => Some(t.issued_at) != seen,
-                        Want::Renew { seen } => t.issued_at != seen,
-                    }
-            });
-            if usable {
+            let now = Instant::now();
+            if current.is_some_and(|entry| want.keeps(&entry, now)) {
                 return Ok(Op::Nop);
             }
             // Every kind of fetch respects the back-off, the refresher's too: a reader may have
@@ -401,51 +444,64 @@ impl TokenCache {
             {
                 let b = lock(&slot.backoff);
                 if let (Some(until), Some(err)) = (b.not_before, &b.last_error) {
-                    if Instant::now() < until {
+                    if now < until {
                         return Err(err.clone());
                     }
                 }
             }
-            self.mint(slot).await.map(|token| Op::Put(Arc::new(token)))
+            self.mint(slot).await.map(Op::Put)
         })
     }
 
     /// One IdP round trip plus the file write, as one traced operation that also records the
-    /// outcome: metrics, and the name's back-off state.
-    async fn mint(&self, slot: &Slot) -> Result<Token, MintError> {
+    /// outcome: metrics, and the name's back-off state. The token's [`Schedule`] starts when the
+    /// call does, no later than the IdP's own clock starts its lifetime.
+    async fn mint(&self, slot: &Slot) -> Result<Entry, MintError> {
         // The field is `token_name`, not `name`: in JSON logs a span's own name sits under the key
         // `name`, and a field of that name would collide with it.
         let span = tracing::info_span!("token_request", token_name = %slot.name);
         async {
-            let started = std::time::Instant::now();
+            let started = Instant::now();
             let result = self.mint_inner(slot).await;
-            slot.metrics.idp_latency.observe(started.elapsed().as_secs_f64());
-            self.metrics.token_request(&slot.name, result.as_ref().map_or_else(|e| e.kind(), |_| "ok"));
-            let mut backoff = lock(&slot.backoff);
-            match &result {
-                Ok(token) => {
-                    *backoff = Backoff::default();
-                    tracing::info!(
-                        token_type = %token.token_type,
-                        expires_in = %humantime::format_duration(Duration::from_secs(token.lifetime().as_secs())),
-                        "token minted"
-                    );
-                }
-                Err(e) => {
-                    let delay = self.policy.backoff(backoff.failures, rand::random(), e.retry_after());
-                    backoff.failures = backoff.failures.saturating_add(1);
-                    // Checked: a configured max_backoff of centuries must not overflow the clock.
-                    let now = Instant::now();
-                    backoff.not_before = Some(now.checked_add(delay).unwrap_or(now + FAR_FUTURE));
-                    backoff.last_error = Some(e.clone());
-                    tracing::warn!(error = %e, retry_in = %format!("{:.3}s", delay.as_secs_f64()), "token request failed");
-                }
-            }
-            drop(backoff);
-            result
+            slot.metrics
+                .idp_latency
+                .observe(started.elapsed().as_secs_f64());
+            self.metrics.token_request(
+                &slot.name,
+                result.as_ref().map_or_else(|e| e.kind(), |_| "ok"),
+            );
+            self.record(slot, &result);
+            result.map(|token| Entry {
+                schedule: self.policy.schedule(started, token.lifetime(), slot.draw()),
+                token: Arc::new(token),
+            })
         }
         .instrument(span)
         .await
+    }
+
+    /// Resets the name's back-off after a success, or extends it after a failure; logs either.
+    fn record(&self, slot: &Slot, result: &Result<Token, MintError>) {
+        let mut backoff = lock(&slot.backoff);
+        match result {
+            Ok(token) => {
+                *backoff = Backoff::default();
+                tracing::info!(
+                    token_type = %token.token_type,
+                    expires_in = %humantime::format_duration(Duration::from_secs(token.lifetime().as_secs())),
+                    "token minted"
+                );
+            }
+            Err(e) => {
+                let delay = self
+                    .policy
+                    .backoff(backoff.failures, slot.draw(), e.retry_after());
+                backoff.failures = backoff.failures.saturating_add(1);
+                backoff.not_before = Some(later(Instant::now(), delay));
+                backoff.last_error = Some(e.clone());
+                tracing::warn!(error = %e, retry_in = %format!("{:.3}s", delay.as_secs_f64()), "token request failed");
+            }
+        }
     }
 
     async fn mint_inner(&self, slot: &Slot) -> Result<Token, MintError> {
@@ -462,39 +518,27 @@ impl TokenCache {
         Ok(token)
     }
 
-    /// Keeps `name` fresh until `shutdown`: fetches now, then refreshes ahead of each expiry and
-    /// retries failures after their back-off.
+    /// Keeps `name` fresh until `shutdown`: fetches now, then again at each token's refresh point,
+    /// and retries failures when their back-off ends.
     pub async fn refresh(self: Arc<Self>, name: String, shutdown: CancellationToken) {
         let Some(slot) = self.slots.get(&name) else {
             return;
         };
-        let mut seen = None;
         loop {
             // Shutdown must not wait for a slow IdP; an abandoned computation leaves the entry as
             // it was, and a file write already under way still completes atomically.
             let fetched = tokio::select! {
-                r = self.fetch(slot, Want::Replace { seen }) => r,
+                r = self.fetch(slot, Want::Refresh) => r,
                 _ = shutdown.cancelled() => return,
             };
-            let delay = match fetched {
-                Ok(token) => {
-                    seen = Some(token.issued_at);
-                    let age = SystemTime::now()
-                        .duration_since(token.issued_at)
-                        .unwrap_or_default();
-                    self.policy
-                        .refresh_after(token.lifetime(), rand::random())
-                        .saturating_sub(age)
-                }
-                Err(_) => {
-                    let until = lock(&slot.backoff).not_before;
-                    until.map_or(self.policy.min_backoff, |u| {
-                        u.saturating_duration_since(Instant::now())
-                    })
-                }
+            let wake = match fetched {
+                Ok(entry) => entry.schedule.refresh_at,
+                Err(_) => lock(&slot.backoff)
+                    .not_before
+                    .unwrap_or_else(|| later(Instant::now(), self.policy.min_backoff)),
             };
             tokio::select! {
-                _ = tokio::time::sleep(delay) => {}
+                _ = tokio::time::sleep_until(wake) => {}
                 _ = shutdown.cancelled() => return,
             }
         }
@@ -506,8 +550,8 @@ impl TokenCache {
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
         let slot = self.slot(name)?;
         loop {
-            match self.fetch(slot, Want::Replace { seen: None }).await {
-                Ok(token) => return Ok(token),
+            match self.fetch(slot, Want::Usable).await {
+                Ok(entry) => return Ok(entry.token),
                 Err(reason) => {
                     let retry_at = lock(&slot.backoff).not_before.unwrap_or_else(Instant::now);
                     if reason.is_permanent() || retry_at >= deadline {
@@ -524,94 +568,4 @@ impl TokenCache {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::sync::atomic::{AtomicUsize, Ordering};
-
-    /// A minter that always gives the same answer and counts the calls.
-    struct Scripted {
-        calls: Arc<AtomicUsize>,
-        answer: fn() -> Result<Token, IdpError>,
-    }
-
-    impl Minter for Scripted {
-        fn mint(&self) -> BoxFuture<'_, Result<Token, IdpError>> {
-            self.calls.fetch_add(1, Ordering::SeqCst);
-            let answer = (self.answer)();
-            Box::pin(async move { answer })
-        }
-    }
-
-    /// A cache holding only the Admin credential, minted by `answer`; and its call counter.
-    fn scripted_cache(
-        answer: fn() -> Result<Token, IdpError>,
-    ) -> (TokenCache, Arc<AtomicUsize>, tempfile::TempDir) {
-        let dir = tempfile::tempdir().unwrap();
-        let calls = Arc::new(AtomicUsize::new(0));
-        let minter = Scripted {
-            calls: calls.clone(),
-            answer,
-        };
-        let cache = TokenCache::new(
-            Vec::new(),
-            Some(Box::new(minter)),
-            Arc::new(Sink::open(dir.path(), 0o644).unwrap()),
-            Arc::new(Metrics::new()),
-            RefreshPolicy::default(),
-        );
-        (cache, calls, dir)
-    }
-
-    fn overloaded() -> Result<Token, IdpError> {
-        Err(IdpError::Status {
-            url: "https://idp/token".into(),
-            status: 503,
-            retry_after: None,
-        })
-    }
-
-    fn wrong_secret() -> Result<Token, IdpError> {
-        Err(IdpError::Rejected {
-            url: "https://idp/token".into(),
-            status: 401,
-            error: "invalid_client".into(),
-            description: None,
-        })
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn the_refresher_respects_a_back_off_a_reader_started() {
-        let (cache, calls, _dir) = scripted_cache(overloaded);
-        assert!(cache.admin().await.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        // The refresher's fetch during that back-off gets the error, not a second IdP call.
-        let slot = cache.slot(ADMIN).unwrap();
-        let err = cache.fetch(slot, Want::Replace { seen: None }).await;
-        assert!(err.is_err());
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fetch_until_stops_at_a_permanent_refusal() {
-        let (cache, calls, _dir) = scripted_cache(wrong_secret);
-        let start = Instant::now();
-        let err = cache
-            .fetch_until(ADMIN, start + Duration::from_secs(300))
-            .await
-            .unwrap_err();
-        assert_eq!(calls.load(Ordering::SeqCst), 1);
-        assert_eq!(Instant::now(), start, "no waiting");
-        assert!(err.to_string().contains("invalid_client"), "{err}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn fetch_until_retries_transient_failures_until_the_deadline() {
-        let (cache, calls, _dir) = scripted_cache(overloaded);
-        let start = Instant::now();
-        let deadline = start + Duration::from_secs(60);
-        assert!(cache.fetch_until(ADMIN, deadline).await.is_err());
-        // Back-offs of 0.5–1, 1–2, 2–4, 4–8, 8–16, 16–32 s fit 60 s at least five times.
-        assert!(calls.load(Ordering::SeqCst) >= 5, "{calls:?}");
-        assert!(Instant::now() > start + Duration::from_secs(15));
-    }
-}
+mod tests;

@@ -1,9 +1,27 @@
-//! Timing policy as pure functions: when to refresh a token ([`RefreshPolicy`]), how long a token
-//! is believed to live ([`Lifetimes`]), and how long to wait after a failure ([`Backoff`], also
-//! used for reconnecting to FlyteAdmin). No clock and no randomness of its own: callers pass the
-//! random draw, so tests can pin it.
+//! Timing policy as pure functions: when to refresh a token ([`RefreshPolicy`], [`Schedule`]),
+//! whether a cached token may still be served ([`Freshness`]), how long a token is believed to
+//! live ([`Lifetimes`]), and how long to wait after a failure ([`Backoff`], also used for
+//! reconnecting to FlyteAdmin). No clock and no randomness of its own: callers pass `now` and the
+//! random draw, so tests can pin both.
+//!
+//! Instants are [`tokio::time::Instant`]s: the cache reads them from tokio's clock, which a test
+//! pauses and advances, so the same functions drive the real agent and a simulated day.
 
 use std::time::Duration;
+
+use tokio::time::Instant;
+
+use crate::token::expiry_margin;
+
+/// A wait that stands for "not in this process's lifetime" when a longer one cannot be added to
+/// the clock (thirty years, as tokio's own far future).
+const FAR_FUTURE: Duration = Duration::from_secs(30 * 365 * 24 * 3600);
+
+/// `at + wait`, or thirty years from `at` when the sum does not fit the clock (a configured
+/// back-off or lifetime of centuries must not overflow it).
+pub fn later(at: Instant, wait: Duration) -> Instant {
+    at.checked_add(wait).unwrap_or_else(|| at + FAR_FUTURE)
+}
 
 /// Exponential back-off: `min` doubling per failure up to `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -81,6 +99,16 @@ impl RefreshPolicy {
         lifetime.mul_f64((self.at_fraction - self.jitter * draw).max(0.0))
     }
 
+    /// The schedule of a token of `lifetime` whose request was sent at `issued`, refreshed at
+    /// [`RefreshPolicy::refresh_after`] with `draw` (one draw per token).
+    pub fn schedule(&self, issued: Instant, lifetime: Duration, draw: f64) -> Schedule {
+        Schedule {
+            issued,
+            refresh_at: later(issued, self.refresh_after(lifetime, draw)),
+            expires: later(issued, lifetime),
+        }
+    }
+
     /// Wait before the retry that follows failure number `attempt` (0 for the first failure):
     /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
     /// in [0, 1), and never shorter than the IdP's `Retry-After`.
@@ -91,6 +119,60 @@ impl RefreshPolicy {
         };
         let jittered = backoff.jittered(attempt, draw);
         retry_after.map_or(jittered, |r| r.max(jittered))
+    }
+}
+
+/// Where a cached token stands at a moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Freshness {
+    /// Before its refresh point: serve it; nothing to do.
+    Fresh,
+    /// Past its refresh point but still far enough from expiry to serve: serve it, and mint its
+    /// successor.
+    RefreshDue,
+    /// Within [`expiry_margin`] of its expiry, or past it: never served.
+    Expired,
+}
+
+/// A cached token's times on the cache's clock, fixed when it is minted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    /// The start of its lifetime: when its request was sent, which is no later than when the
+    /// IdP issued it, so every time below errs early.
+    pub issued: Instant,
+    /// When to mint its successor.
+    pub refresh_at: Instant,
+    /// When it stops being valid.
+    pub expires: Instant,
+}
+
+impl Schedule {
+    /// Where the token stands at `now`: [`Freshness::Expired`] from [`expiry_margin`] before
+    /// `expires` on, else [`Freshness::RefreshDue`] from `refresh_at` on, else
+    /// [`Freshness::Fresh`]. Expiry wins when a refresh point falls inside the margin.
+    pub fn freshness(&self, now: Instant) -> Freshness {
+        let margin = expiry_margin(self.expires.saturating_duration_since(self.issued));
+        if now + margin >= self.expires {
+            Freshness::Expired
+        } else if now >= self.refresh_at {
+            Freshness::RefreshDue
+        } else {
+            Freshness::Fresh
+        }
+    }
+
+    /// Whether the token may be handed out at `now` (fresh or due for refresh, not expired).
+    pub fn usable(&self, now: Instant) -> bool {
+        self.freshness(now) != Freshness::Expired
+    }
+
+    /// Seconds from `now` to expiry, negative once expired (for the expiry gauge).
+    pub fn seconds_to_expiry(&self, now: Instant) -> f64 {
+        if self.expires >= now {
+            (self.expires - now).as_secs_f64()
+        } else {
+            -(now - self.expires).as_secs_f64()
+        }
     }
 }
 
@@ -124,8 +206,84 @@ mod tests {
                 expires_at: UNIX_EPOCH + lifetime,
             };
             // The latest refresh point, plus a tenth of the lifetime for retries.
-            let latest = UNIX_EPOCH + p.refresh_after(lifetime, 0.0) + lifetime / 10;
-            assert!(token.is_fresh(latest), "{secs}s token");
+            let latest = p.refresh_after(lifetime, 0.0) + lifetime / 10;
+            assert!(token.is_fresh(UNIX_EPOCH + latest), "{secs}s token");
+            // The cache's view on its own clock agrees.
+            let t0 = Instant::now();
+            let schedule = p.schedule(t0, lifetime, 0.0);
+            assert!(schedule.usable(t0 + latest), "{secs}s token");
+        }
+    }
+
+    /// A 100 s token refreshed at 75 s (draw 0): the three states and their edges.
+    #[test]
+    fn freshness_edges() {
+        let p = RefreshPolicy::default();
+        let t0 = Instant::now();
+        let s = p.schedule(t0, Duration::from_secs(100), 0.0);
+        assert_eq!(s.refresh_at, t0 + Duration::from_secs(75));
+        assert_eq!(s.expires, t0 + Duration::from_secs(100));
+        let at = |ms: u64| s.freshness(t0 + Duration::from_millis(ms));
+        use Freshness::*;
+        for (ms, want) in [
+            (0, Fresh),
+            (74_999, Fresh),
+            (75_000, RefreshDue),
+            (94_999, RefreshDue),
+            // The 5 s margin: no longer served from here on.
+            (95_000, Expired),
+            (100_000, Expired),
+            (1_000_000, Expired),
+        ] {
+            assert_eq!(at(ms), want, "at {ms} ms");
+        }
+        assert!(s.usable(t0 + Duration::from_millis(94_999)));
+        assert!(!s.usable(t0 + Duration::from_secs(95)));
+        assert_eq!(s.seconds_to_expiry(t0 + Duration::from_secs(40)), 60.0);
+        assert_eq!(s.seconds_to_expiry(t0 + Duration::from_secs(110)), -10.0);
+    }
+
+    #[test]
+    fn freshness_of_short_zero_and_odd_lifetimes() {
+        let p = RefreshPolicy::default();
+        let t0 = Instant::now();
+        let ms = |ms: u64| t0 + Duration::from_millis(ms);
+        // 4 s: a margin of a tenth (0.4 s), not 5 s; refresh at 3 s.
+        let short = p.schedule(t0, Duration::from_secs(4), 0.0);
+        assert_eq!(short.freshness(ms(2_999)), Freshness::Fresh);
+        assert_eq!(short.freshness(ms(3_000)), Freshness::RefreshDue);
+        assert_eq!(short.freshness(ms(3_599)), Freshness::RefreshDue);
+        assert_eq!(short.freshness(ms(3_600)), Freshness::Expired);
+        // A token that lives no time at all is never served.
+        let zero = p.schedule(t0, Duration::ZERO, 0.0);
+        assert_eq!(zero.freshness(t0), Freshness::Expired);
+        // A refresh point inside the margin: expiry wins, the token is never "due".
+        let late = RefreshPolicy {
+            at_fraction: 0.99,
+            jitter: 0.0,
+            ..p
+        };
+        let s = late.schedule(t0, Duration::from_secs(100), 0.0);
+        assert_eq!(s.freshness(ms(94_999)), Freshness::Fresh);
+        assert_eq!(s.freshness(ms(95_000)), Freshness::Expired);
+        assert_eq!(s.freshness(ms(99_000)), Freshness::Expired);
+        // The longest lifetime config allows fits the clock.
+        let century = Duration::from_secs(100 * 365 * 24 * 3600);
+        let s = p.schedule(t0, century, 0.5);
+        assert_eq!(s.freshness(t0), Freshness::Fresh);
+        assert!(s.expires > s.refresh_at);
+    }
+
+    #[test]
+    fn jitter_moves_the_refresh_point_earlier_only() {
+        let p = RefreshPolicy::default();
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        for draw in [0.0, 0.25, 0.5, 0.75, 0.999] {
+            let s = p.schedule(t0, hour, draw);
+            assert!(s.refresh_at <= t0 + Duration::from_secs(2700), "{draw}");
+            assert!(s.refresh_at > t0 + Duration::from_secs(2340), "{draw}");
+            assert_eq!(s.expires, t0 + hour);
         }
     }
 

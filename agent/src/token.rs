@@ -57,13 +57,20 @@ pub struct Token {
 /// a moment to use it, and clocks in a cluster drift.
 pub const EXPIRY_SKEW: Duration = Duration::from_secs(5);
 
+/// How long before its expiry a token of `lifetime` stops being handed out: [`EXPIRY_SKEW`], or
+/// a tenth of a shorter lifetime. The tenth keeps short-lived tokens usable well past the refresh
+/// point (at most 75% of the lifetime by default), so a failed refresh has time to retry before
+/// readers see an expired token.
+pub fn expiry_margin(lifetime: Duration) -> Duration {
+    EXPIRY_SKEW.min(lifetime / 10)
+}
+
 impl Token {
-    /// Whether the token can still be handed out at `now`: more than [`EXPIRY_SKEW`] (or a
-    /// tenth of a shorter lifetime) before its expiry. The tenth keeps short-lived tokens usable
-    /// well past the refresh point (at most 75% of the lifetime), so a failed refresh has time to
-    /// retry before readers see an expired token.
+    /// Whether the token can still be handed out at `now` (wall time): more than
+    /// [`expiry_margin`] before its expiry. The cache decides the same on its own clock, with
+    /// [`crate::refresh::Schedule::freshness`].
     pub fn is_fresh(&self, now: SystemTime) -> bool {
-        now + EXPIRY_SKEW.min(self.lifetime() / 10) < self.expires_at
+        now + expiry_margin(self.lifetime()) < self.expires_at
     }
 
     /// The whole validity period the IdP granted.

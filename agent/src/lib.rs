@@ -5,54 +5,89 @@
 //! [`Agent::build`] turns a validated [`config::Config`] into a running set of parts;
 //! [`Agent::serve`] runs them on listeners the caller bound, until a shutdown signal;
 //! [`Agent::once`] is the init-container mode: every token once, then exit.
+//!
+//! All of that is the `runtime` feature (on by default). Without it the crate is the agent's
+//! vocabulary (`env`, `request`, `refresh`, `secret`, `token`, `scope`, `assertion`, `hosts`),
+//! its configuration loader and validators (`config`) and the connection loop (`http`): what the
+//! injector links to check a pod's token requests and its own `admin` and `limits` sections
+//! exactly as the agent will, without the IdP client, cache and proxy and their dependencies.
 
 #![forbid(unsafe_code)]
 #![deny(rust_2018_idioms)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "runtime")]
 pub mod admin;
+#[cfg(feature = "runtime")]
 pub mod api;
 pub mod assertion;
+#[cfg(feature = "runtime")]
 pub mod cache;
+#[cfg(feature = "runtime")]
 pub mod chain;
+#[cfg(feature = "runtime")]
 pub mod client;
 pub mod config;
+#[cfg(feature = "runtime")]
 pub mod dev;
 pub mod env;
+#[cfg(feature = "runtime")]
 pub mod health;
 pub mod hosts;
 pub mod http;
+#[cfg(feature = "runtime")]
 pub mod idp;
+#[cfg(feature = "runtime")]
 pub mod lock;
+#[cfg(feature = "runtime")]
 pub mod metrics;
+#[cfg(feature = "runtime")]
 pub mod mint;
+#[cfg(feature = "runtime")]
 pub mod proxy;
 pub mod refresh;
 pub mod request;
 pub mod scope;
 pub mod secret;
+#[cfg(feature = "runtime")]
 pub mod sink;
+#[cfg(feature = "runtime")]
 pub mod tls;
 pub mod token;
+#[cfg(feature = "runtime")]
 pub mod upstream;
 
+#[cfg(feature = "runtime")]
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+#[cfg(feature = "runtime")]
 use std::path::{Path, PathBuf};
+#[cfg(feature = "runtime")]
 use std::sync::Arc;
+#[cfg(feature = "runtime")]
 use std::time::Duration;
 
+#[cfg(feature = "runtime")]
 use tokio::net::{TcpListener, UnixListener};
+#[cfg(feature = "runtime")]
 use tokio_util::sync::CancellationToken;
+#[cfg(feature = "runtime")]
 use tokio_util::task::TaskTracker;
 
+#[cfg(feature = "runtime")]
 use crate::cache::{GetError, TokenCache};
+#[cfg(feature = "runtime")]
 use crate::config::{Config, Env};
+#[cfg(feature = "runtime")]
 use crate::metrics::Metrics;
+#[cfg(feature = "runtime")]
 use crate::mint::{AdminMinter, ClientCredentials};
+#[cfg(feature = "runtime")]
 use crate::secret::SecretResolver;
+#[cfg(feature = "runtime")]
 use crate::sink::Sink;
 
 /// Why the agent could not start.
+#[cfg(feature = "runtime")]
 #[derive(Debug, thiserror::Error)]
 pub enum AgentError {
     /// The IdP client could not be built.
@@ -78,23 +113,27 @@ pub enum AgentError {
 }
 
 /// Tokens that `--once` could not get, one line each.
+#[cfg(feature = "runtime")]
 #[derive(Debug, thiserror::Error)]
 #[error("{}", .0.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("\n"))]
 pub struct OnceError(pub Vec<GetError>);
 
 /// The unix socket, bound and given its mode; the file is removed when this is dropped.
+#[cfg(feature = "runtime")]
 #[derive(Debug)]
 pub struct BoundSocket {
     listener: Option<UnixListener>,
     path: PathBuf,
 }
 
+#[cfg(feature = "runtime")]
 impl Drop for BoundSocket {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.path);
     }
 }
 
+#[cfg(feature = "runtime")]
 impl BoundSocket {
     /// Binds `path` with `mode`. A socket file left by a crashed agent is replaced; one that a
     /// live process still accepts on is not. Must run inside a tokio runtime.
@@ -138,6 +177,7 @@ impl BoundSocket {
 }
 
 /// The agent's parts, built and ready to serve.
+#[cfg(feature = "runtime")]
 pub struct Agent {
     cache: Arc<TokenCache>,
     metrics: Arc<Metrics>,
@@ -147,6 +187,7 @@ pub struct Agent {
     serve_admin_token: bool,
 }
 
+#[cfg(feature = "runtime")]
 impl Agent {
     /// Builds the agent from a validated configuration. `env` is where env-var secrets are read.
     pub fn build(config: &Config, env: Arc<dyn Env>) -> Result<Self, AgentError> {

@@ -192,6 +192,8 @@ pub struct AdminConfig {
     pub serve_token: bool,
 }
 
+/// The `admin` section's keys as the file spells them: the only list of them. What the injector
+/// carries to an agent elsewhere follows from [`build_admin`] reading them ([`section_env`]).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(super) struct RawAdmin {
@@ -747,15 +749,15 @@ pub fn admin_section_env(
     })?;
     refuse_injector_fields(&raw)
         .map_err(|(field, problem)| ConfigErrors::one(source, &field, problem))?;
-    let mut env = section_env(&raw);
-    env.push((self::env("token_file"), token_file.to_string()));
-    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
-    let mut l = Loader::new(source, &vars);
     let idp = IdpSettings {
         timeout: Duration::from_secs(10),
         ca_file: None,
         allow_insecure_http,
     };
+    let mut env = section_env(raw, &idp);
+    env.push((self::env("token_file"), token_file.to_string()));
+    let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+    let mut l = Loader::new(source, &vars);
     let checked = build_admin(RawAdmin::default(), &mut l, &idp, None);
     if !l.errors.is_empty() {
         // The values came from the section, not from env vars: name the section.
@@ -808,43 +810,16 @@ fn refuse_injector_fields(raw: &RawAdmin) -> Result<(), (String, String)> {
     Ok(())
 }
 
-/// The section's values as the `FLYTE_AUTH_AGENT_ADMIN_*` env vars that carry them, in field
-/// order.
-fn section_env(raw: &RawAdmin) -> Vec<(String, String)> {
-    let fields: [(&str, Option<String>); 19] = [
-        ("endpoint", raw.endpoint.clone()),
-        ("insecure", raw.insecure.map(|b| b.to_string())),
-        ("ca_file", raw.ca_file.clone()),
-        ("server_name", raw.server_name.clone()),
-        ("auth_header", raw.auth_header.clone()),
-        ("token_endpoint", raw.token_endpoint.clone()),
-        ("audience", raw.audience.clone()),
-        ("scopes", raw.scopes.as_ref().map(|s| s.clone().joined(" "))),
-        ("mode", raw.mode.clone()),
-        ("client_id", raw.client_id.clone()),
-        (
-            "client_secret",
-            raw.client_secret.as_ref().map(|v| v.to_string()),
-        ),
-        ("client_auth_method", raw.client_auth_method.clone()),
-        (
-            "allowed_methods",
-            raw.allowed_methods.as_ref().map(|m| m.clone().joined(",")),
-        ),
-        ("retry_buffer", raw.retry_buffer.map(|n| n.to_string())),
-        ("connect_timeout", raw.connect_timeout.clone()),
-        ("keepalive", raw.keepalive.clone()),
-        ("serve_token", raw.serve_token.map(|b| b.to_string())),
-        ("policy", raw.policy.clone()),
-        (
-            "max_request_bytes",
-            raw.max_request_bytes.map(|n| n.to_string()),
-        ),
-    ];
-    fields
-        .into_iter()
-        .filter_map(|(field, value)| value.map(|v| (env(field), v)))
-        .collect()
+/// The section's values as the `FLYTE_AUTH_AGENT_ADMIN_*` env vars that carry them, in the order
+/// the agent reads its fields. [`build_admin`] reads the section with no env set, and its loader
+/// writes down each value it takes from the file with the var that would override it: so every
+/// key the agent reads is carried, in the form it reads from that var, without a list of keys
+/// to keep beside [`RawAdmin`]. Problems are left for the check of the env that follows.
+fn section_env(raw: RawAdmin, idp: &IdpSettings) -> Vec<(String, String)> {
+    let no_env = std::collections::HashMap::<String, String>::new();
+    let mut l = Loader::recording("", &no_env);
+    build_admin(raw, &mut l, idp, None);
+    l.from_file.unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -963,6 +938,113 @@ mod tests {
     }
 }
 
+#[cfg(test)]
+mod section_env_tests {
+    use super::*;
+
+    /// The keys the agent reads in its `admin` section: [`RawAdmin`]'s fields as serde names
+    /// them, taken from the list its derived `Deserialize` hands to `deserialize_struct`.
+    fn admin_keys() -> &'static [&'static str] {
+        struct Keys<'k>(&'k mut &'static [&'static str]);
+        impl<'de> serde::Deserializer<'de> for Keys<'_> {
+            type Error = serde::de::value::Error;
+            fn deserialize_any<V: serde::de::Visitor<'de>>(
+                self,
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                Err(serde::de::Error::custom("not a struct"))
+            }
+            fn deserialize_struct<V: serde::de::Visitor<'de>>(
+                self,
+                _name: &'static str,
+                fields: &'static [&'static str],
+                _: V,
+            ) -> Result<V::Value, Self::Error> {
+                *self.0 = fields;
+                Err(serde::de::Error::custom("only the field names were wanted"))
+            }
+            serde::forward_to_deserialize_any! {
+                bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+                byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+                identifier ignored_any
+            }
+        }
+        let mut keys: &'static [&'static str] = &[];
+        let _ = RawAdmin::deserialize(Keys(&mut keys));
+        keys
+    }
+
+    /// The `admin` section read by the agent's loader: from `raw` as its file, and from `env`.
+    fn read(raw: RawAdmin, env: &[(String, String)]) -> (Option<AdminConfig>, Vec<ConfigError>) {
+        let vars: std::collections::HashMap<String, String> = env.iter().cloned().collect();
+        let mut l = Loader::new("config", &vars);
+        let idp = IdpSettings {
+            timeout: Duration::from_secs(1),
+            ca_file: None,
+            allow_insecure_http: false,
+        };
+        let admin = build_admin(raw, &mut l, &idp, None);
+        (admin, l.errors)
+    }
+
+    #[test]
+    fn every_admin_key_reaches_the_agent_through_the_env_the_injector_sets() {
+        // A value for every key, none of them its default, so each shows in what is read back.
+        let section = serde_json::json!({
+            "endpoint": "dns:///flyteadmin.flyte:81",
+            "insecure": false,
+            "ca_file": "/etc/flyteadmin/ca.pem",
+            "server_name": "flyteadmin.example.com",
+            "auth_header": "flyte-authorization",
+            "token_endpoint": "https://idp.example.com/oauth2/token",
+            "audience": "flyteadmin",
+            "scopes": ["all", "offline"],
+            "mode": "client-secret",
+            "client_id": "flytepropeller",
+            "client_secret": {"group": "flyte-secret-auth", "key": "client_secret"},
+            "client_auth_method": "client_secret_post",
+            "allowed_methods": ["flyteidl.service.AdminService/*", "/flyteidl.service.DataProxyService/CreateUploadLocation"],
+            "retry_buffer": 1000,
+            "connect_timeout": "3s",
+            "keepalive": "20s",
+            "serve_token": true,
+            "policy": "unrestricted",
+            "max_request_bytes": 9999,
+        });
+        // Set per pod by the injector (the projected token, the pod's namespace), never by the
+        // section.
+        let per_pod = ["token_file", "project", "domain", "org"];
+        let keys = admin_keys();
+        assert!(keys.contains(&"endpoint"), "{keys:?}");
+        for key in keys {
+            assert!(
+                section.get(key).is_some() || per_pod.contains(key),
+                "admin.{key}: give it a value in this test's section (or list it as set per pod)"
+            );
+        }
+
+        let checked = admin_section_env(section.clone(), "injector config", "/t", false).unwrap();
+        let mut carried: Vec<&str> = checked.env.iter().map(|(var, _)| var.as_str()).collect();
+        let mut expected: Vec<String> = keys
+            .iter()
+            .filter(|key| !per_pod.contains(key))
+            .map(|key| env(key))
+            .collect();
+        carried.sort_unstable();
+        expected.sort_unstable();
+        assert_eq!(carried, expected);
+
+        // The agent reads the same settings from that env as from the section in its file.
+        let raw: RawAdmin = serde_json::from_value(section).unwrap();
+        let (from_file, errors) = read(raw, &[]);
+        assert_eq!(errors, []);
+        let (from_env, errors) = read(RawAdmin::default(), &checked.env);
+        assert_eq!(errors, []);
+        assert_eq!(format!("{from_file:?}"), format!("{from_env:?}"));
+        assert!(from_env.is_some_and(|a| a.serve_token && a.tls.is_some()));
+    }
+}
+
 /// A jwt-bearer `admin` section from env alone (as the injector sets it) plus `env`, for tests.
 #[cfg(test)]
 fn load_jwt_bearer(env: &[(&str, &str)]) -> (Option<AdminConfig>, Vec<super::ConfigError>) {
@@ -982,6 +1064,7 @@ fn load_jwt_bearer(env: &[(&str, &str)]) -> (Option<AdminConfig>, Vec<super::Con
         file_source: "config".into(),
         env: &vars,
         errors: Vec::new(),
+        from_file: None,
     };
     let idp = IdpSettings {
         timeout: Duration::from_secs(1),

@@ -56,6 +56,10 @@ pub(super) struct Loader<'a> {
     pub(super) file_source: String,
     pub(super) env: &'a dyn Env,
     pub(super) errors: Vec<ConfigError>,
+    /// With [`Loader::recording`]: each value taken from the file, paired with the env var that
+    /// would have overridden it, in the order read. The value is in the form that var carries,
+    /// since the file's values are handed over as the strings the env would hold.
+    pub(super) from_file: Option<Vec<(String, String)>>,
 }
 
 impl<'a> Loader<'a> {
@@ -65,6 +69,16 @@ impl<'a> Loader<'a> {
             file_source: file_source.to_string(),
             env,
             errors: Vec::new(),
+            from_file: None,
+        }
+    }
+
+    /// A loader that also writes down what it takes from the file, as env ([`Loader::from_file`]):
+    /// reading a section with no env this way turns it into the env that carries it.
+    pub(super) fn recording(file_source: &str, env: &'a dyn Env) -> Self {
+        Self {
+            from_file: Some(Vec::new()),
+            ..Self::new(file_source, env)
         }
     }
 
@@ -94,7 +108,7 @@ impl<'a> Loader<'a> {
 
     /// The env var if set, else the file's value, with where it came from.
     pub(super) fn pick(
-        &self,
+        &mut self,
         env_var: Option<&str>,
         file: Option<String>,
     ) -> Option<(String, String)> {
@@ -103,7 +117,14 @@ impl<'a> Loader<'a> {
                 return Some((v, format!("env {var}")));
             }
         }
-        file.map(|v| (v, self.file_source.clone()))
+        let value = file?;
+        if let (Some(var), Some(read)) = (env_var, self.from_file.as_mut()) {
+            // A value read twice is carried once.
+            if !read.iter().any(|(v, _)| v == var) {
+                read.push((var.to_string(), value.clone()));
+            }
+        }
+        Some((value, self.file_source.clone()))
     }
 
     /// The value [`Loader::pick`] finds, parsed; `default` when there is none or it does not

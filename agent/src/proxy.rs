@@ -141,6 +141,17 @@ pub struct Proxy {
     bearer: Mutex<Option<(Arc<Token>, HeaderValue)>>,
 }
 
+/// Why a call cannot be sent with the executor credential (answered UNAVAILABLE).
+#[derive(Debug, thiserror::Error)]
+enum NoCredential {
+    /// The cache has no Admin token and could not get one.
+    #[error("flyte-auth-agent: no FlyteAdmin credential: {0}")]
+    Token(crate::cache::GetError),
+    /// Admin's metadata does not say which header the credential goes in.
+    #[error("flyte-auth-agent: {0}")]
+    Header(crate::idp::IdpError),
+}
+
 /// Where the credential goes: the header, and its `-bin` form (stripped from requests too).
 struct CredentialHeader {
     name: http::HeaderName,
@@ -345,7 +356,8 @@ impl Proxy {
         let config = self.auth.config();
         let (token, header) = match self.credential().await {
             Ok(v) => v,
-            Err(message) => {
+            Err(e) => {
+                let message = e.to_string();
                 tracing::warn!(%message, "no FlyteAdmin credential");
                 return call.refuse(code::UNAVAILABLE, &message);
             }
@@ -437,12 +449,8 @@ impl Proxy {
         pass(call, response)
     }
 
-    async fn credential(&self) -> Result<(Arc<Token>, &CredentialHeader), String> {
-        let token = self
-            .cache
-            .admin()
-            .await
-            .map_err(|e| format!("flyte-auth-agent: no FlyteAdmin credential: {e}"))?;
+    async fn credential(&self) -> Result<(Arc<Token>, &CredentialHeader), NoCredential> {
+        let token = self.cache.admin().await.map_err(NoCredential::Token)?;
         let header = self
             .header
             .get_or_try_init(|| async {
@@ -451,7 +459,7 @@ impl Proxy {
                 Ok::<_, crate::idp::IdpError>(CredentialHeader { name, bin })
             })
             .await
-            .map_err(|e| format!("flyte-auth-agent: {e}"))?;
+            .map_err(NoCredential::Header)?;
         Ok((token, header))
     }
 

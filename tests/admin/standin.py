@@ -565,6 +565,14 @@ def wait(context, ms):
     return context.is_active()
 
 
+def ended(context):
+    """Ends a call that `wait` gave up on as a real server does: a call past its deadline gets
+    DEADLINE_EXCEEDED (grpc-go handlers return the context's error), never an OK that could reach a
+    client whose own deadline timer is late; a cancelled call needs no answer."""
+    if context.is_active():
+        context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded")
+
+
 class AsyncAgentService(agent_pb2_grpc.AsyncAgentServiceServicer):
     """GetTaskLogs as a controllable server stream. `lines` = messages to send; `token` is a
     comma-separated list of directives: `sleep:MS` before the first message, `gap:MS` between
@@ -591,10 +599,10 @@ class AsyncAgentService(agent_pb2_grpc.AsyncAgentServiceServicer):
                 and 0 <= gap_ms <= MAX_SLEEP_MS):
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "lines, sleep or gap out of range")
         if sleep_ms and not wait(context, sleep_ms):
-            return
+            return ended(context)
         for i in range(request.lines):
             if i and gap_ms and not wait(context, gap_ms):
-                return
+                return ended(context)
             yield agent_pb2.GetTaskLogsResponse(
                 body=agent_pb2.GetTaskLogsResponseBody(results=[f"line {i}"]))
         if fail:

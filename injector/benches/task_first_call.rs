@@ -23,6 +23,7 @@
 #[path = "../../agent/tests/common/mod.rs"]
 mod common;
 #[path = "../tests/kubelet/mod.rs"]
+#[allow(dead_code)] // The kubelet module also serves the tests' three-client pods.
 mod kubelet;
 
 use std::path::Path;

@@ -35,20 +35,7 @@ const WRITER_SECRET: &str = "writer-secret-coherence";
 
 /// The Kubernetes Secrets of the namespace: name → data key → value.
 fn secret_store() -> kubelet::Secrets {
-    BTreeMap::from([
-        (
-            "flyte-secret-auth",
-            BTreeMap::from([("client_secret", PROPELLER_SECRET)]),
-        ),
-        (
-            "reader-oauth",
-            BTreeMap::from([("client_secret", READER_SECRET)]),
-        ),
-        (
-            "writer-oauth",
-            BTreeMap::from([("Secret_Value", WRITER_SECRET)]),
-        ),
-    ])
+    kubelet::three_clients(PROPELLER_SECRET, READER_SECRET, WRITER_SECRET)
 }
 
 #[test]

@@ -15,8 +15,7 @@
 #[allow(dead_code)]
 mod harness;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use base64::Engine as _;
 use flyte_auth_agent::env::ENV_TOKEN_REQUESTS;
@@ -24,36 +23,9 @@ use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
 use serde_json::{json, Value};
 
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
-/// Runs tests/python/fk_tokens_task.py `mode` with the package under test on the path.
+/// Runs tests/python/fk_tokens_task.py `mode`.
 fn script(mode: &str) -> Value {
-    let python = workspace().join("tests/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "no Python venv at {}: run `tests/run` (it installs tests/requirements.txt)",
-        python.display()
-    );
-    let out = Command::new(python)
-        .arg(workspace().join("tests/python/fk_tokens_task.py"))
-        .arg(mode)
-        // The package from this checkout, not whatever tests/.venv last installed.
-        .env("PYTHONPATH", workspace().join("agent/python/src"))
-        .current_dir(workspace())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fk_tokens_task.py {mode} failed:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    harness::fk_tokens_task(&[mode])
 }
 
 fn injector() -> Injector {

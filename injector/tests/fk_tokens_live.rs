@@ -51,7 +51,6 @@ mod harness;
 #[allow(dead_code)]
 mod kubelet;
 
-use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -70,39 +69,7 @@ const EXECUTION: &str = "f7a1b2c3d4e5f6a7b8c9";
 
 /// The Kubernetes Secrets of the namespace: name → data key → value.
 fn secret_store() -> kubelet::Secrets {
-    BTreeMap::from([
-        (
-            "flyte-secret-auth",
-            BTreeMap::from([("client_secret", PROPELLER_SECRET)]),
-        ),
-        (
-            "reader-oauth",
-            BTreeMap::from([("client_secret", READER_SECRET)]),
-        ),
-        (
-            "writer-oauth",
-            BTreeMap::from([("Secret_Value", WRITER_SECRET)]),
-        ),
-    ])
-}
-
-/// Runs tests/python/fk_tokens_task.py with the package of this checkout.
-fn script(args: &[&str]) -> Value {
-    let out = Command::new(python())
-        .arg(workspace().join("tests/python/fk_tokens_task.py"))
-        .args(args)
-        .env("PYTHONPATH", workspace().join("agent/python/src"))
-        .current_dir(workspace())
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "fk_tokens_task.py {args:?}:\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
+    kubelet::three_clients(PROPELLER_SECRET, READER_SECRET, WRITER_SECRET)
 }
 
 /// A JSON object's entries (none for null).
@@ -360,7 +327,7 @@ fn a_flytekit_task_with_tokens_and_a_pod_template_runs_through_the_whole_chain()
     }
 
     // flytekit serialized the pod template, with the task's container merged into `primary`.
-    let task = script(&["live", &idp.issuer, &idp.token_endpoint()]);
+    let task = harness::fk_tokens_task(&["live", &idp.issuer, &idp.token_endpoint()]);
     assert_eq!(task["container"], Value::Null, "{task}");
     assert_eq!(task["config"]["primary_container_name"], "primary");
     let serialized = &task["k8s_pod"]["pod_spec"]["containers"][0];

@@ -3,6 +3,7 @@
 //! rotation by the kubelet's symlink swap, refusals, health, metrics and graceful shutdown.
 //! Waits are bounded polls for a condition, never fixed sleeps.
 
+#[allow(dead_code)] // The harness also serves the tests that run fk_tokens_task.py.
 mod harness;
 use harness::{review, review_with_requests, spawn_serve, write_config, write_config_with};
 

@@ -242,3 +242,31 @@ pub fn init_certs(bin: &str, dir: &Path) -> String {
     );
     std::fs::read_to_string(dir.join("ca.crt")).unwrap()
 }
+
+/// Runs tests/python/fk_tokens_task.py with `args` (tests/.venv's Python, the flyte-auth-agent
+/// package of this checkout on the path): the JSON it prints.
+pub fn fk_tokens_task(args: &[&str]) -> Value {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let python = workspace.join("tests/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "no Python venv at {}: run `tests/run` (it installs tests/requirements.txt)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(workspace.join("tests/python/fk_tokens_task.py"))
+        .args(args)
+        // The package from this checkout, not whatever tests/.venv last installed.
+        .env("PYTHONPATH", workspace.join("agent/python/src"))
+        .current_dir(workspace)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "fk_tokens_task.py {args:?} failed:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -13,6 +13,24 @@ use serde_json::{json, Value};
 /// The namespace's Kubernetes Secrets: name → data key → value.
 pub type Secrets = BTreeMap<&'static str, BTreeMap<&'static str, &'static str>>;
 
+/// The namespace's Secrets for the three clients the pod tests use: the Admin client's
+/// (`flyte-secret-auth`), a token request's FILE secret (`reader-oauth`) and an ENV_VAR one with
+/// a mixed-case key (`writer-oauth`), holding `propeller`, `reader` and `writer`.
+pub fn three_clients(
+    propeller: &'static str,
+    reader: &'static str,
+    writer: &'static str,
+) -> Secrets {
+    BTreeMap::from([
+        (
+            "flyte-secret-auth",
+            BTreeMap::from([("client_secret", propeller)]),
+        ),
+        ("reader-oauth", BTreeMap::from([("client_secret", reader)])),
+        ("writer-oauth", BTreeMap::from([("Secret_Value", writer)])),
+    ])
+}
+
 /// The injector config for a pod run on this machine: the agent's directories (`tokens`, the
 /// socket's `socket_dir`, `secrets`) under a test's temp dir, the test's IdP on loopback allowed on
 /// purpose, and an Admin proxy to `admin` in client-secret mode with the Secret

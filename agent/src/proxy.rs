@@ -41,7 +41,7 @@ use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt as _, Empty, Full};
 use hyper::body::Incoming;
 use hyper::body::{Frame, SizeHint};
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 use crate::admin::AdminAuth;
@@ -231,48 +231,23 @@ impl Proxy {
 
     /// Forwards one gRPC call.
     pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
-        let started = Instant::now();
-        let Some(path) = canonical_path(req.uri()) else {
-            // The path is the task's; the message names the rule, not the (unbounded) input.
-            return self.call(DENIED.into(), self.labels.denied(), started).refuse(
-                code::PERMISSION_DENIED,
-                "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)",
-            );
+        let (parts, mut body) = req.into_parts();
+        let (mut call, entry, permit) = match self.admit(&parts.uri, Instant::now()) {
+            Ok(admitted) => admitted,
+            Err(refused) => return refused.answer(body, self.max_request).await,
         };
-        let config = self.auth.config();
-        if !config.allowed_methods.allows(&path) {
-            let message = format!("flyte-auth-agent: {path} is not in admin.allowed_methods");
-            return self
-                .call(path, self.labels.denied(), started)
-                .refuse(code::PERMISSION_DENIED, &message);
-        }
-        let mut call = self.call(path.clone(), self.labels.label(&path), started);
-        let entry = match self.policy.as_deref().map(|p| p.admit(&path)) {
-            None | Some(Ok(None)) => None,
-            Some(Ok(Some(entry))) => Some(entry),
-            Some(Err(refusal)) => return self.refused(call, &refusal),
-        };
-        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
-            let message = format!(
-                "flyte-auth-agent: {} calls are already in flight to FlyteAdmin (limits.max_inflight_calls); retry",
-                self.max_inflight
-            );
-            return call.refuse(code::RESOURCE_EXHAUSTED, &message);
-        };
-        let (parts, body) = req.into_parts();
-        let outbound = match (entry, self.policy.as_deref()) {
+        let judged = match (entry, self.policy.as_deref()) {
             (Some(entry), Some(policy)) => {
-                let mut body = body;
-                match self.judge(policy, entry, &path, &mut body).await {
+                match self.judge(policy, entry, &call.method, &mut body).await {
                     Ok((message, named)) => {
                         call.request_bytes = Some(message.len());
                         call.named = named;
-                        Outbound::Judged {
-                            message,
-                            rest: body,
-                        }
+                        Some(message)
                     }
-                    Err(refusal) => return self.refused(call, &refusal),
+                    Err(refusal) => {
+                        let refused = self.refused(call, &refusal);
+                        return refused.answer(body, self.max_request).await;
+                    }
                 }
             }
             _ => {
@@ -280,11 +255,30 @@ impl Proxy {
                     .headers
                     .get(http::header::CONTENT_LENGTH)
                     .and_then(|v| v.to_str().ok()?.parse().ok());
-                Outbound::Stream(body.map_err(BoxError::from).boxed_unsync())
+                None
             }
         };
-        let span = tracing::info_span!("admin_call", method = %path);
-        let response = self.forward(parts, outbound, call).instrument(span).await;
+        let span = tracing::info_span!("admin_call", method = %call.method);
+        let (token, header) = match self.credential().instrument(span.clone()).await {
+            Ok(v) => v,
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(%message, "no FlyteAdmin credential");
+                let refused = Refused::new(call, code::UNAVAILABLE, message);
+                return refused.answer(body, self.max_request).await;
+            }
+        };
+        let outbound = match judged {
+            Some(message) => Outbound::Judged {
+                message,
+                rest: body,
+            },
+            None => Outbound::Stream(body.map_err(BoxError::from).boxed_unsync()),
+        };
+        let response = self
+            .forward(parts, outbound, call, (&token, header))
+            .instrument(span)
+            .await;
         // The permit lives as long as the response body: a stream counts until it ends.
         response.map(|body| {
             body.map_frame(move |frame| {
@@ -293,6 +287,52 @@ impl Proxy {
             })
             .boxed_unsync()
         })
+    }
+
+    /// Checks what the call's headers alone decide: its path, the allow-list, the policy's
+    /// method rule and the in-flight limit. The call's record, the policy's entry for the
+    /// method (when its message must be judged) and the in-flight permit. A refusal is boxed:
+    /// it is the rare path, and a call's record is large.
+    fn admit(
+        &self,
+        uri: &http::Uri,
+        started: Instant,
+    ) -> Result<(Call, Option<&crate::scope::Entry>, OwnedSemaphorePermit), Box<Refused>> {
+        let Some(path) = canonical_path(uri) else {
+            // The path is the task's; the message names the rule, not the (unbounded) input.
+            return Err(Box::new(Refused::new(
+                self.call(DENIED.into(), self.labels.denied(), started),
+                code::PERMISSION_DENIED,
+                "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)".into(),
+            )));
+        };
+        if !self.auth.config().allowed_methods.allows(&path) {
+            let message = format!("flyte-auth-agent: {path} is not in admin.allowed_methods");
+            let call = self.call(path, self.labels.denied(), started);
+            return Err(Box::new(Refused::new(
+                call,
+                code::PERMISSION_DENIED,
+                message,
+            )));
+        }
+        let call = self.call(path.clone(), self.labels.label(&path), started);
+        let entry = match self.policy.as_deref().map(|p| p.admit(&path)) {
+            None | Some(Ok(None)) => None,
+            Some(Ok(Some(entry))) => Some(entry),
+            Some(Err(refusal)) => return Err(Box::new(self.refused(call, &refusal))),
+        };
+        let Ok(permit) = self.inflight.clone().try_acquire_owned() else {
+            let message = format!(
+                "flyte-auth-agent: {} calls are already in flight to FlyteAdmin (limits.max_inflight_calls); retry",
+                self.max_inflight
+            );
+            return Err(Box::new(Refused::new(
+                call,
+                code::RESOURCE_EXHAUSTED,
+                message,
+            )));
+        };
+        Ok((call, entry, permit))
     }
 
     /// Reads the request's one message (at most `admin.max_request_bytes`) and has the policy
@@ -336,7 +376,7 @@ impl Proxy {
 
     /// Answers a policy refusal: PERMISSION_DENIED (RESOURCE_EXHAUSTED when too large), counted
     /// by reason.
-    fn refused(&self, call: Call, refusal: &Refusal) -> Response<ProxyBody> {
+    fn refused(&self, call: Call, refusal: &Refusal) -> Refused {
         self.metrics
             .admin_refusal(&call.label, refusal.reason.as_str());
         tracing::warn!(method = %call.method, reason = refusal.reason.as_str(), "call refused by the execution-scope policy");
@@ -344,7 +384,7 @@ impl Proxy {
             Reason::TooLarge => code::RESOURCE_EXHAUSTED,
             _ => code::PERMISSION_DENIED,
         };
-        call.refuse(code, &refusal.to_string())
+        Refused::new(call, code, refusal.to_string())
     }
 
     async fn forward(
@@ -352,16 +392,9 @@ impl Proxy {
         mut parts: http::request::Parts,
         outbound: Outbound,
         call: Call,
+        (token, header): (&Arc<Token>, &CredentialHeader),
     ) -> Response<ProxyBody> {
         let config = self.auth.config();
-        let (token, header) = match self.credential().await {
-            Ok(v) => v,
-            Err(e) => {
-                let message = e.to_string();
-                tracing::warn!(%message, "no FlyteAdmin credential");
-                return call.refuse(code::UNAVAILABLE, &message);
-            }
-        };
         for name in STRIPPED {
             parts.headers.remove(name);
         }
@@ -388,7 +421,7 @@ impl Proxy {
             }
         };
         let first = Request::from_parts(
-            with_credential(parts.clone(), &header.name, self.bearer(&token)),
+            with_credential(parts.clone(), &header.name, self.bearer(token)),
             body,
         );
         self.metrics.admin_overhead(call.started.elapsed());
@@ -400,8 +433,7 @@ impl Proxy {
             return pass(call, response);
         }
         let refusal = grpc_message(response.headers());
-        self.retry(call, parts, header, &token, kept, &refusal)
-            .await
+        self.retry(call, parts, header, token, kept, &refusal).await
     }
 
     /// Admin refused the credential: renews it (one IdP call however many calls saw the
@@ -582,6 +614,49 @@ impl hyper::body::Body for Judged {
 
     fn is_end_stream(&self) -> bool {
         self.message.is_none() && self.rest.is_end_stream()
+    }
+}
+
+/// A call the agent answers itself, and how.
+struct Refused {
+    call: Call,
+    code: u16,
+    message: String,
+}
+
+impl Refused {
+    fn new(call: Call, code: u16, message: String) -> Self {
+        Self {
+            call,
+            code,
+            message,
+        }
+    }
+
+    /// Answers once the rest of the request has arrived (see [`drain`]).
+    async fn answer(self, mut body: Incoming, limit: usize) -> Response<ProxyBody> {
+        drain(&mut body, limit).await;
+        self.call.refuse(self.code, &self.message)
+    }
+}
+
+/// Reads and discards what is left of a refused call's request, at most `limit` bytes.
+///
+/// Answering before the request has ended makes h2 reset the stream, and the client's message
+/// arriving after a reset counts toward h2's limit of locally reset streams (1,024 per
+/// connection), past which it closes the connection with every call on it: a process whose
+/// calls are refused many times would lose its good calls too. A client that stops sending
+/// holds only its own stream, as it could with any call, so no timer is needed; one that sends
+/// more than `limit` is answered at once and its stream reset.
+async fn drain(body: &mut Incoming, limit: usize) {
+    let mut seen = 0usize;
+    while let Some(Ok(frame)) = body.frame().await {
+        if let Some(data) = frame.data_ref() {
+            seen = seen.saturating_add(data.len());
+            if seen > limit {
+                return;
+            }
+        }
     }
 }
 

@@ -455,6 +455,154 @@ fn policy_refusals_of_many_distinct_methods_keep_the_metrics_bounded() {
     );
 }
 
+#[test]
+fn refused_calls_whose_message_comes_after_the_refusal_keep_their_connection() {
+    // h2 closes a connection once it has reset 1,024 of its streams itself (a defence against
+    // reset floods), and a message arriving on a stream already answered and reset counts. gRPC
+    // C-core writes a call's message without waiting for an answer, so the agent must answer a
+    // refused call only once its request has ended, and never reset its stream: here every
+    // message is sent after the agent has refused its call, 2,500 calls on one connection.
+    const ROUNDS: u32 = 25;
+    const PER_ROUND: u32 = 100; // the socket's h2_max_concurrent_streams
+    let p = proxied(&[
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "execution"),
+        (flyte_auth_agent::env::ENV_ADMIN_PROJECT, "flytesnacks"),
+        (flyte_auth_agent::env::ENV_ADMIN_DOMAIN, "development"),
+    ]);
+    let mut raw = RawH2::connect(p.agent.socket());
+    let mut next_stream = 1u32;
+    for round in 1..=ROUNDS {
+        let streams: Vec<u32> = (0..PER_ROUND).map(|i| next_stream + 2 * i).collect();
+        next_stream += 2 * PER_ROUND;
+        for (i, id) in streams.iter().enumerate() {
+            raw.headers(*id, &format!("/flyteidl.service.AdminService/Late{i:03}"));
+        }
+        let refused = (round * PER_ROUND) as usize;
+        wait_for("the round's refusals", Duration::from_secs(30), || {
+            (policy_refusals(&p.agent.health) == refused).then_some(())
+        });
+        for id in &streams {
+            raw.data_end(*id, &[0, 0, 0, 0, 0]);
+        }
+        let seen = raw.answers_until(refused);
+        assert_eq!(
+            (seen.answers, seen.resets, seen.goaway),
+            (refused, 0, false),
+            "round {round}: {}",
+            p.agent.output()
+        );
+    }
+}
+
+/// What a [`RawH2`] client read from the agent so far.
+#[derive(Default, Clone, Copy)]
+struct RawSeen {
+    /// Trailers-only answers (HEADERS with END_STREAM).
+    answers: usize,
+    /// RST_STREAM frames.
+    resets: usize,
+    goaway: bool,
+}
+
+/// An HTTP/2 client at the frame level, which (unlike hyper's) keeps sending a request's
+/// message after the server answered and reset the stream, as a client does whose frames
+/// are already on the wire.
+struct RawH2 {
+    out: UnixStream,
+    seen: Arc<(Mutex<RawSeen>, std::sync::Condvar)>,
+}
+
+impl RawH2 {
+    fn connect(socket: &Path) -> Self {
+        let mut out = unix(socket);
+        out.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").unwrap();
+        frame(&mut out, 0x4, 0, 0, &[]); // SETTINGS, all defaults
+        let seen = Arc::new((Mutex::new(RawSeen::default()), std::sync::Condvar::new()));
+        let (mut input, mut ack, shared) = (
+            out.try_clone().unwrap(),
+            out.try_clone().unwrap(),
+            seen.clone(),
+        );
+        std::thread::spawn(move || {
+            let mut head = [0u8; 9];
+            while input.read_exact(&mut head).is_ok() {
+                let len = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+                let mut payload = vec![0; len];
+                if input.read_exact(&mut payload).is_err() {
+                    break;
+                }
+                let (kind, flags) = (head[3], head[4]);
+                if kind == 0x4 && flags & 0x1 == 0 {
+                    frame(&mut ack, 0x4, 0x1, 0, &[]); // SETTINGS ACK
+                }
+                let mut seen = shared.0.lock().unwrap();
+                match kind {
+                    0x1 if flags & 0x1 != 0 => seen.answers += 1,
+                    0x3 => seen.resets += 1,
+                    0x7 => seen.goaway = true,
+                    _ => continue,
+                }
+                shared.1.notify_all();
+            }
+            shared.0.lock().unwrap().goaway = true;
+            shared.1.notify_all();
+        });
+        Self { out, seen }
+    }
+
+    /// Opens stream `id` with a gRPC call's headers (HPACK literals, no huffman).
+    fn headers(&mut self, id: u32, path: &str) {
+        let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+        for (name_index, value) in [(4u8, path), (1, "agent")] {
+            block.push(name_index); // literal without indexing, indexed name (:path, :authority)
+            block.push(value.len() as u8);
+            block.extend_from_slice(value.as_bytes());
+        }
+        block.extend_from_slice(&[0x0f, 0x10, 16]); // content-type (static index 31)
+        block.extend_from_slice(b"application/grpc");
+        block.extend_from_slice(&[0x00, 2, b't', b'e', 8]);
+        block.extend_from_slice(b"trailers");
+        frame(&mut self.out, 0x1, 0x4, id, &block); // END_HEADERS
+    }
+
+    /// Sends `data` on stream `id` and ends it.
+    fn data_end(&mut self, id: u32, data: &[u8]) {
+        frame(&mut self.out, 0x0, 0x1, id, data);
+    }
+
+    /// Waits until `answers` calls were answered, or the connection went away.
+    fn answers_until(&self, answers: usize) -> RawSeen {
+        let (lock, changed) = &*self.seen;
+        let seen = changed
+            .wait_timeout_while(lock.lock().unwrap(), Duration::from_secs(30), |s| {
+                s.answers < answers && !s.goaway
+            })
+            .unwrap()
+            .0;
+        *seen
+    }
+}
+
+fn frame(out: &mut UnixStream, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    let len = (payload.len() as u32).to_be_bytes();
+    let mut bytes = vec![len[1], len[2], len[3], kind, flags];
+    bytes.extend_from_slice(&stream.to_be_bytes());
+    bytes.extend_from_slice(payload);
+    out.write_all(&bytes).unwrap();
+}
+
+/// How many calls the execution-scope policy has refused, from the agent's metrics.
+fn policy_refusals(health: &str) -> usize {
+    let metrics = reqwest::blocking::get(format!("http://{health}/metrics"))
+        .and_then(|r| r.text())
+        .unwrap_or_default();
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("flyte_auth_agent_admin_policy_refusals_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<usize>().ok())
+        .sum()
+}
+
 /// An agent with no token requests and no Admin, with `extra` env.
 fn bare_agent(pod: &Pod, extra: &[(&str, &str)]) -> AgentProcess {
     let mut env = pod.env(&json!([]));

@@ -3,10 +3,13 @@
 //! connection. The executor-bound credential made from it is minted by
 //! [`crate::mint::AdminMinter`] and lives in the token cache under [`crate::cache::ADMIN`], so it
 //! shares the cache's single-flight, refresh and back-off.
+//!
+//! Flyte 2's control plane answers the same questions with the same messages under another
+//! package (`flyteidl2.auth`); the agent asks Flyte 1's service first and Flyte 2's when that
+//! one is UNIMPLEMENTED, so one `admin.endpoint` setting serves either.
 
 use std::time::Duration;
 
-use flyte_auth_proto::flyteidl::service::auth_metadata_service_client::AuthMetadataServiceClient;
 use flyte_auth_proto::flyteidl::service::{
     OAuth2MetadataRequest, OAuth2MetadataResponse, PublicClientAuthConfigRequest,
     PublicClientAuthConfigResponse,
@@ -19,6 +22,12 @@ use crate::config::AdminConfig;
 use crate::idp::IdpError;
 use crate::request::check_idp_url;
 use crate::upstream::Upstream;
+
+/// Where the authentication metadata is asked for: Flyte 1's service, then Flyte 2's.
+const SERVICES: [&str; 2] = [
+    "flyteidl.service.AuthMetadataService",
+    "flyteidl2.auth.AuthMetadataService",
+];
 
 /// The header flytekit and Admin fall back to when Admin announces none.
 const DEFAULT_HEADER: HeaderName = http::header::AUTHORIZATION;
@@ -83,9 +92,8 @@ impl AdminAuth {
     async fn public(&self) -> Result<&PublicClientAuthConfigResponse, IdpError> {
         self.public
             .get_or_try_init(|| async {
-                let mut client = AuthMetadataServiceClient::new(self.upstream.clone());
-                let call = client.get_public_client_config(PublicClientAuthConfigRequest {});
-                self.answer("GetPublicClientConfig", call).await
+                self.ask("GetPublicClientConfig", PublicClientAuthConfigRequest {})
+                    .await
             })
             .await
     }
@@ -93,29 +101,62 @@ impl AdminAuth {
     async fn oauth(&self) -> Result<&OAuth2MetadataResponse, IdpError> {
         self.oauth
             .get_or_try_init(|| async {
-                let mut client = AuthMetadataServiceClient::new(self.upstream.clone());
-                let call = client.get_o_auth2_metadata(OAuth2MetadataRequest {});
-                self.answer("GetOAuth2Metadata", call).await
+                self.ask("GetOAuth2Metadata", OAuth2MetadataRequest {})
+                    .await
             })
             .await
     }
 
-    async fn answer<T>(
+    /// Calls `method` of Flyte 1's `AuthMetadataService`, or of Flyte 2's if the first is
+    /// UNIMPLEMENTED, each call bounded by the timeout.
+    async fn ask<Q, A>(&self, method: &str, request: Q) -> Result<A, IdpError>
+    where
+        Q: prost::Message + Clone + Send + Sync + 'static,
+        A: prost::Message + Default + Send + Sync + 'static,
+    {
+        let mut answer = Err(tonic::Status::unimplemented(""));
+        for service in SERVICES {
+            let path = http::uri::PathAndQuery::try_from(format!("/{service}/{method}"))
+                .map_err(|e| self.metadata_error(format!("{method}: {e}")))?;
+            let mut grpc = tonic::client::Grpc::new(self.upstream.clone());
+            let call = async {
+                grpc.ready().await.map_err(|e| {
+                    tonic::Status::unavailable(format!("the connection is not ready: {e}"))
+                })?;
+                let codec = tonic_prost::ProstCodec::<Q, A>::default();
+                grpc.unary(tonic::Request::new(request.clone()), path, codec)
+                    .await
+            };
+            answer = match tokio::time::timeout(self.timeout, call).await {
+                Ok(answer) => answer,
+                Err(_) => return Err(self.timed_out(method)),
+            };
+            if !matches!(&answer, Err(status) if status.code() == tonic::Code::Unimplemented) {
+                break;
+            }
+        }
+        self.answer(method, answer)
+    }
+
+    fn timed_out(&self, method: &str) -> IdpError {
+        self.metadata_error(format!(
+            "{method} did not answer within {}",
+            humantime::format_duration(self.timeout)
+        ))
+    }
+
+    fn answer<T>(
         &self,
         method: &str,
-        call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+        answer: Result<tonic::Response<T>, tonic::Status>,
     ) -> Result<T, IdpError> {
-        match tokio::time::timeout(self.timeout, call).await {
-            Ok(Ok(response)) => Ok(response.into_inner()),
+        match answer {
+            Ok(response) => Ok(response.into_inner()),
             // Admin is trusted, but its words reach logs and 503 bodies like an IdP's do.
-            Ok(Err(status)) => Err(self.metadata_error(format!(
+            Err(status) => Err(self.metadata_error(format!(
                 "{method}: {:?}: {}",
                 status.code(),
                 crate::idp::clean_text(status.message())
-            ))),
-            Err(_) => Err(self.metadata_error(format!(
-                "{method} did not answer within {}",
-                humantime::format_duration(self.timeout)
             ))),
         }
     }

@@ -9,6 +9,9 @@
 //!   when `admin.serve_token` opts in (403 otherwise): a task holding it can use it from outside
 //!   the pod until it expires, whereas through the proxy it never leaves the agent. The
 //!   credential's internal name is never a token name (`/v1/tokens/.admin` is 404).
+//!
+//! The loopback TCP port (`admin.connect_port`, [`ConnectPort`]) serves the proxy alone: Connect
+//! calls (Flyte 2's SDK) and gRPC alike; no token API, so a token is only ever on the socket.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -22,7 +25,8 @@ use serde_json::json;
 use crate::cache::{GetError, TokenCache, ADMIN};
 use crate::env::ENV_ADMIN_SERVE_TOKEN;
 use crate::http::{error_response, json_response, Handler};
-use crate::proxy::{grpc_error, is_grpc, Proxy, ProxyBody};
+use crate::proxy::connect::{self, is_connect};
+use crate::proxy::{grpc_error, is_grpc, Protocol, Proxy, ProxyBody};
 use crate::token::rfc3339;
 
 /// The token API.
@@ -191,12 +195,12 @@ impl Handler for TokenApi {
 /// Everything the unix socket serves: gRPC to the proxy, the rest to the token API.
 pub struct SocketApi {
     tokens: TokenApi,
-    proxy: Option<Proxy>,
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl SocketApi {
     /// The token API, plus the Admin proxy if one is configured.
-    pub fn new(tokens: TokenApi, proxy: Option<Proxy>) -> Self {
+    pub fn new(tokens: TokenApi, proxy: Option<Arc<Proxy>>) -> Self {
         Self { tokens, proxy }
     }
 }
@@ -210,12 +214,42 @@ impl Handler for SocketApi {
             return self.tokens.handle(req).await.map(Either::Left);
         }
         let response = match &self.proxy {
-            Some(proxy) => proxy.handle(req).await,
+            Some(proxy) => proxy.handle(req, Protocol::Grpc).await,
             None => grpc_error(
                 crate::proxy::code::UNIMPLEMENTED,
                 "flyte-auth-agent: no FlyteAdmin is configured (admin.endpoint), so gRPC calls are not proxied",
             ),
         };
         response.map(Either::Right)
+    }
+}
+
+/// What the loopback TCP port serves: the proxy, to Connect and gRPC calls.
+pub struct ConnectPort {
+    proxy: Arc<Proxy>,
+}
+
+impl ConnectPort {
+    /// The port's handler, sharing `proxy` (its credential, limits and metrics) with the socket.
+    pub fn new(proxy: Arc<Proxy>) -> Self {
+        Self { proxy }
+    }
+}
+
+impl Handler for ConnectPort {
+    type Body = ProxyBody;
+    type BodyError = Box<dyn std::error::Error + Send + Sync>;
+
+    async fn handle(&self, req: Request<Incoming>) -> Response<Self::Body> {
+        if is_grpc(&req) {
+            self.proxy.handle(req, Protocol::Grpc).await
+        } else if is_connect(&req) {
+            self.proxy.handle(req, Protocol::Connect).await
+        } else {
+            connect::error(
+                crate::proxy::code::UNIMPLEMENTED,
+                "flyte-auth-agent: this port proxies Connect and gRPC calls only (a POST with an application/proto, application/json, application/connect+… or application/grpc content type)",
+            )
+        }
     }
 }

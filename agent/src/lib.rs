@@ -185,6 +185,7 @@ pub struct Agent {
     grace: Duration,
     limits: config::Limits,
     serve_admin_token: bool,
+    connect: Option<TcpListener>,
 }
 
 #[cfg(feature = "runtime")]
@@ -229,7 +230,15 @@ impl Agent {
             grace: config.shutdown_grace,
             limits: config.limits,
             serve_admin_token: config.admin.as_ref().is_some_and(|a| a.serve_token),
+            connect: None,
         })
+    }
+
+    /// Serves the proxy on `listener` as well (the loopback port of `admin.connect_port`),
+    /// when a FlyteAdmin is configured.
+    pub fn with_connect(mut self, listener: TcpListener) -> Self {
+        self.connect = Some(listener);
+        self
     }
 
     /// The token cache (for embedding and tests).
@@ -257,11 +266,24 @@ impl Agent {
                     .refresh(cache::ADMIN.to_string(), shutdown.clone()),
             );
         }
-        if let Some(listener) = socket.listener.take() {
-            let proxy = self.proxy.map(|(upstream, auth)| {
+        let proxy = self.proxy.map(|(upstream, auth)| {
+            Arc::new(
                 proxy::Proxy::new(upstream, auth, self.cache.clone(), self.metrics.clone())
-                    .with_max_inflight(self.limits.max_inflight_calls)
-            });
+                    .with_max_inflight(self.limits.max_inflight_calls),
+            )
+        });
+        if let (Some(listener), Some(proxy)) = (self.connect, &proxy) {
+            // Bounded like the socket: the same task is on the other end.
+            tasks.spawn(http::serve(
+                listener,
+                Arc::new(api::ConnectPort::new(proxy.clone())),
+                http::Protocols::Http1And2,
+                self.limits.socket,
+                shutdown.clone(),
+                self.grace,
+            ));
+        }
+        if let Some(listener) = socket.listener.take() {
             let api = Arc::new(api::SocketApi::new(
                 api::TokenApi::new(self.cache.clone(), self.serve_admin_token),
                 proxy,

@@ -196,8 +196,21 @@ async fn serve(config: Config, env: Arc<dyn Env>, once: Option<Duration>) -> any
                 config.health_addr
             )
         })?;
+    let connect_port = config.admin.as_ref().and_then(|a| a.connect_port);
+    let agent = match connect_port {
+        None => agent,
+        Some(port) => {
+            // Loopback only: the port is for the pod's own task.
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+            let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for Connect calls (admin.connect_port)")
+            })?;
+            agent.with_connect(listener)
+        }
+    };
     tracing::info!(
         socket = %config.socket_path.display(),
+        connect_port,
         health = %health.local_addr().unwrap_or(config.health_addr),
         tokens_dir = %config.tokens_dir.display(),
         tokens = ?names,

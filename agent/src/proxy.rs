@@ -25,6 +25,12 @@
 //! first) must name only the execution's own project, domain and org. A refusal is
 //! PERMISSION_DENIED naming the method and field, counted in `admin_policy_refusals`.
 //!
+//! The same proxy serves Connect, Flyte 2's protocol, on the loopback TCP port
+//! (`admin.connect_port`; see [`connect`]): the same credential, allow-list, metrics and
+//! renewal, with the agent's own errors and Admin's UNAUTHENTICATED (HTTP 401) read and written
+//! in Connect's form. The policy judges only gRPC bodies, so over Connect a method it would
+//! have to judge is refused.
+//!
 //! Every call, forwarded or refused, leaves one audit event (tracing target `audit`): method,
 //! the project and domain the request named, the execution id the pod reported, the gRPC code the
 //! task saw, the duration and the request size. Never a credential or a request body.
@@ -44,6 +50,8 @@ use hyper::body::{Frame, SizeHint};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
+pub mod connect;
+
 use crate::admin::AdminAuth;
 use crate::cache::TokenCache;
 use crate::config::AdminPolicy;
@@ -55,6 +63,15 @@ use crate::upstream::{BoxError, Upstream};
 
 /// The response body the proxy hands back.
 pub type ProxyBody = UnsyncBoxBody<Bytes, BoxError>;
+
+/// The protocol of a call: it decides how the agent's own answers and Admin's status look.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// gRPC over HTTP/2: flytekit, on the unix socket.
+    Grpc,
+    /// Connect over HTTP/1.1 or HTTP/2: Flyte 2's SDK, on the loopback TCP port.
+    Connect,
+}
 
 /// A request body on its way to Admin: the task's stream, or the message the policy read.
 type RequestBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -229,14 +246,19 @@ impl Proxy {
         self
     }
 
-    /// Forwards one gRPC call.
-    pub async fn handle(&self, req: Request<Incoming>) -> Response<ProxyBody> {
+    /// Forwards one call made in `protocol`.
+    pub async fn handle(&self, req: Request<Incoming>, protocol: Protocol) -> Response<ProxyBody> {
         let (parts, mut body) = req.into_parts();
-        let (mut call, entry, permit) = match self.admit(&parts.uri, Instant::now()) {
+        let (mut call, entry, permit) = match self.admit(&parts.uri, protocol, Instant::now()) {
             Ok(admitted) => admitted,
             Err(refused) => return refused.answer(body, self.max_request).await,
         };
         let judged = match (entry, self.policy.as_deref()) {
+            (Some(_), Some(_)) if protocol == Protocol::Connect => {
+                let message = format!("flyte-auth-agent: the execution-scope policy reads {} only over gRPC; over Connect it is refused (admin.policy)", call.method);
+                let refused = Refused::new(call, code::PERMISSION_DENIED, message);
+                return refused.answer(body, self.max_request).await;
+            }
             (Some(entry), Some(policy)) => {
                 match self.judge(policy, entry, &call.method, &mut body).await {
                     Ok((message, named)) => {
@@ -296,26 +318,27 @@ impl Proxy {
     fn admit(
         &self,
         uri: &http::Uri,
+        protocol: Protocol,
         started: Instant,
     ) -> Result<(Call, Option<&crate::scope::Entry>, OwnedSemaphorePermit), Box<Refused>> {
         let Some(path) = canonical_path(uri) else {
             // The path is the task's; the message names the rule, not the (unbounded) input.
             return Err(Box::new(Refused::new(
-                self.call(DENIED.into(), self.labels.denied(), started),
+                self.call(DENIED.into(), self.labels.denied(), protocol, started),
                 code::PERMISSION_DENIED,
                 "flyte-auth-agent: the call's path is not a gRPC method path /<package.Service>/<Method> (no empty, dot or encoded segments, no query)".into(),
             )));
         };
         if !self.auth.config().allowed_methods.allows(&path) {
             let message = format!("flyte-auth-agent: {path} is not in admin.allowed_methods");
-            let call = self.call(path, self.labels.denied(), started);
+            let call = self.call(path, self.labels.denied(), protocol, started);
             return Err(Box::new(Refused::new(
                 call,
                 code::PERMISSION_DENIED,
                 message,
             )));
         }
-        let call = self.call(path.clone(), self.labels.label(&path), started);
+        let call = self.call(path.clone(), self.labels.label(&path), protocol, started);
         let entry = match self.policy.as_deref().map(|p| p.admit(&path)) {
             None | Some(Ok(None)) => None,
             Some(Ok(Some(entry))) => Some(entry),
@@ -362,10 +385,11 @@ impl Proxy {
     }
 
     /// The record of one call, finished with its outcome.
-    fn call(&self, method: String, label: Arc<str>, started: Instant) -> Call {
+    fn call(&self, method: String, label: Arc<str>, protocol: Protocol, started: Instant) -> Call {
         Call {
             label,
             method,
+            protocol,
             named: Named::default(),
             request_bytes: None,
             started,
@@ -402,6 +426,17 @@ impl Proxy {
         if let Some(bin) = &header.bin {
             parts.headers.remove(bin);
         }
+        if call.protocol == Protocol::Connect {
+            // Admin's connection is HTTP/2 whatever the task spoke.
+            parts.version = http::Version::HTTP_2;
+            if call.method == connect::SELECT_CLUSTER {
+                // Its answer is rewritten, so it must come uncompressed.
+                parts.headers.insert(
+                    http::header::ACCEPT_ENCODING,
+                    HeaderValue::from_static("identity"),
+                );
+            }
+        }
         let (body, kept) = match outbound {
             Outbound::Judged { message, rest } => (
                 Judged {
@@ -429,10 +464,10 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return unavailable(call, &e.to_string()),
         };
-        if header_status(response.headers()) != Some(code::UNAUTHENTICATED) {
-            return pass(call, response);
+        if call.status(&response) != Some(code::UNAUTHENTICATED) {
+            return pass(call, response).await;
         }
-        let refusal = grpc_message(response.headers());
+        let refusal = refusal_reason(call.protocol, response).await;
         self.retry(call, parts, header, token, kept, &refusal).await
     }
 
@@ -471,14 +506,14 @@ impl Proxy {
             Ok(r) => r,
             Err(e) => return unavailable(call, &e.to_string()),
         };
-        if header_status(response.headers()) == Some(code::UNAUTHENTICATED) {
-            let again = grpc_message(response.headers());
+        if call.status(&response) == Some(code::UNAUTHENTICATED) {
+            let again = refusal_reason(call.protocol, response).await;
             return denied(
                 call,
                 &format!("FlyteAdmin refused the executor credential twice, also after renewing it: {again}"),
             );
         }
-        pass(call, response)
+        pass(call, response).await
     }
 
     async fn credential(&self) -> Result<(Arc<Token>, &CredentialHeader), NoCredential> {
@@ -532,7 +567,10 @@ fn denied(call: Call, reason: &str) -> Response<ProxyBody> {
 
 /// Hands Admin's response to the task, finishing the call when its status is known: now for a
 /// trailers-only answer, at the trailers otherwise.
-fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
+async fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
+    if call.protocol == Protocol::Connect {
+        return pass_connect(call, response).await;
+    }
     let (parts, body) = response.into_parts();
     if let Some(status) = header_status(&parts.headers) {
         call.finish(status);
@@ -543,6 +581,48 @@ fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
         done: Some(call),
     };
     Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Hands a Connect answer to the task, finishing the call at its status; a SelectCluster answer
+/// loses its `cluster_endpoint` on the way (see [`connect`]).
+async fn pass_connect(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
+    let code = connect::code_of(response.status());
+    if call.method != connect::SELECT_CLUSTER || code != code::OK {
+        call.finish(code);
+        return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+    }
+    let (mut parts, body) = response.into_parts();
+    let rewritten = match parts.headers.get(http::header::CONTENT_ENCODING) {
+        Some(encoding) if encoding != "identity" => None,
+        _ => read_all(body, SELECT_CLUSTER_LIMIT)
+            .await
+            .and_then(|message| connect::without_cluster_endpoint(&message).ok()),
+    };
+    let Some(message) = rewritten else {
+        let message = "flyte-auth-agent: the control plane's SelectCluster answer could not be read, so the endpoint it names could not be kept from the task";
+        tracing::warn!(method = %call.method, "{message}");
+        return call.refuse(code::UNAVAILABLE, message);
+    };
+    call.finish(code::OK);
+    parts.headers.remove(http::header::CONTENT_ENCODING);
+    parts.headers.insert(
+        http::header::CONTENT_LENGTH,
+        HeaderValue::from(message.len()),
+    );
+    let body = Full::new(Bytes::from(message)).map_err(BoxError::from);
+    Response::from_parts(parts, body.boxed_unsync())
+}
+
+/// Largest SelectCluster answer the proxy reads to rewrite: two short strings, far below this.
+const SELECT_CLUSTER_LIMIT: usize = 64 * 1024;
+
+/// A whole body, if it ends within `limit` bytes.
+async fn read_all(body: Incoming, limit: usize) -> Option<Bytes> {
+    let collected = http_body_util::Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()?;
+    Some(collected.to_bytes())
 }
 
 /// Reads a unary request's message: up to the end of the gRPC frame its 5-byte header announces
@@ -666,6 +746,7 @@ struct Call {
     label: Arc<str>,
     /// The method path, canonical (or [`DENIED`] when it was not).
     method: String,
+    protocol: Protocol,
     /// What the request named, when the policy read it.
     named: Named,
     /// The request's size, when known.
@@ -678,8 +759,21 @@ struct Call {
 impl Call {
     /// Answers the call with the agent's own error and finishes it with that code.
     fn refuse(self, code: u16, message: &str) -> Response<ProxyBody> {
+        let protocol = self.protocol;
         self.finish(code);
-        grpc_error(code, message)
+        match protocol {
+            Protocol::Grpc => grpc_error(code, message),
+            Protocol::Connect => connect::error(code, message),
+        }
+    }
+
+    /// The status of Admin's answer as far as its headers tell: a gRPC status header, or a
+    /// Connect answer's HTTP status.
+    fn status(&self, response: &Response<Incoming>) -> Option<u16> {
+        match self.protocol {
+            Protocol::Grpc => header_status(response.headers()),
+            Protocol::Connect => Some(connect::code_of(response.status())),
+        }
     }
 
     /// Counts the call and writes its audit event (never a credential or body: the fields
@@ -734,6 +828,20 @@ fn with_credential(
 
 fn header_status(headers: &HeaderMap) -> Option<u16> {
     headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+}
+
+/// Admin's reason for refusing the credential: `grpc-message`, or a Connect error's `message`.
+async fn refusal_reason(protocol: Protocol, response: Response<Incoming>) -> String {
+    match protocol {
+        Protocol::Grpc => grpc_message(response.headers()),
+        Protocol::Connect => read_all(response.into_body(), 16 * 1024)
+            .await
+            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
+            .and_then(|error| Some(error.get("message")?.as_str()?.to_string()))
+            .filter(|m| !m.is_empty())
+            .map(|m| crate::idp::clean_text(&m))
+            .unwrap_or_else(|| "unauthenticated".into()),
+    }
 }
 
 fn grpc_message(headers: &HeaderMap) -> String {

@@ -332,6 +332,8 @@ pub struct AdminEnv {
     pub client_secret: Option<flyte_auth_proto::flyteidl::core::Secret>,
     /// The service-account token to project, if the mode uses one.
     pub service_account_token: Option<ServiceAccountToken>,
+    /// `admin.connect_port`: where task containers' Flyte 2 SDK is pointed.
+    pub connect_port: Option<u16>,
 }
 
 /// Why the configuration cannot be used.
@@ -528,6 +530,7 @@ impl Config {
             env: checked.env,
             client_secret: checked.client_secret,
             service_account_token,
+            connect_port: checked.connect_port,
         }))
     }
 }

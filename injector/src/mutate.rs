@@ -39,6 +39,21 @@ pub const INJECTED_ANNOTATION: &str = "flyte.org/auth-agent-injected";
 pub const ENV_PLATFORM_URL: &str = "FLYTE_PLATFORM_URL";
 /// The env var that makes flytekit use plaintext (the unix socket).
 pub const ENV_PLATFORM_INSECURE: &str = "FLYTE_PLATFORM_INSECURE";
+/// The env var Flyte 2's SDK (`flyte`) reads its control plane's endpoint from in a task.
+pub const ENV_FLYTE2_ENDPOINT: &str = "_U_EP_OVERRIDE";
+/// The env var that makes Flyte 2's SDK use plaintext and send no credential.
+pub const ENV_FLYTE2_INSECURE: &str = "_U_INSECURE";
+/// The env var Flyte 2's SDK reads the org from (required by its task entry point).
+pub const ENV_FLYTE2_ORG: &str = "_U_ORG_NAME";
+/// Env vars by which Flyte 2's SDK would open its own session around the agent: a config
+/// file (which beats the endpoint) and an API key (which carries its own endpoint and secret).
+/// The injector sets them empty, which the SDK reads as unset.
+pub const FLYTE2_BYPASS: [&str; 4] = [
+    "UCTL_CONFIG",
+    "FLYTECTL_CONFIG",
+    "_UNION_EAGER_API_KEY",
+    "EAGER_API_KEY",
+];
 /// The env var flytekit reads its Admin auth mode from (`[credentials] auth_mode`).
 pub const ENV_CREDENTIALS_AUTH_MODE: &str = "FLYTE_CREDENTIALS_AUTH_MODE";
 /// The env var flytekit reads the external-process command from (comma-separated argv).
@@ -696,8 +711,30 @@ fn task_env(plan: &Plan<'_>) -> Vec<Vec<EnvVar>> {
             }
             groups.push(group);
         }
+        if let Some(port) = plan.admin.and_then(|a| a.connect_port) {
+            groups.push(flyte2_env(plan, port));
+        }
     }
     groups
+}
+
+/// Flyte 2's SDK, pointed at the agent's loopback port in plaintext (so it sends no
+/// credential), with what would take it around the agent blanked. One group: a container
+/// that keeps its own endpoint or key keeps its own way in.
+fn flyte2_env(plan: &Plan<'_>, port: u16) -> Vec<EnvVar> {
+    let mut group = vec![
+        env_value(ENV_FLYTE2_ENDPOINT, format!("http://127.0.0.1:{port}")),
+        env_value(ENV_FLYTE2_INSECURE, "true".into()),
+    ];
+    if let Some(org) = plan.execution.scope.as_ref().and_then(|s| s.org.clone()) {
+        group.push(env_value(ENV_FLYTE2_ORG, org));
+    }
+    group.extend(
+        FLYTE2_BYPASS
+            .iter()
+            .map(|var| env_value(var, String::new())),
+    );
+    group
 }
 
 /// Adds the mounts and env to container `i`, keeping or replacing env vars it already sets.

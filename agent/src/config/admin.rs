@@ -190,6 +190,10 @@ pub struct AdminConfig {
     /// Whether `GET /v1/admin/token` hands the credential to the task (off by default: with it
     /// on, a task can carry the Admin token out of the pod and use it until it expires).
     pub serve_token: bool,
+    /// Port of the loopback TCP listener that proxies Connect (Flyte 2's `flyte` SDK) and gRPC
+    /// to this endpoint; `None` (the default) opens no port. Always bound on 127.0.0.1: the
+    /// SDK cannot reach a unix socket, and a pod's loopback is its own.
+    pub connect_port: Option<u16>,
 }
 
 /// The `admin` section's keys as the file spells them: the only list of them. What the injector
@@ -215,6 +219,7 @@ pub(super) struct RawAdmin {
     connect_timeout: Option<String>,
     keepalive: Option<String>,
     serve_token: Option<bool>,
+    connect_port: Option<u64>,
     policy: Option<String>,
     project: Option<String>,
     domain: Option<String>,
@@ -344,6 +349,7 @@ pub(super) fn build_admin(
         pod_reported_execution_id: scope.pod_reported_execution_id,
         max_request_bytes: scope.max_request_bytes,
         serve_token: proxy.serve_token,
+        connect_port: proxy.connect_port,
     })
 }
 
@@ -571,6 +577,7 @@ struct ProxySettings {
     connect_timeout: Duration,
     keepalive: Duration,
     serve_token: bool,
+    connect_port: Option<u16>,
     policy: AdminPolicy,
 }
 
@@ -614,6 +621,16 @@ fn build_proxy(raw: &mut RawAdmin, l: &mut Loader<'_>) -> ProxySettings {
         false,
         parse_bool,
     );
+    let connect_port = l.parsed(
+        "admin.connect_port",
+        Some(&env("connect_port")),
+        raw.connect_port.map(|n| n.to_string()),
+        None,
+        |s| match s.parse::<u16>() {
+            Ok(port) if port > 0 => Ok(Some(port)),
+            _ => Err(format!("{s:?} is not a TCP port (1 to 65535)")),
+        },
+    );
     let policy = l.parsed(
         "admin.policy",
         Some(&env("policy")),
@@ -631,6 +648,7 @@ fn build_proxy(raw: &mut RawAdmin, l: &mut Loader<'_>) -> ProxySettings {
         connect_timeout,
         keepalive,
         serve_token,
+        connect_port,
         policy,
     }
 }
@@ -728,6 +746,8 @@ pub struct CheckedAdmin {
     pub env: Vec<(String, String)>,
     /// The client secret the agent will read, if any.
     pub client_secret: Option<Secret>,
+    /// `admin.connect_port`: the loopback port Flyte 2's SDK is pointed at.
+    pub connect_port: Option<u16>,
 }
 
 /// Checks an `admin` section (YAML/JSON keys as in the agent's config file) the way the agent
@@ -781,6 +801,7 @@ pub fn admin_section_env(
         mode: admin.mode,
         env,
         client_secret: admin.client_secret,
+        connect_port: admin.connect_port,
     })
 }
 
@@ -988,6 +1009,35 @@ mod section_env_tests {
     }
 
     #[test]
+    fn connect_port_is_off_unless_set_and_must_be_a_port() {
+        let port = |section: serde_json::Value, env: &[(&str, &str)]| {
+            let raw: RawAdmin = serde_json::from_value(section).unwrap();
+            let env: Vec<_> = env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            let (admin, errors) = read(raw, &env);
+            (admin.and_then(|a| a.connect_port), errors)
+        };
+        let base = serde_json::json!({"endpoint": "dns:///flyteadmin:81", "mode": "client-secret", "client_id": "p", "client_secret": {"group": "g", "key": "k"}});
+        assert_eq!(port(base.clone(), &[]), (None, vec![]));
+        let mut with = base.clone();
+        with["connect_port"] = 8090.into();
+        assert_eq!(port(with, &[]), (Some(8090), vec![]));
+        for bad in ["0", "65536", "http"] {
+            let (got, errors) = port(
+                base.clone(),
+                &[("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", bad)],
+            );
+            assert_eq!(got, None);
+            assert_eq!(
+                errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                [format!("env FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT: admin.connect_port: {bad:?} is not a TCP port (1 to 65535)")]
+            );
+        }
+    }
+
+    #[test]
     fn every_admin_key_reaches_the_agent_through_the_env_the_injector_sets() {
         // A value for every key, none of them its default, so each shows in what is read back.
         let section = serde_json::json!({
@@ -1008,6 +1058,7 @@ mod section_env_tests {
             "connect_timeout": "3s",
             "keepalive": "20s",
             "serve_token": true,
+            "connect_port": 8090,
             "policy": "unrestricted",
             "max_request_bytes": 9999,
         });

@@ -1,0 +1,339 @@
+//! Flyte 2: the unmodified `flyte` 2.12.1 SDK (tests/.venv-flyte2) in a task-like process with the
+//! env the injector gives a task (`_U_EP_OVERRIDE` at the agent's Connect port, `_U_INSECURE`,
+//! `_U_ORG_NAME`, the bypass variables empty; see the injector's `flyte2` golden review), through
+//! the agent, to the Flyte 2 control-plane stand-in (tests/flyte2/standin.py: flyteidl2's own
+//! Connect services, JWTs verified against the real oidc-provider's JWKS).
+//!
+//! The agent is told only the control plane's address and its own client: the header, token
+//! endpoint and scopes come from the stand-in's `flyteidl2.auth.AuthMetadataService`, which the
+//! agent falls back to when Flyte 1's is UNIMPLEMENTED.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use common::*;
+use serde_json::{json, Value};
+
+const PROPELLER_SECRET: &str = "propeller-secret-value";
+const ORG: &str = "acme";
+
+fn venv_python() -> PathBuf {
+    let python = workspace().join("tests/.venv-flyte2/bin/python");
+    assert!(
+        python.exists(),
+        "no venv at {}: run `tests/run` (it installs tests/requirements-flyte2.txt)",
+        python.display()
+    );
+    python
+}
+
+/// The control-plane stand-in, stopped when dropped.
+struct ControlPlane {
+    child: Child,
+    address: String,
+    http: reqwest::blocking::Client,
+}
+
+impl ControlPlane {
+    fn start(config: Value) -> Self {
+        let mut child = Command::new(venv_python())
+            .arg(workspace().join("tests/flyte2/standin.py"))
+            .env("FLYTE2_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/flyte2/standin.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let info: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the stand-in said {line:?} instead of its address: {e}"));
+        Self {
+            child,
+            address: info["address"].as_str().unwrap().to_string(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// Every call it saw that needed a token, in order.
+    fn calls(&self) -> Vec<Value> {
+        let all: Vec<Value> = self
+            .http
+            .get(format!("http://{}/control/calls", self.address))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        all.into_iter()
+            .filter(|c| c["exempt"] != json!(true))
+            .collect()
+    }
+
+    /// Refuses every token issued until now; returns the revocation time (seconds).
+    fn revoke(&self) -> f64 {
+        let answer: Value = self
+            .http
+            .post(format!("http://{}/control/revoke", self.address))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        answer["revoked_before"].as_f64().unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The IdP, the control plane and an agent with a Connect port in front of it.
+struct Flyte2 {
+    idp: Idp,
+    plane: ControlPlane,
+    agent: AgentProcess,
+    port: u16,
+    _pod: Pod,
+}
+
+/// A free loopback port (bound and released: the agent binds it right after).
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn flyte2(cluster_endpoint: &str, extra: &[(&str, &str)]) -> Flyte2 {
+    let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
+    let discovery = idp.discovery();
+    let plane = ControlPlane::start(json!({
+        "issuer": idp.issuer,
+        "jwks_uri": discovery["jwks_uri"],
+        "token_endpoint": discovery["token_endpoint"],
+        "auth_header": "flyte-authorization",
+        "cluster_endpoint": cluster_endpoint,
+        "org": ORG,
+    }));
+    let pod = Pod::new();
+    pod.secret("flyte-admin", "client_secret", PROPELLER_SECRET);
+    let port = free_port();
+    let mut env = pod.env(&json!([]));
+    for (k, v) in [
+        ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", plane.address.clone()),
+        ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "flytepropeller".into()),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+            r#"{"group": "flyte-admin", "key": "client_secret"}"#.into(),
+        ),
+        ("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", port.to_string()),
+        // The policy reads gRPC bodies only; a Flyte 2 deployment runs unrestricted for now.
+        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
+    ] {
+        env.push((k.to_string(), v));
+    }
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    let agent = AgentProcess::start(&pod, &["serve"], &env);
+    agent.wait_ready(Duration::from_secs(30));
+    Flyte2 {
+        idp,
+        plane,
+        agent,
+        port,
+        _pod: pod,
+    }
+}
+
+impl Flyte2 {
+    /// Runs the task driver (`a0`, `remote`, `denied`) with the injector's task env; its exit
+    /// code and its one JSON line.
+    fn task(&self, args: &[&str]) -> (i32, Value) {
+        let out = Command::new(venv_python())
+            .arg(workspace().join("tests/python/flyte2_task.py"))
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("HOME", std::env::temp_dir())
+            .envs(task_env(self.port))
+            .env("FLYTE2_DRIVER_TIMEOUT", "60")
+            .stderr(Stdio::inherit())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let line = stdout.lines().last().unwrap_or_default();
+        let result = serde_json::from_str(line).unwrap_or_else(|e| {
+            panic!(
+                "the task printed {stdout:?}: {e}\nagent: {}",
+                self.agent.output()
+            )
+        });
+        use std::os::unix::process::ExitStatusExt as _;
+        // A signal shows as its negative number.
+        let code = out
+            .status
+            .code()
+            .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+        (code, result)
+    }
+}
+
+/// What the injector sets in a task container for `admin.connect_port` (its `flyte2` golden
+/// review), plus the execution's project and domain, which Flyte 2's executor sets.
+fn task_env(port: u16) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = [
+        ("_U_EP_OVERRIDE", format!("http://127.0.0.1:{port}")),
+        ("_U_INSECURE", "true".into()),
+        ("_U_ORG_NAME", ORG.into()),
+        ("FLYTE_INTERNAL_EXECUTION_PROJECT", "flytesnacks".into()),
+        ("FLYTE_INTERNAL_EXECUTION_DOMAIN", "development".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    for blank in [
+        "UCTL_CONFIG",
+        "FLYTECTL_CONFIG",
+        "_UNION_EAGER_API_KEY",
+        "EAGER_API_KEY",
+    ] {
+        env.push((blank.to_string(), String::new()));
+    }
+    env
+}
+
+fn methods(calls: &[Value]) -> Vec<&str> {
+    calls
+        .iter()
+        .map(|c| c["method"].as_str().unwrap())
+        .collect()
+}
+
+#[test]
+fn an_sdk_task_and_its_remote_calls_reach_the_control_plane_as_the_executor() {
+    // SelectCluster names another endpoint; the SDK must not go there.
+    let decoy = TcpListener::bind("127.0.0.1:0").unwrap();
+    decoy.set_nonblocking(true).unwrap();
+    let decoy_endpoint = format!("dns:///{}", decoy.local_addr().unwrap());
+    let f = flyte2(&decoy_endpoint, &[]);
+
+    let (code, result) = f.task(&["a0"]);
+    assert_eq!((code, &result["children"]), (0, &json!(2)), "{result}");
+    let (code, result) = f.task(&["remote"]);
+    assert_eq!((code, &result["runs"]), (0, &json!(3)), "{result}");
+    // DataProxy went to the control plane, through the agent, not to the endpoint named.
+    assert_eq!(
+        result["upload_authority"],
+        json!(f.plane.address),
+        "{result}"
+    );
+    assert!(decoy.accept().is_err(), "the SDK connected to the decoy");
+
+    let calls = f.plane.calls();
+    let seen = methods(&calls);
+    for method in [
+        "/flyteidl2.workflow.StateService/Watch",
+        "/flyteidl2.workflow.QueueService/EnqueueAction",
+        "/flyteidl2.workflow.RunService/ListRuns",
+        "/flyteidl2.cluster.ClusterService/SelectCluster",
+        "/flyteidl2.dataproxy.DataProxyService/CreateUploadLocation",
+    ] {
+        assert!(seen.contains(&method), "{method} not in {seen:?}");
+    }
+    assert_eq!(
+        seen.iter()
+            .filter(|m| m.ends_with("/EnqueueAction"))
+            .count(),
+        2,
+        "{seen:?}"
+    );
+    for call in &calls {
+        // Every call came over the agent's HTTP/2 connection with the executor's token.
+        assert_eq!(call["authenticated"], json!(true), "{call}");
+        assert_eq!(call["sub"], json!("flytepropeller"), "{call}");
+        assert_eq!(call["http_version"], json!("2"), "{call}");
+    }
+    assert_eq!(f.idp.token_requests(), 1, "one credential for everything");
+}
+
+#[test]
+fn a_revoked_credential_is_renewed_once_and_the_call_succeeds() {
+    let f = flyte2("", &[]);
+    let (code, result) = f.task(&["remote"]);
+    assert_eq!(code, 0, "{result}");
+    let minted = f.idp.token_requests();
+    let revoked = f.plane.revoke();
+    // Token times are whole seconds: a token minted in the second of the revocation is revoked
+    // too, so the next one must come from a later second.
+    wait_for(
+        "the second after the revocation",
+        Duration::from_secs(3),
+        || {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+            (now.as_secs_f64() >= revoked.floor() + 1.0).then_some(())
+        },
+    );
+    let before = f.plane.calls().len();
+    let (code, result) = f.task(&["remote"]);
+    assert_eq!(code, 0, "{result}\n{}", f.agent.output());
+    assert_eq!(f.idp.token_requests(), minted + 1, "renewed exactly once");
+    let after = f.plane.calls();
+    let refused: Vec<_> = after[before..]
+        .iter()
+        .filter(|c| c["authenticated"] == json!(false))
+        .collect();
+    assert_eq!(
+        refused.len(),
+        1,
+        "one call saw the revoked token: {refused:?}"
+    );
+    assert_eq!(refused[0]["reason"], json!("token revoked"));
+}
+
+#[test]
+fn refusals_reach_the_sdk_as_permission_denied_never_unauthenticated() {
+    // The agent's own refusal: a method outside admin.allowed_methods.
+    let f = flyte2(
+        "",
+        &[(
+            "FLYTE_AUTH_AGENT_ADMIN_ALLOWED_METHODS",
+            "flyteidl2.workflow.QueueService/*",
+        )],
+    );
+    let (code, result) = f.task(&["denied"]);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["code"], json!("permission_denied"), "{result}");
+    assert_contains(
+        result["message"].as_str().unwrap(),
+        "not in admin.allowed_methods",
+    );
+    assert!(
+        f.plane.calls().is_empty(),
+        "the control plane saw a refused call"
+    );
+
+    // The control plane's: it refuses the credential even after a renewal (revoked again as
+    // soon as the renewed one is asked for would race, so: a credential it can never accept).
+    let f = flyte2(
+        "",
+        &[("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "x-wrong-header")],
+    );
+    let (code, result) = f.task(&["denied"]);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["code"], json!("permission_denied"), "{result}");
+    assert_contains(
+        result["message"].as_str().unwrap(),
+        "refused the executor credential twice",
+    );
+}

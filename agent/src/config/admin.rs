@@ -642,6 +642,12 @@ fn build_proxy(raw: &mut RawAdmin, l: &mut Loader<'_>) -> ProxySettings {
             _ => Err(format!("{s:?} is not execution or unrestricted")),
         },
     );
+    if connect_port.is_some() && policy == AdminPolicy::Execution {
+        l.file_error(
+            "admin.connect_port",
+            "needs admin.policy: unrestricted: the execution-scope policy does not know Flyte 2's (flyteidl2) methods yet, so it would refuse every call on the port",
+        );
+    }
     ProxySettings {
         allowed_methods,
         retry_buffer,
@@ -1019,8 +1025,16 @@ mod section_env_tests {
             let (admin, errors) = read(raw, &env);
             (admin.and_then(|a| a.connect_port), errors)
         };
-        let base = serde_json::json!({"endpoint": "dns:///flyteadmin:81", "mode": "client-secret", "client_id": "p", "client_secret": {"group": "g", "key": "k"}});
+        let base = serde_json::json!({"endpoint": "dns:///flyteadmin:81", "mode": "client-secret", "client_id": "p", "client_secret": {"group": "g", "key": "k"}, "policy": "unrestricted"});
         assert_eq!(port(base.clone(), &[]), (None, vec![]));
+        let mut scoped = base.clone();
+        scoped["policy"] = "execution".into();
+        scoped["connect_port"] = 8090.into();
+        let (_, errors) = port(scoped, &[]);
+        assert_eq!(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["config: admin.connect_port: needs admin.policy: unrestricted: the execution-scope policy does not know Flyte 2's (flyteidl2) methods yet, so it would refuse every call on the port"]
+        );
         let mut with = base.clone();
         with["connect_port"] = 8090.into();
         assert_eq!(port(with, &[]), (Some(8090), vec![]));

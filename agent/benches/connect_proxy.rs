@@ -1,0 +1,197 @@
+//! Benchmark: Connect unary calls as Flyte 2's SDK makes them (HTTP/1.1 keep-alive POSTs,
+//! `application/proto`) to a minimal control plane on loopback TCP, directly (the floor) and
+//! through the agent binary's Connect port (`admin.connect_port`; the agent forwards over its
+//! HTTP/2 connection with the credential attached), in the same run: latency percentiles and
+//! what the agent adds to them.
+//!
+//! Run: `cargo bench -p flyte-auth-agent --bench connect_proxy`. Every loop is bounded by a count.
+
+mod common;
+
+use common::{rss_kib, runtime, spawn_issuer, us};
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt as _, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+const WARMUP: usize = 2_000;
+const CALLS: usize = 20_000;
+const METHOD: &str = "/flyteidl2.workflow.RunService/ListRuns";
+
+/// The control plane: answers every call 200 with a 32-byte message, over HTTP/1.1 or h2c, and
+/// counts the calls that carried a credential.
+async fn control_plane(listener: TcpListener, credentialed: Arc<AtomicU64>) {
+    while let Ok((stream, _)) = listener.accept().await {
+        let _ = stream.set_nodelay(true);
+        let credentialed = credentialed.clone();
+        let service = hyper::service::service_fn(move |req: http::Request<Incoming>| {
+            if req.headers().contains_key(http::header::AUTHORIZATION) {
+                credentialed.fetch_add(1, Ordering::Relaxed);
+            }
+            async move {
+                let _ = req.into_body().collect().await;
+                let mut r = http::Response::new(Full::new(Bytes::from_static(&[0x0a; 32])));
+                r.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("application/proto"),
+                );
+                Ok::<_, Infallible>(r)
+            }
+        });
+        tokio::spawn(async move {
+            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+/// p50 and p99 of `CALLS` sequential calls on one HTTP/1.1 keep-alive connection to `addr`.
+fn measure(rt: &tokio::runtime::Runtime, addr: &str) -> (Duration, Duration) {
+    rt.block_on(async {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        stream.set_nodelay(true).unwrap();
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let mut samples = Vec::with_capacity(CALLS);
+        for i in 0..WARMUP + CALLS {
+            let req = http::Request::post(METHOD)
+                .header(http::header::HOST, addr)
+                .header(http::header::CONTENT_TYPE, "application/proto")
+                .header("connect-protocol-version", "1")
+                .body(Full::new(Bytes::from_static(&[0x10, 0x05])))
+                .unwrap();
+            let t = Instant::now();
+            sender.ready().await.unwrap();
+            let response = sender.send_request(req).await.unwrap();
+            assert_eq!(response.status(), 200, "a call failed");
+            response.into_body().collect().await.unwrap();
+            if i >= WARMUP {
+                samples.push(t.elapsed());
+            }
+        }
+        samples.sort();
+        (samples[CALLS / 2], samples[CALLS * 99 / 100])
+    })
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let secret = "bench-secret";
+    std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
+    std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
+
+    // The issuer and the control plane on one runtime, the client on another, the agent in its
+    // own process.
+    let servers = runtime();
+    let clients = runtime();
+    let shutdown = CancellationToken::new();
+    let issuer = spawn_issuer(&servers, secret, &shutdown);
+    let credentialed = Arc::new(AtomicU64::new(0));
+    let listener = servers.block_on(TcpListener::bind("127.0.0.1:0")).unwrap();
+    let plane = listener.local_addr().unwrap().to_string();
+    servers.spawn(control_plane(listener, credentialed.clone()));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_flyte-auth-agent"));
+    let mut agent = Command::new(&bin)
+        .arg("serve")
+        .env_clear()
+        .envs([
+            (
+                "FLYTE_TOKENS_PATH_PREFIX",
+                dir.join("tokens").display().to_string(),
+            ),
+            (
+                "FLYTE_AUTH_AGENT_SOCKET",
+                dir.join("run/agent.sock").display().to_string(),
+            ),
+            (
+                "FLYTE_SECRETS_DEFAULT_DIR",
+                dir.join("secrets").display().to_string(),
+            ),
+            ("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0".into()),
+            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", plane.clone()),
+            ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "bench".into()),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+                r#"{"group": "bench", "key": "secret"}"#.into(),
+            ),
+            (
+                "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
+                format!("{issuer}/token"),
+            ),
+            ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyte2".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
+            ("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", port.to_string()),
+            ("RUST_LOG", "error".into()),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let through = format!("127.0.0.1:{port}");
+    let started = Instant::now();
+    while std::net::TcpStream::connect(&through).is_err() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "the agent never opened its Connect port"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+
+    let direct = measure(&clients, &plane);
+    let before = credentialed.load(Ordering::Relaxed);
+    let proxied = measure(&clients, &through);
+    let carried = credentialed.load(Ordering::Relaxed) - before;
+    let (rss, _) = rss_kib(agent.id());
+    let _ = Command::new("kill")
+        .arg("-TERM")
+        .arg(agent.id().to_string())
+        .status();
+    let _ = agent.wait();
+    shutdown.cancel();
+    assert_eq!(
+        carried,
+        (WARMUP + CALLS) as u64,
+        "every proxied call carried the credential"
+    );
+
+    println!("Connect unary over loopback TCP (HTTP/1.1 keep-alive, {CALLS} sequential calls after {WARMUP} warm-up):");
+    println!("  {:<38} {:>9} {:>9}", "", "p50 µs", "p99 µs");
+    for (label, (p50, p99)) in [
+        ("direct to the control plane (floor)", direct),
+        ("through the agent's Connect port", proxied),
+    ] {
+        println!("  {label:<38} {:>9.1} {:>9.1}", us(p50), us(p99));
+    }
+    println!(
+        "  added by the agent: p50 {:.1} µs, p99 {:.1} µs ({:.2}x / {:.2}x the floor); every call carried the credential; agent RSS {:.1} MiB",
+        us(proxied.0) - us(direct.0),
+        us(proxied.1) - us(direct.1),
+        us(proxied.0) / us(direct.0),
+        us(proxied.1) / us(direct.1),
+        rss as f64 / 1024.0,
+    );
+}

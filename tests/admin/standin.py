@@ -15,7 +15,6 @@ How FlyteAdmin treats auth (flyteadmin/auth), which this copies:
 """
 
 import concurrent.futures
-import ipaddress
 import json
 import logging
 import os
@@ -28,47 +27,27 @@ import sys
 import threading
 import time
 import urllib.parse
-import urllib.request
 
 import grpc
-import jwt
 from flyteidl.admin import agent_pb2, execution_pb2, project_pb2, version_pb2
 from flyteidl.core import execution_pb2 as core_execution_pb2
 from flyteidl.core import identifier_pb2
 from flyteidl.service import admin_pb2_grpc, agent_pb2_grpc, auth_pb2, auth_pb2_grpc
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peers"))
+from bearer import AuthFailure, Jwks, is_loopback, verify  # noqa: E402
+
 log = logging.getLogger("admin-standin")
 
-ALGORITHMS = ("RS256", "ES256")
 EXEMPT_PREFIX = "/flyteidl.service.AuthMetadataService/"
 MAX_CALLS = 100_000  # stats entries kept; a test never gets near this
 MAX_EXECUTIONS = 10_000
 MAX_LOG_LINES = 1_000_000
 MAX_SLEEP_MS = 600_000
-MAX_JWKS_BYTES = 1 << 20
 MAX_CONTROL_LINE = 1 << 20
 PROJECTS = ("flytesnacks", "demo")
 DOMAINS = ("development", "staging", "production")
 WP = core_execution_pb2.WorkflowExecution.Phase
-
-
-class AuthFailure(Exception):
-    """A reason to answer UNAUTHENTICATED: `reason` is the status message and the stats `reason`;
-    `claims` are the token's claims when its signature verified (so stats can say whose it was)."""
-
-    def __init__(self, reason, claims=None):
-        super().__init__(reason)
-        self.reason = reason
-        self.claims = claims
-
-
-def is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Config:
@@ -107,46 +86,6 @@ class Config:
         )
 
 
-class Jwks:
-    """The issuer's signing keys by kid: fetched at start (again at the first token if that
-    failed), and again (once per token) when a token names a kid the cache does not know, as
-    after a key rotation."""
-
-    def __init__(self, cfg):
-        self.uri = cfg.jwks_uri
-        self.ssl = ssl.create_default_context(cafile=cfg.jwks_ca) if cfg.jwks_ca else None
-        self.lock = threading.Lock()
-        self.keys = None  # {kid: PyJWK}
-
-    def _fetch(self):
-        try:
-            # No proxy: the JWKS is on loopback and an environment proxy must not intercept it.
-            opener = urllib.request.build_opener(
-                urllib.request.ProxyHandler({}), urllib.request.HTTPSHandler(context=self.ssl))
-            with opener.open(self.uri, timeout=15) as resp:
-                body = resp.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("JWKS too large")
-            keyset = jwt.PyJWKSet.from_dict(json.loads(body))
-        except Exception as e:  # any failure to get keys is the same outcome for the caller
-            log.warning("JWKS fetch from %s failed: %s", self.uri, e)
-            raise AuthFailure("jwks unavailable") from e
-        self.keys = {k.key_id: k for k in keyset.keys}
-        log.info("JWKS fetched: kids %s", sorted(str(k) for k in self.keys))
-
-    def key(self, kid):
-        with self.lock:
-            if self.keys is None:
-                self._fetch()
-            elif kid not in self.keys and not (kid is None and len(self.keys) == 1):
-                self._fetch()
-            if kid is None and len(self.keys) == 1:  # a token without kid and a one-key set
-                return next(iter(self.keys.values()))
-            if kid not in self.keys:
-                raise AuthFailure("unknown signing key")
-            return self.keys[kid]
-
-
 def scope_string(claims):
     """The token's scopes as one space-separated string, from `scope` (RFC 9068) or else `scp`
     (a list or a string)."""
@@ -165,7 +104,7 @@ class Auth:
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.jwks = Jwks(cfg)
+        self.jwks = Jwks(cfg.jwks_uri, cfg.jwks_ca)
         self.lock = threading.Lock()
         self.calls = []
         self.unauthenticated = 0
@@ -191,46 +130,8 @@ class Auth:
 
     def _verify(self, value):
         """The verified claims of a `Bearer <jwt>` value; raises AuthFailure."""
-        if not value.strip():
-            raise AuthFailure("missing authorization")
-        scheme, _, token = value.strip().partition(" ")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthFailure("bad authorization scheme")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
-            raise AuthFailure("malformed token") from e
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise AuthFailure("unsupported algorithm")
-        key = self.jwks.key(header.get("kid"))
-        # First the signature alone, so a call refused for a claim is still recorded with whose
-        # token it was; then PyJWT's own claim checks.
-        try:
-            claims = jwt.decode(token, key.key, algorithms=[alg], options={
-                "verify_exp": False, "verify_nbf": False, "verify_iat": False,
-                "verify_aud": False, "verify_iss": False, "verify_sub": False, "verify_jti": False})
-        except jwt.InvalidSignatureError as e:
-            raise AuthFailure("bad signature") from e
-        except jwt.PyJWTError as e:  # e.g. a key of the wrong type for alg
-            raise AuthFailure(f"invalid token ({type(e).__name__})") from e
-        try:
-            jwt.decode(token, key.key, algorithms=[alg], audience=self.cfg.audience,
-                       issuer=self.cfg.issuer, leeway=self.cfg.leeway,
-                       options={"require": ["exp", "iss", "aud"]})
-        except jwt.ExpiredSignatureError as e:
-            raise AuthFailure("token expired", claims) from e
-        except jwt.ImmatureSignatureError as e:
-            raise AuthFailure("token not yet valid", claims) from e
-        except jwt.InvalidAudienceError as e:
-            raise AuthFailure("bad audience", claims) from e
-        except jwt.InvalidIssuerError as e:
-            raise AuthFailure("bad issuer", claims) from e
-        except jwt.MissingRequiredClaimError as e:
-            raise AuthFailure(f"missing claim {e.claim}", claims) from e
-        except jwt.PyJWTError as e:
-            raise AuthFailure(f"invalid token ({type(e).__name__})", claims) from e
+        claims = verify(value, self.jwks, self.cfg.issuer, self.cfg.audience, self.cfg.leeway,
+                        check_aud=True)
         need = self.cfg.required_scope
         if need and need not in (scope_string(claims) or "").split():
             raise AuthFailure("insufficient scope", claims)
@@ -707,7 +608,7 @@ def main():
     # fatal; the first token fetches again.
     try:
         with auth.jwks.lock:
-            auth.jwks._fetch()
+            auth.jwks.fetch()
     except AuthFailure:
         pass
     server.start()

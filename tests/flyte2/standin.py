@@ -29,7 +29,6 @@ import asyncio
 import contextvars
 import importlib
 import inspect
-import ipaddress
 import json
 import logging
 import os
@@ -41,11 +40,9 @@ import sys
 import threading
 import time
 import urllib.parse
-import urllib.request
 from collections import deque
 
 import flyteidl2
-import jwt
 from connectrpc.code import Code
 from connectrpc.errors import ConnectError
 from flyteidl2.auth import auth_service_pb2
@@ -57,24 +54,16 @@ from flyteidl2.workflow import (queue_service_pb2, run_definition_pb2, run_servi
 from hypercorn.asyncio import serve
 from hypercorn.config import Config as HypercornConfig
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "peers"))
+from bearer import AuthFailure, Jwks, is_loopback, verify  # noqa: E402
+
 log = logging.getLogger("flyte2-standin")
 
-ALGORITHMS = ("RS256", "ES256")
 EXEMPT_SERVICE = "/flyteidl2.auth.AuthMetadataService"
 MAX_CALLS = 100_000          # call records kept (the oldest are dropped)
 MAX_BODY = 4 << 20           # request body bytes per call
 MAX_ACTIONS = 100_000        # enqueued actions remembered for Watch replays
-MAX_JWKS_BYTES = 1 << 20
 CALL = contextvars.ContextVar("call")  # the current call's record (set by the ASGI layer)
-
-
-def is_loopback(host):
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 class Config:
@@ -104,86 +93,19 @@ class Config:
         self.idle_timeout = float(raw.get("idle_timeout", 60))
 
 
-class AuthFailure(Exception):
-    def __init__(self, reason, claims=None):
-        super().__init__(reason)
-        self.reason, self.claims = reason, claims
-
-
 class Auth:
-    """Bearer JWT checks (PyJWT against the issuer's JWKS) and the revocation cut-off."""
+    """Bearer JWT checks (tests/peers/bearer.py) and the revocation cut-off."""
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.lock = threading.Lock()
-        self.keys = None  # {kid: PyJWK}
+        self.jwks = Jwks(cfg.jwks_uri)
         self.revoked_before = None  # tokens with iat <= this are refused
-
-    def _fetch(self):
-        try:  # no proxy: the JWKS is on loopback
-            opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-            with opener.open(self.cfg.jwks_uri, timeout=15) as resp:
-                body = resp.read(MAX_JWKS_BYTES + 1)
-            if len(body) > MAX_JWKS_BYTES:
-                raise ValueError("JWKS too large")
-            self.keys = {k.key_id: k for k in jwt.PyJWKSet.from_dict(json.loads(body)).keys}
-        except Exception as e:
-            log.warning("JWKS fetch from %s failed: %s", self.cfg.jwks_uri, e)
-            raise AuthFailure("jwks unavailable") from e
-        log.info("JWKS fetched: kids %s", sorted(str(k) for k in self.keys))
-
-    def _key(self, kid):
-        with self.lock:  # fetched at the first token, and again for an unknown kid (rotation)
-            if self.keys is None or (kid not in self.keys and not (kid is None and len(self.keys) == 1)):
-                self._fetch()
-            if kid is None and len(self.keys) == 1:
-                return next(iter(self.keys.values()))
-            if kid not in self.keys:
-                raise AuthFailure("unknown signing key")
-            return self.keys[kid]
 
     def verify(self, value):
         """Claims of a `Bearer <jwt>` header value; raises AuthFailure. Blocking (JWKS fetch)."""
-        scheme, _, token = (value or "").strip().partition(" ")
-        if not scheme:
-            raise AuthFailure("missing authorization")
-        token = token.strip()
-        if scheme.lower() != "bearer" or not token:
-            raise AuthFailure("bad authorization scheme")
-        try:
-            header = jwt.get_unverified_header(token)
-        except jwt.PyJWTError as e:
-            raise AuthFailure("malformed token") from e
-        alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise AuthFailure("unsupported algorithm")
-        key = self._key(header.get("kid"))
-        try:  # the signature alone first, so a refusal for a claim still says whose token it was
-            claims = jwt.decode(token, key.key, algorithms=[alg], options={
-                "verify_exp": False, "verify_nbf": False, "verify_iat": False, "verify_aud": False,
-                "verify_iss": False, "verify_sub": False, "verify_jti": False})
-        except jwt.InvalidSignatureError as e:
-            raise AuthFailure("bad signature") from e
-        except jwt.PyJWTError as e:
-            raise AuthFailure(f"invalid token ({type(e).__name__})") from e
         aud = self.cfg.audience
-        try:
-            jwt.decode(token, key.key, algorithms=[alg], audience=aud, issuer=self.cfg.issuer,
-                       leeway=self.cfg.leeway, options={
-                           "require": ["exp", "iss"] + (["aud"] if aud else []),
-                           "verify_aud": bool(aud)})
-        except jwt.ExpiredSignatureError as e:
-            raise AuthFailure("token expired", claims) from e
-        except jwt.ImmatureSignatureError as e:
-            raise AuthFailure("token not yet valid", claims) from e
-        except jwt.InvalidAudienceError as e:
-            raise AuthFailure("bad audience", claims) from e
-        except jwt.InvalidIssuerError as e:
-            raise AuthFailure("bad issuer", claims) from e
-        except jwt.MissingRequiredClaimError as e:
-            raise AuthFailure(f"missing claim {e.claim}", claims) from e
-        except jwt.PyJWTError as e:
-            raise AuthFailure(f"invalid token ({type(e).__name__})", claims) from e
+        claims = verify(value, self.jwks, self.cfg.issuer, aud, self.cfg.leeway,
+                        check_aud=bool(aud))
         cut = self.revoked_before
         iat = claims.get("iat")
         if cut is not None and (not isinstance(iat, (int, float)) or iat <= cut):

@@ -1,6 +1,7 @@
 //! Flyte 2: the unmodified `flyte` 2.12.1 SDK (tests/.venv-flyte2) in a task-like process with the
 //! env the injector gives a task (`_U_EP_OVERRIDE` at the agent's Connect port, `_U_INSECURE`,
-//! `_U_ORG_NAME`, the bypass variables empty; see the injector's `flyte2` golden review), through
+//! `_U_ORG_NAME`, the bypass variables empty; injector/tests/flyte2_live.rs takes it from a real
+//! review instead, and the `flyte2` golden review pins it), through
 //! the agent, to the Flyte 2 control-plane stand-in (tests/flyte2/standin.py: flyteidl2's own
 //! Connect services, JWTs verified against the real oidc-provider's JWKS).
 //!
@@ -10,10 +11,7 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
@@ -22,80 +20,6 @@ use serde_json::{json, Value};
 const PROPELLER_SECRET: &str = "propeller-secret-value";
 const ORG: &str = "acme";
 
-fn venv_python() -> PathBuf {
-    let python = workspace().join("tests/.venv-flyte2/bin/python");
-    assert!(
-        python.exists(),
-        "no venv at {}: run `tests/run` (it installs tests/requirements-flyte2.txt)",
-        python.display()
-    );
-    python
-}
-
-/// The control-plane stand-in, stopped when dropped.
-struct ControlPlane {
-    child: Child,
-    address: String,
-    http: reqwest::blocking::Client,
-}
-
-impl ControlPlane {
-    fn start(config: Value) -> Self {
-        let mut child = Command::new(venv_python())
-            .arg(workspace().join("tests/flyte2/standin.py"))
-            .env("FLYTE2_CONFIG", config.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/flyte2/standin.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let info: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the stand-in said {line:?} instead of its address: {e}"));
-        Self {
-            child,
-            address: info["address"].as_str().unwrap().to_string(),
-            http: reqwest::blocking::Client::new(),
-        }
-    }
-
-    /// Every call it saw that needed a token, in order.
-    fn calls(&self) -> Vec<Value> {
-        let all: Vec<Value> = self
-            .http
-            .get(format!("http://{}/control/calls", self.address))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        all.into_iter()
-            .filter(|c| c["exempt"] != json!(true))
-            .collect()
-    }
-
-    /// Refuses every token issued until now; returns the revocation time (seconds).
-    fn revoke(&self) -> f64 {
-        let answer: Value = self
-            .http
-            .post(format!("http://{}/control/revoke", self.address))
-            .send()
-            .unwrap()
-            .json()
-            .unwrap();
-        answer["revoked_before"].as_f64().unwrap()
-    }
-}
-
-impl Drop for ControlPlane {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// The IdP, the control plane and an agent with a Connect port in front of it.
 struct Flyte2 {
     idp: Idp,
@@ -103,15 +27,6 @@ struct Flyte2 {
     agent: AgentProcess,
     port: u16,
     _pod: Pod,
-}
-
-/// A free loopback port (bound and released: the agent binds it right after).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 fn flyte2(cluster_endpoint: &str, extra: &[(&str, &str)]) -> Flyte2 {
@@ -160,32 +75,7 @@ impl Flyte2 {
     /// Runs the task driver (`a0`, `remote`, `denied`) with the injector's task env; its exit
     /// code and its one JSON line.
     fn task(&self, args: &[&str]) -> (i32, Value) {
-        let out = Command::new(venv_python())
-            .arg(workspace().join("tests/python/flyte2_task.py"))
-            .args(args)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("HOME", std::env::temp_dir())
-            .envs(task_env(self.port))
-            .env("FLYTE2_DRIVER_TIMEOUT", "60")
-            .stderr(Stdio::inherit())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        let line = stdout.lines().last().unwrap_or_default();
-        let result = serde_json::from_str(line).unwrap_or_else(|e| {
-            panic!(
-                "the task printed {stdout:?}: {e}\nagent: {}",
-                self.agent.output()
-            )
-        });
-        use std::os::unix::process::ExitStatusExt as _;
-        // A signal shows as its negative number.
-        let code = out
-            .status
-            .code()
-            .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
-        (code, result)
+        flyte2_task(args, &task_env(self.port), &self.agent)
     }
 }
 

@@ -648,3 +648,119 @@ pub fn test_pki(
     std::fs::write(&paths.2, key.serialize_pem()).unwrap();
     paths
 }
+
+/// The Flyte 2 venv's Python (`flyte` 2.12.1, the stand-in's packages).
+pub fn flyte2_python() -> PathBuf {
+    let python = workspace().join("tests/.venv-flyte2/bin/python");
+    assert!(
+        python.exists(),
+        "no venv at {}: run `tests/run` (it installs tests/requirements-flyte2.txt)",
+        python.display()
+    );
+    python
+}
+
+/// The Flyte 2 control-plane stand-in (tests/flyte2/standin.py), stopped when dropped.
+pub struct ControlPlane {
+    child: Child,
+    pub address: String,
+    http: reqwest::blocking::Client,
+}
+
+impl ControlPlane {
+    /// Starts it with `config` (tests/flyte2/README.md).
+    pub fn start(config: Value) -> Self {
+        let mut child = Command::new(flyte2_python())
+            .arg(workspace().join("tests/flyte2/standin.py"))
+            .env("FLYTE2_CONFIG", config.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start tests/flyte2/standin.py");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let info: Value = serde_json::from_str(&line)
+            .unwrap_or_else(|e| panic!("the stand-in said {line:?} instead of its address: {e}"));
+        Self {
+            child,
+            address: info["address"].as_str().unwrap().to_string(),
+            http: reqwest::blocking::Client::new(),
+        }
+    }
+
+    /// Every call it saw that needed a token, in order.
+    pub fn calls(&self) -> Vec<Value> {
+        let all: Vec<Value> = self
+            .http
+            .get(format!("http://{}/control/calls", self.address))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        all.into_iter()
+            .filter(|c| c["exempt"] != json!(true))
+            .collect()
+    }
+
+    /// Refuses every token issued until now; returns the revocation time (seconds).
+    pub fn revoke(&self) -> f64 {
+        let answer: Value = self
+            .http
+            .post(format!("http://{}/control/revoke", self.address))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        answer["revoked_before"].as_f64().unwrap()
+    }
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free loopback port (bound and released: the agent binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs tests/python/flyte2_task.py (`a0`, `remote`, `denied`) with only `env` (plus `PATH` and
+/// `HOME`), as a Flyte 2 task container; its exit code (a signal as its negative number) and its
+/// one JSON line. `agent`'s log is shown if the line is not JSON.
+pub fn flyte2_task(args: &[&str], env: &[(String, String)], agent: &AgentProcess) -> (i32, Value) {
+    use std::os::unix::process::ExitStatusExt as _;
+    let out = Command::new(flyte2_python())
+        .arg(workspace().join("tests/python/flyte2_task.py"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("HOME", std::env::temp_dir())
+        .envs(env.iter().cloned())
+        .env("FLYTE2_DRIVER_TIMEOUT", "60")
+        .stderr(Stdio::inherit())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_default();
+    let result = serde_json::from_str(line).unwrap_or_else(|e| {
+        panic!(
+            "the task printed {stdout:?}: {e}\nagent: {}",
+            agent.output()
+        )
+    });
+    let code = out
+        .status
+        .code()
+        .unwrap_or_else(|| -out.status.signal().unwrap_or(0));
+    (code, result)
+}

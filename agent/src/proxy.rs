@@ -197,7 +197,8 @@ impl Proxy {
                 .allowed_methods
                 .patterns()
                 .iter()
-                .map(String::as_str),
+                .map(String::as_str)
+                .chain(connect::FLYTE2_METHODS),
         );
         let max_inflight = crate::config::Limits::default().max_inflight_calls;
         let config = auth.config();

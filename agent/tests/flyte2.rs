@@ -155,6 +155,41 @@ fn an_sdk_task_and_its_remote_calls_reach_the_control_plane_as_the_executor() {
         assert_eq!(call["http_version"], json!("2"), "{call}");
     }
     assert_eq!(f.idp.token_requests(), 1, "one credential for everything");
+    // Metrics name Flyte 2's methods.
+    let metrics = f.agent.health_get("/metrics").1;
+    assert_contains(
+        &metrics,
+        r#"flyte_auth_agent_admin_calls_total{method="/flyteidl2.workflow.QueueService/EnqueueAction",code="Ok"} 2"#,
+    );
+}
+
+#[test]
+fn the_flyte2_method_labels_are_the_pinned_flyteidl2_services() {
+    let listing = r#"
+import importlib
+paths = []
+for m in ["auth.auth_service", "auth.identity", "actions.actions_service", "cluster.service",
+          "dataproxy.dataproxy_service", "project.project_service", "task.task_service",
+          "workflow.queue_service", "workflow.run_service", "workflow.state_service"]:
+    for s in importlib.import_module(f"flyteidl2.{m}_pb2").DESCRIPTOR.services_by_name.values():
+        paths += [f"/{s.full_name}/{x.name}" for x in s.methods]
+print("\n".join(sorted(paths)))
+"#;
+    let out = std::process::Command::new(flyte2_python())
+        .args(["-c", listing])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pinned: Vec<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(pinned, flyte_auth_agent::proxy::connect::FLYTE2_METHODS);
 }
 
 #[test]

@@ -21,6 +21,58 @@ use crate::upstream::BoxError;
 /// The method whose answer names the endpoint the SDK should use for a project.
 pub const SELECT_CLUSTER: &str = "/flyteidl2.cluster.ClusterService/SelectCluster";
 
+/// The methods of the Flyte 2 services a task's SDK calls (flyteidl2 2.0.51: actions, auth,
+/// cluster, dataproxy, project, task, workflow), so that metrics name them rather than `other`.
+/// A fixed list: the labels stay bounded. `agent/tests/flyte2.rs` checks it against the pinned
+/// flyteidl2.
+pub const FLYTE2_METHODS: [&str; 45] = [
+    "/flyteidl2.actions.ActionsService/Abort",
+    "/flyteidl2.actions.ActionsService/Enqueue",
+    "/flyteidl2.actions.ActionsService/Signal",
+    "/flyteidl2.actions.ActionsService/Update",
+    "/flyteidl2.actions.ActionsService/WatchForUpdates",
+    "/flyteidl2.auth.AuthMetadataService/GetOAuth2Metadata",
+    "/flyteidl2.auth.AuthMetadataService/GetPublicClientConfig",
+    "/flyteidl2.auth.IdentityService/UserInfo",
+    "/flyteidl2.cluster.ClusterService/SelectCluster",
+    "/flyteidl2.dataproxy.DataProxyService/CreateDownloadLink",
+    "/flyteidl2.dataproxy.DataProxyService/CreateUploadLocation",
+    "/flyteidl2.dataproxy.DataProxyService/GetActionData",
+    "/flyteidl2.dataproxy.DataProxyService/TailLogs",
+    "/flyteidl2.dataproxy.DataProxyService/UploadInputs",
+    "/flyteidl2.project.ProjectService/CreateProject",
+    "/flyteidl2.project.ProjectService/GetProject",
+    "/flyteidl2.project.ProjectService/ListProjects",
+    "/flyteidl2.project.ProjectService/UpdateProject",
+    "/flyteidl2.task.TaskService/DeployTask",
+    "/flyteidl2.task.TaskService/GetTaskDetails",
+    "/flyteidl2.task.TaskService/ListTasks",
+    "/flyteidl2.task.TaskService/ListVersions",
+    "/flyteidl2.workflow.QueueService/AbortQueuedAction",
+    "/flyteidl2.workflow.QueueService/AbortQueuedRun",
+    "/flyteidl2.workflow.QueueService/EnqueueAction",
+    "/flyteidl2.workflow.RunService/AbortAction",
+    "/flyteidl2.workflow.RunService/AbortRun",
+    "/flyteidl2.workflow.RunService/CreateRun",
+    "/flyteidl2.workflow.RunService/GetActionData",
+    "/flyteidl2.workflow.RunService/GetActionDataURIs",
+    "/flyteidl2.workflow.RunService/GetActionDetails",
+    "/flyteidl2.workflow.RunService/GetActionLogContext",
+    "/flyteidl2.workflow.RunService/GetRunDetails",
+    "/flyteidl2.workflow.RunService/ListActions",
+    "/flyteidl2.workflow.RunService/ListRuns",
+    "/flyteidl2.workflow.RunService/SignalEvent",
+    "/flyteidl2.workflow.RunService/WatchActionDetails",
+    "/flyteidl2.workflow.RunService/WatchActions",
+    "/flyteidl2.workflow.RunService/WatchClusterEvents",
+    "/flyteidl2.workflow.RunService/WatchGroups",
+    "/flyteidl2.workflow.RunService/WatchRunDetails",
+    "/flyteidl2.workflow.RunService/WatchRuns",
+    "/flyteidl2.workflow.StateService/Get",
+    "/flyteidl2.workflow.StateService/Put",
+    "/flyteidl2.workflow.StateService/Watch",
+];
+
 /// Connect's content types: unary (`application/<codec>`) and streaming
 /// (`application/connect+<codec>`), for the proto and JSON codecs.
 const CONTENT_TYPES: [&str; 4] = [

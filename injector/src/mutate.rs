@@ -210,8 +210,13 @@ fn patch(
     }
     let mut warnings = Vec::new();
     let env = task_env(plan);
+    let flyte2 = plan.sidecar() && plan.admin.is_some_and(|a| a.connect_port.is_some());
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     for (i, container) in containers.iter().enumerate() {
+        let mut env = env.clone();
+        if flyte2 {
+            env.extend(no_proxy_env(container, &mut warnings));
+        }
         patch_task_container(plan, i, container, mounts, &env, &mut ops, &mut warnings);
     }
     let mode = match plan.config.mode {
@@ -737,6 +742,52 @@ fn flyte2_env(plan: &Plan<'_>, port: u16) -> Vec<EnvVar> {
     group
 }
 
+/// The proxy variables under which the flyte SDK's HTTP client (pyqwest) sends even loopback
+/// requests to the proxy, unless `NO_PROXY` names the address.
+const PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
+/// For a container whose env sets a proxy: `NO_PROXY` and `no_proxy` with `127.0.0.1` added to
+/// the container's own values (one group, kept or replaced per `env_conflict`), so the SDK's
+/// calls reach the agent's loopback port. A value from a reference cannot be extended: a
+/// warning says what to do. Proxies set through `envFrom` are not seen.
+fn no_proxy_env(container: &Container, warnings: &mut Vec<String>) -> Option<Vec<EnvVar>> {
+    let env = container.env.as_deref().unwrap_or_default();
+    let find = |name: &str| env.iter().find(|e| e.name == name);
+    let proxied = PROXY_VARS.iter().any(|name| {
+        find(name).is_some_and(|e| {
+            e.value_from.is_some() || e.value.as_deref().is_some_and(|v| !v.is_empty())
+        })
+    });
+    if !proxied {
+        return None;
+    }
+    let mut group = Vec::new();
+    for name in ["NO_PROXY", "no_proxy"] {
+        match find(name) {
+            None => group.push(env_value(name, "127.0.0.1".into())),
+            Some(e) if e.value_from.is_some() => warnings.push(format!(
+                "container {:?}: {name} comes from a reference, so the auth agent cannot add 127.0.0.1 to it; without it the flyte SDK sends its calls to the agent to the proxy",
+                container.name
+            )),
+            Some(e) => {
+                let own = e.value.as_deref().unwrap_or_default();
+                let covered = own
+                    .split(',')
+                    .map(str::trim)
+                    .any(|entry| matches!(entry, "*" | "127.0.0.1" | "127.0.0.0/8"));
+                if !covered {
+                    let value = match own.trim() {
+                        "" => "127.0.0.1".to_string(),
+                        own => format!("{own},127.0.0.1"),
+                    };
+                    group.push(env_value(name, value));
+                }
+            }
+        }
+    }
+    (!group.is_empty()).then_some(group)
+}
+
 /// Adds the mounts and env to container `i`, keeping or replacing env vars it already sets.
 fn patch_task_container(
     plan: &Plan<'_>,
@@ -826,4 +877,84 @@ impl Ops {
 /// k8s-openapi types, strings and maps of strings always serialize.
 fn to_value(value: impl Serialize) -> serde_json::Value {
     serde_json::to_value(value).unwrap_or(serde_json::Value::Null)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn container(env: &[(&str, Option<&str>)]) -> Container {
+        Container {
+            name: "main".into(),
+            env: Some(
+                env.iter()
+                    .map(|(name, value)| EnvVar {
+                        name: name.to_string(),
+                        value: value.map(String::from),
+                        value_from: value.is_none().then(|| EnvVarSource {
+                            secret_key_ref: Some(SecretKeySelector {
+                                name: "proxy".into(),
+                                key: "url".into(),
+                                optional: None,
+                            }),
+                            ..Default::default()
+                        }),
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    fn no_proxy(env: &[(&str, Option<&str>)]) -> (Vec<(String, String)>, Vec<String>) {
+        let mut warnings = Vec::new();
+        let group = no_proxy_env(&container(env), &mut warnings).unwrap_or_default();
+        let vars = group
+            .into_iter()
+            .map(|e| (e.name, e.value.unwrap_or_default()))
+            .collect();
+        (vars, warnings)
+    }
+
+    #[test]
+    fn a_proxied_container_gets_loopback_added_to_its_no_proxy() {
+        let pair =
+            |a: &str, b: &str| vec![("NO_PROXY".into(), a.into()), ("no_proxy".into(), b.into())];
+        // No proxy, or an empty one: nothing.
+        assert_eq!(no_proxy(&[]), (vec![], vec![]));
+        assert_eq!(no_proxy(&[("HTTP_PROXY", Some(""))]), (vec![], vec![]));
+        // A proxy, from a value or a reference: both spellings added, or extended.
+        assert_eq!(
+            no_proxy(&[("http_proxy", Some("http://p:3128"))]),
+            (pair("127.0.0.1", "127.0.0.1"), vec![])
+        );
+        assert_eq!(
+            no_proxy(&[
+                ("ALL_PROXY", None),
+                ("NO_PROXY", Some(".svc")),
+                ("no_proxy", Some(""))
+            ]),
+            (pair(".svc,127.0.0.1", "127.0.0.1"), vec![])
+        );
+        // Already covered: left alone.
+        assert_eq!(
+            no_proxy(&[
+                ("HTTP_PROXY", Some("http://p")),
+                ("NO_PROXY", Some("a, 127.0.0.0/8")),
+                ("no_proxy", Some("*"))
+            ]),
+            (vec![], vec![])
+        );
+        // A reference cannot be extended: a warning naming it, the other spelling still added.
+        let (vars, warnings) = no_proxy(&[("HTTP_PROXY", Some("http://p")), ("NO_PROXY", None)]);
+        assert_eq!(
+            vars,
+            vec![("no_proxy".to_string(), "127.0.0.1".to_string())]
+        );
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("NO_PROXY comes from a reference"),
+            "{warnings:?}"
+        );
+    }
 }

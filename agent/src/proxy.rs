@@ -588,7 +588,10 @@ async fn pass(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
 /// loses its `cluster_endpoint` on the way (see [`connect`]).
 async fn pass_connect(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
     let code = connect::code_of(response.status());
-    if call.method != connect::SELECT_CLUSTER || code != code::OK {
+    if code != code::OK {
+        return pass_connect_error(call, response).await;
+    }
+    if call.method != connect::SELECT_CLUSTER {
         call.finish(code);
         return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
     }
@@ -613,6 +616,59 @@ async fn pass_connect(call: Call, response: Response<Incoming>) -> Response<Prox
     let body = Full::new(Bytes::from(message)).map_err(BoxError::from);
     Response::from_parts(parts, body.boxed_unsync())
 }
+
+/// A Connect error answer, passed on unchanged; its JSON names the exact code for the metrics and
+/// the audit line, which the HTTP status only hints at (400 stands for three codes, 501 would
+/// read as unknown). Read when uncompressed, up to [`CONNECT_ERROR_LIMIT`]; a longer body goes on
+/// as it came, and the status decides.
+async fn pass_connect_error(call: Call, response: Response<Incoming>) -> Response<ProxyBody> {
+    let by_status = connect::code_of(response.status());
+    let plain = response
+        .headers()
+        .get(http::header::CONTENT_ENCODING)
+        .is_none_or(|e| e == "identity");
+    if !plain {
+        call.finish(by_status);
+        return response.map(|body| body.map_err(BoxError::from).boxed_unsync());
+    }
+    let (parts, body) = response.into_parts();
+    let (read, rest) = read_up_to(body, CONNECT_ERROR_LIMIT).await;
+    let code = match rest {
+        None => connect::code_in(&read).unwrap_or(by_status),
+        Some(_) => by_status,
+    };
+    call.finish(code);
+    let head = futures_util::stream::once(std::future::ready(Ok(Frame::data(read))));
+    let body = match rest {
+        None => http_body_util::StreamBody::new(head).boxed_unsync(),
+        Some(rest) => {
+            let rest = http_body_util::BodyStream::new(rest.map_err(BoxError::from));
+            http_body_util::StreamBody::new(futures_util::StreamExt::chain(head, rest))
+                .boxed_unsync()
+        }
+    };
+    Response::from_parts(parts, body)
+}
+
+/// Up to a little over `limit` bytes of `body`, and the rest of it if it did not end by then.
+async fn read_up_to(mut body: Incoming, limit: usize) -> (Bytes, Option<Incoming>) {
+    let mut read = bytes::BytesMut::new();
+    while read.len() <= limit {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    read.extend_from_slice(&data);
+                }
+            }
+            // A body that broke off is passed on as far as it came.
+            _ => return (read.freeze(), None),
+        }
+    }
+    (read.freeze(), Some(body))
+}
+
+/// Largest Connect error answer read for its code.
+const CONNECT_ERROR_LIMIT: usize = 16 * 1024;
 
 /// Largest SelectCluster answer the proxy reads to rewrite: two short strings, far below this.
 const SELECT_CLUSTER_LIMIT: usize = 64 * 1024;

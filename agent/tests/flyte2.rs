@@ -164,6 +164,31 @@ fn an_sdk_task_and_its_remote_calls_reach_the_control_plane_as_the_executor() {
 }
 
 #[test]
+fn control_plane_errors_pass_through_and_are_counted_by_their_code() {
+    let f = flyte2("", &[]);
+    // A method the stand-in does not implement: Connect's `unimplemented` (HTTP 501, which
+    // alone would read as `unknown`).
+    let response = reqwest::blocking::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{}/flyteidl2.task.TaskService/ListTasks",
+            f.port
+        ))
+        .header("content-type", "application/proto")
+        .header("connect-protocol-version", "1")
+        .body(Vec::new())
+        .send()
+        .unwrap();
+    assert_eq!(response.status(), 501);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["code"], json!("unimplemented"), "{body}");
+    let metrics = f.agent.health_get("/metrics").1;
+    assert_contains(
+        &metrics,
+        r#"flyte_auth_agent_admin_calls_total{method="/flyteidl2.task.TaskService/ListTasks",code="Unimplemented"} 1"#,
+    );
+}
+
+#[test]
 fn the_flyte2_method_labels_are_the_pinned_flyteidl2_services() {
     let listing = r#"
 import importlib

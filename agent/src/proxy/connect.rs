@@ -124,6 +124,13 @@ pub fn code_of(status: StatusCode) -> u16 {
     }
 }
 
+/// The code a Connect error's JSON body names (`{"code": "invalid_argument", …}`), if it is one.
+pub fn code_in(body: &[u8]) -> Option<u16> {
+    let error: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let name = error.get("code")?.as_str()?;
+    (1..=16).find(|&code| code_name(code) == name)
+}
+
 /// Connect's name of a gRPC code (its JSON `code`).
 fn code_name(code: u16) -> &'static str {
     match code {
@@ -231,6 +238,23 @@ mod tests {
         );
         assert_eq!(without_cluster_endpoint(&[0x38, 0xac]), Err(WireError(2)));
         assert_eq!(without_cluster_endpoint(&[0x0b]), Err(WireError(0)));
+    }
+
+    #[test]
+    fn error_bodies_name_their_code() {
+        assert_eq!(
+            code_in(br#"{"code":"invalid_argument","message":"x"}"#),
+            Some(3)
+        );
+        assert_eq!(code_in(br#"{"code":"unauthenticated"}"#), Some(16));
+        assert_eq!(code_in(br#"{"code":"no_such_code"}"#), None);
+        assert_eq!(code_in(b"<html>"), None);
+        for code in 1..=16 {
+            assert_eq!(
+                code_in(format!(r#"{{"code":"{}"}}"#, code_name(code)).as_bytes()),
+                Some(code)
+            );
+        }
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //! Run: `cargo bench -p flyte-auth-agent --bench fleet` (N = 300), or `-- 300 1000` for several
 //! N. Env: `FLEET_RATE`, `FLEET_BURST`, `FLEET_RETRY_AFTER` (the IdP's limit), `FLEET_WINDOW_MS`
 //! (start window, 1000), `FLEET_ONCE_TIMEOUT` (`--once-timeout`, 60s), `FLEET_AGENT_CONFIG` (YAML
-//! given to every agent, e.g. a `refresh:` section), `FLEET_LABEL` (added to the file names),
+//! given to every agent), `FLEET_START_JITTER` (the agents' `refresh.start_jitter`: a duration, or
+//! `auto` for the floor (N − burst)/R), `FLEET_LABEL` (added to the file names),
 //! `FLEET_MODES` (`serve,once`). The harness is agent/tests/common/fleet.rs; its N = 50 version is
 //! tests/fleet.rs.
 
 #[path = "../tests/common/mod.rs"]
-#[allow(dead_code, unused_imports)]
+#[allow(unused_imports)]
 mod harness;
 
 use std::path::{Path, PathBuf};
@@ -87,7 +88,7 @@ fn main() {
                     Mode::Serve => limit.floor(n) * 4 + Duration::from_secs(60),
                     Mode::Once { timeout } => timeout + Duration::from_secs(30),
                 },
-                agent_config: std::env::var("FLEET_AGENT_CONFIG").unwrap_or_default(),
+                agent_config: agent_config(n, &limit),
             };
             let o = fleet::run(&idp, &plan);
             print!("{}", fleet::report(&o, &limit));
@@ -118,6 +119,24 @@ fn main() {
         ));
         plot(&png, &files);
     }
+}
+
+/// `FLEET_AGENT_CONFIG`, then with `FLEET_START_JITTER` (`auto`: the floor (N − burst)/R, as
+/// README's Fleet start advises; or a duration) as `refresh.start_jitter`.
+fn agent_config(n: usize, limit: &Limit) -> String {
+    let mut yaml = std::env::var("FLEET_AGENT_CONFIG").unwrap_or_default();
+    match std::env::var("FLEET_START_JITTER").as_deref() {
+        Ok("auto") => {
+            let ms = limit.floor(n).as_millis();
+            yaml += &format!("\nrefresh: {{start_jitter: {ms}ms}}\n");
+        }
+        Ok(d) if !d.is_empty() => yaml += &format!("\nrefresh: {{start_jitter: {d}}}\n"),
+        _ => {}
+    }
+    if !yaml.trim().is_empty() {
+        println!("  agent config: {}", yaml.trim().replace('\n', " "));
+    }
+    yaml
 }
 
 /// Draws the CDFs with tests/fleet/plot.py in the test venv; says so when it cannot.

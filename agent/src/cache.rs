@@ -518,12 +518,33 @@ impl TokenCache {
         Ok(token)
     }
 
-    /// Keeps `name` fresh until `shutdown`: fetches now, then again at each token's refresh point,
+    /// How long `slot`'s first IdP call waits: its draw of the start jitter. Pods of a fan-out
+    /// start together, and against a rate-limited IdP all but its burst are refused if they ask
+    /// at once (issue 16). No draw is taken when there is no jitter, so a seeded cache's
+    /// sequence is what it was.
+    fn first_wait(&self, slot: &Slot) -> Duration {
+        if self.policy.start_jitter.is_zero() {
+            Duration::ZERO
+        } else {
+            self.policy.start_delay(slot.draw())
+        }
+    }
+
+    /// Keeps `name` fresh until `shutdown`: after the start jitter's wait, fetches, then again at each token's refresh point,
     /// and retries failures when their back-off ends.
     pub async fn refresh(self: Arc<Self>, name: String, shutdown: CancellationToken) {
         let Some(slot) = self.slots.get(&name) else {
             return;
         };
+        let first_wait = self.first_wait(slot);
+        // Not even a zero sleep without jitter: tokio's timer would hold the first call to its
+        // next millisecond tick, and a lone pod's start is measured in milliseconds.
+        if !first_wait.is_zero() {
+            tokio::select! {
+                _ = tokio::time::sleep(first_wait) => {}
+                _ = shutdown.cancelled() => return,
+            }
+        }
         loop {
             // Shutdown must not wait for a slow IdP; an abandoned computation leaves the entry as
             // it was, and a file write already under way still completes atomically.
@@ -544,11 +565,16 @@ impl TokenCache {
         }
     }
 
-    /// Fetches `name` until it succeeds or `deadline` passes (for `--once`). A permanent refusal
+    /// Fetches `name`, after the start jitter's wait, until it succeeds or `deadline` passes
+    /// (for `--once`). A permanent refusal
     /// (a wrong client secret, an unknown client or scope) ends it at once: an init container
     /// that waits out its timeout for an answer that cannot change only hides the reason.
     pub async fn fetch_until(&self, name: &str, deadline: Instant) -> Result<Arc<Token>, GetError> {
         let slot = self.slot(name)?;
+        let first_wait = self.first_wait(slot);
+        if !first_wait.is_zero() {
+            tokio::time::sleep_until(later(Instant::now(), first_wait).min(deadline)).await;
+        }
         loop {
             match self.fetch(slot, Want::Usable).await {
                 Ok(entry) => return Ok(entry.token),

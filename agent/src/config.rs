@@ -133,6 +133,8 @@ struct RawRefresh {
     max_lifetime: Option<String>,
     min_backoff: Option<String>,
     max_backoff: Option<String>,
+    retry_after_attempts: Option<u32>,
+    start_jitter: Option<String>,
 }
 
 fn parse_fraction(s: f64) -> Result<f64, String> {
@@ -353,6 +355,9 @@ fn token_request_items(
 /// The largest `refresh.max_lifetime` accepted.
 const MAX_MAX_LIFETIME: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
+/// The largest `refresh.start_jitter` accepted.
+const MAX_START_JITTER: Duration = Duration::from_secs(3600);
+
 fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
     let d = RefreshPolicy::default();
     let fraction = |v: Option<f64>| v.map(|f| f.to_string());
@@ -399,6 +404,20 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             d.max_backoff,
             parse_duration,
         ),
+        retry_after_attempts: l.parsed(
+            "refresh.retry_after_attempts",
+            None,
+            raw.retry_after_attempts.map(|n| n.to_string()),
+            d.retry_after_attempts,
+            |s| s.parse().map_err(|e| format!("{s:?} is not a count: {e}")),
+        ),
+        start_jitter: l.parsed(
+            "refresh.start_jitter",
+            None,
+            raw.start_jitter,
+            d.start_jitter,
+            parse_duration,
+        ),
     };
     check_refresh(&policy, l);
     policy
@@ -420,6 +439,10 @@ fn check_refresh(p: &RefreshPolicy, l: &mut Loader<'_>) {
             "refresh.default_lifetime",
             "must not exceed refresh.max_lifetime",
         );
+    }
+    // A fan-out of thousands against tens of requests a second needs minutes, not hours.
+    if p.start_jitter > MAX_START_JITTER {
+        l.file_error("refresh.start_jitter", "must be at most 1h");
     }
     if p.min_backoff.is_zero() || p.min_backoff > p.max_backoff {
         l.file_error(

@@ -70,6 +70,12 @@ pub struct RefreshPolicy {
     pub min_backoff: Duration,
     /// Longest back-off.
     pub max_backoff: Duration,
+    /// Refusals in a row for which an IdP's `Retry-After` is followed as given (plus up to as
+    /// long again, drawn); from the next one on the exponential back-off applies as well.
+    pub retry_after_attempts: u32,
+    /// A name's first IdP call waits a delay drawn from [0, this): pods of a fan-out that start
+    /// together then reach a rate-limited IdP spread out instead of at once. Zero: at once.
+    pub start_jitter: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -81,6 +87,8 @@ impl Default for RefreshPolicy {
             max_lifetime: Duration::from_secs(365 * 24 * 3600),
             min_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(60),
+            retry_after_attempts: 5,
+            start_jitter: Duration::ZERO,
         }
     }
 }
@@ -109,16 +117,37 @@ impl RefreshPolicy {
         }
     }
 
-    /// Wait before the retry that follows failure number `attempt` (0 for the first failure):
-    /// exponential from `min_backoff` up to `max_backoff`, the upper half jittered by `draw`
-    /// in [0, 1), and never shorter than the IdP's `Retry-After`.
+    /// Wait before the retry that follows failure number `attempt` (0 for the first failure),
+    /// with `draw` in [0, 1).
+    ///
+    /// Without a `Retry-After`: exponential from `min_backoff` up to `max_backoff`, the upper
+    /// half jittered. With one (at least `min_backoff`): that long plus up to as long again, for
+    /// the first `retry_after_attempts` failures in a row; after them, the longer of that and the
+    /// exponential back-off counted from there. A rate limit that refuses a fleet start answers
+    /// each pod "come back in 1 s" and means it: growing the wait on top (as the exponential
+    /// back-off did, 1, 2, 4, 8 s…) only stretched the fleet's tail (issue 16), while the drawn
+    /// extra keeps pods refused together from coming back together. An IdP that keeps answering
+    /// so (an outage behind a fixed `Retry-After`) is still backed off from.
     pub fn backoff(&self, attempt: u32, draw: f64, retry_after: Option<Duration>) -> Duration {
         let backoff = Backoff {
             min: self.min_backoff,
             max: self.max_backoff,
         };
-        let jittered = backoff.jittered(attempt, draw);
-        retry_after.map_or(jittered, |r| r.max(jittered))
+        let Some(retry_after) = retry_after else {
+            return backoff.jittered(attempt, draw);
+        };
+        let base = retry_after.max(self.min_backoff);
+        let spread = base + base.mul_f64(draw);
+        match attempt.checked_sub(self.retry_after_attempts) {
+            Some(beyond) => spread.max(backoff.jittered(beyond, draw)),
+            None => spread,
+        }
+    }
+
+    /// The wait before a name's first IdP call, with `draw` in [0, 1): see
+    /// [`RefreshPolicy::start_jitter`].
+    pub fn start_delay(&self, draw: f64) -> Duration {
+        self.start_jitter.mul_f64(draw)
     }
 }
 
@@ -288,7 +317,7 @@ mod tests {
     }
 
     #[test]
-    fn backoff_grows_caps_and_honours_retry_after() {
+    fn backoff_grows_and_caps_without_retry_after() {
         let p = RefreshPolicy::default();
         let secs = |attempt, draw| p.backoff(attempt, draw, None).as_secs_f64();
         assert_eq!(secs(0, 1.0), 1.0);
@@ -296,14 +325,51 @@ mod tests {
         assert_eq!(secs(3, 1.0), 8.0);
         assert_eq!(secs(10, 1.0), 60.0);
         assert_eq!(secs(u32::MAX, 1.0), 60.0);
+    }
+
+    #[test]
+    fn retry_after_is_followed_plus_a_draw_then_backed_off_from() {
+        let p = RefreshPolicy::default();
+        let secs = |attempt, draw, ra: u64| {
+            p.backoff(attempt, draw, Some(Duration::from_secs(ra)))
+                .as_secs_f64()
+        };
+        // The first five refusals in a row: Retry-After plus up to as long again, not growing.
+        for attempt in 0..5 {
+            assert_eq!(secs(attempt, 0.0, 1), 1.0, "attempt {attempt}");
+            assert_eq!(secs(attempt, 0.5, 1), 1.5, "attempt {attempt}");
+            assert_eq!(secs(attempt, 0.5, 30), 45.0, "attempt {attempt}");
+        }
+        // Then the exponential back-off from its start, when it is the longer.
+        assert_eq!(secs(5, 0.0, 1), 1.0);
+        assert_eq!(secs(7, 1.0, 1), 4.0);
+        assert_eq!(secs(15, 1.0, 1), 60.0);
+        assert_eq!(secs(u32::MAX, 1.0, 1), 60.0);
+        assert_eq!(secs(15, 1.0, 100), 200.0);
+        // Never sooner than min_backoff, even when the IdP says 0.
+        assert_eq!(secs(0, 0.0, 0), 1.0);
+        // The number of refusals it is followed for is the policy's.
+        let p = RefreshPolicy {
+            retry_after_attempts: 0,
+            ..p
+        };
         assert_eq!(
-            p.backoff(0, 1.0, Some(Duration::from_secs(30))),
-            Duration::from_secs(30)
+            p.backoff(3, 1.0, Some(Duration::from_secs(1))),
+            Duration::from_secs(8)
         );
-        assert_eq!(
-            p.backoff(6, 1.0, Some(Duration::from_secs(2))),
-            Duration::from_secs(60)
-        );
+    }
+
+    #[test]
+    fn the_start_delay_is_a_draw_within_the_start_jitter() {
+        let p = RefreshPolicy::default();
+        assert_eq!(p.start_delay(0.99), Duration::ZERO, "default: at once");
+        let p = RefreshPolicy {
+            start_jitter: Duration::from_secs(10),
+            ..p
+        };
+        assert_eq!(p.start_delay(0.0), Duration::ZERO);
+        assert_eq!(p.start_delay(0.25), Duration::from_millis(2500));
+        assert!(p.start_delay(0.999) < Duration::from_secs(10));
     }
 
     #[test]

@@ -99,12 +99,45 @@ const clients = (config.clients || [defaultClient]).map((c) => {
 });
 const publicClients = clients.some((c) => c.token_endpoint_auth_method === 'none');
 
+// A token bucket in front of POST /token, as real IdPs rate-limit client credentials (per client
+// or per tenant; one bucket here, which is both when every request names the same client): it
+// holds up to `burst` requests and refills at `rate` per second; a request that finds it empty is
+// answered 429 with `Retry-After: retryAfter` before anything else looks at it. null: no limit.
+const rateLimit = (() => {
+  const rl = config.rateLimit;
+  if (rl === undefined || rl === null) return null;
+  const fail = (why) => {
+    throw new Error(`IDP_CONFIG rateLimit: ${why}`);
+  };
+  const rate = rl.rate;
+  const burst = rl.burst ?? rate;
+  const retryAfter = rl.retryAfter ?? 1;
+  if (!(typeof rate === 'number' && rate > 0 && rate <= 1e6)) fail('rate must be a number of requests per second in (0, 1000000]');
+  if (!(Number.isInteger(burst) && burst >= 1 && burst <= 1e6)) fail('burst must be an integer in [1, 1000000]');
+  // Delay-seconds: HTTP's Retry-After carries whole seconds only.
+  if (!(Number.isInteger(retryAfter) && retryAfter >= 0 && retryAfter <= 3600)) fail('retryAfter must be an integer number of seconds in [0, 3600]');
+  return { rate, burst, retryAfter };
+})();
+let bucket; // { tokens, at }: the tokens left at `at` (seconds on a monotonic clock)
+
+// Takes one token from the bucket, if it has one, after refilling it for the time passed.
+function takeRateToken() {
+  if (!rateLimit) return true;
+  const now = performance.now() / 1000;
+  bucket.tokens = Math.min(rateLimit.burst, bucket.tokens + (now - bucket.at) * rateLimit.rate);
+  bucket.at = now;
+  if (bucket.tokens < 1) return false;
+  bucket.tokens -= 1;
+  return true;
+}
+
 let stats;
 let fault; // null, or the body of the last POST /__test/fault: { mode, count?, status?, body?, headers?, delay_ms? }
 let issuerOverride; // null, or the `issuer` discovery answers with
 function reset() {
-  stats = { token_requests: 0, by_client: {}, auth_methods: [], grant_types: [], last_form: null, discovery_requests: 0 };
+  stats = { token_requests: 0, rate_limited: 0, by_client: {}, auth_methods: [], grant_types: [], last_form: null, discovery_requests: 0 };
   fault = null;
+  bucket = { tokens: rateLimit?.burst ?? 0, at: performance.now() / 1000 };
   issuerOverride = null;
 }
 reset();
@@ -174,6 +207,12 @@ async function tokenRequest(req, res) {
   }
   stats.last_form = shown;
 
+  if (!takeRateToken()) {
+    stats.rate_limited += 1;
+    const description = `rate limit exceeded: ${rateLimit.rate} token requests per second`;
+    send(res, 429, { error: 'rate_limited', error_description: description }, { 'Retry-After': String(rateLimit.retryAfter) });
+    return true;
+  }
   const active = takeFault();
   if (active?.mode === 'status') {
     send(res, active.status ?? 500, active.body ?? '', active.headers);

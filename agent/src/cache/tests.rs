@@ -293,11 +293,87 @@ async fn back_off_waits_at_least_the_idps_retry_after() {
     });
     h.refresh_for(secs(600)).await;
     let calls = h.calls();
-    assert_eq!(calls[1], secs(30), "{calls:?}");
+    assert!(calls[1] >= secs(30) && calls[1] < secs(60), "{calls:?}");
     assert!(
         calls.windows(2).all(|w| w[1] - w[0] >= secs(30)),
         "{calls:?}"
     );
+}
+
+fn rate_limited() -> IdpError {
+    IdpError::Status {
+        url: "https://idp/token".into(),
+        status: 429,
+        retry_after: Some(secs(1)),
+    }
+}
+
+/// A fleet start against a rate limit (issue 16): each refusal says "come back in 1 s", and the
+/// agent does, within one more second, instead of doubling its wait each time.
+#[tokio::test(start_paused = true)]
+async fn a_rate_limit_s_retry_after_is_followed_without_growing() {
+    // Refused for the first 4 s, then served.
+    let h = Harness::new(RefreshPolicy::default(), |at| {
+        if at < secs(4) {
+            Err(rate_limited())
+        } else {
+            Ok(secs(3600))
+        }
+    });
+    h.refresh_for(secs(60)).await;
+    let calls = h.calls();
+    let gaps: Vec<_> = calls.windows(2).map(|w| w[1] - w[0]).collect();
+    assert!(
+        gaps.iter().all(|g| *g >= secs(1) && *g < secs(2)),
+        "{calls:?}"
+    );
+    // Served within two seconds of the limit lifting (the old back-off: 1, 2, 4 s… took to 7 s).
+    assert!(calls.last().unwrap() < &secs(6), "{calls:?}");
+    assert_eq!(h.cache.status().await[0].state, State::Valid);
+}
+
+/// The first call of each name waits its draw of `start_jitter`, in serve and in `--once`; with
+/// none (the default) it is made at once.
+#[tokio::test(start_paused = true)]
+async fn the_first_call_waits_a_draw_of_the_start_jitter() {
+    let jittered = RefreshPolicy {
+        start_jitter: secs(10),
+        ..RefreshPolicy::default()
+    };
+    let mut firsts = Vec::new();
+    for seed in 0..8 {
+        let h = Harness::new(jittered, |_| Ok(secs(3600)));
+        let cache = Arc::try_unwrap(h.cache)
+            .ok()
+            .unwrap()
+            .with_jitter_seed(seed);
+        let h = Harness {
+            cache: Arc::new(cache),
+            ..h
+        };
+        h.refresh_for(secs(20)).await;
+        let first = h.calls()[0];
+        assert!(first < secs(10), "{first:?}");
+        firsts.push(first);
+    }
+    firsts.dedup();
+    assert!(firsts.len() > 1, "the draws differ: {firsts:?}");
+    // --once waits the same way, and no longer than its deadline.
+    let h = Harness::new(jittered, |_| Ok(secs(3600)));
+    let start = Instant::now();
+    h.cache.fetch_until(NAME, start + secs(60)).await.unwrap();
+    assert!(h.calls()[0] < secs(10), "{:?}", h.calls());
+    let h = Harness::new(jittered, |_| Ok(secs(3600)));
+    h.cache.fetch_until(NAME, start).await.unwrap();
+    assert_eq!(
+        h.calls(),
+        [Duration::ZERO],
+        "a deadline already past: no wait"
+    );
+    // Default: at once.
+    let h = Harness::new(RefreshPolicy::default(), |_| Ok(secs(3600)));
+    h.refresh_for(secs(1)).await;
+    assert_eq!(h.calls(), [Duration::ZERO]);
 }
 
 #[tokio::test(start_paused = true)]

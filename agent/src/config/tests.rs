@@ -101,7 +101,7 @@ tokens_path_prefix: /from/file
 socket: /file/agent.sock
 file_mode: "0640"
 idp: {timeout: 3s}
-refresh: {at_fraction: 0.5, jitter: 0.2, min_backoff: 2s, max_backoff: 30s}
+refresh: {at_fraction: 0.5, jitter: 0.2, min_backoff: 2s, max_backoff: 30s, retry_after_attempts: 3, start_jitter: 6s}
 token_requests:
   - name: api
     tokenEndpoint: https://idp.example/token
@@ -116,6 +116,8 @@ token_requests:
     assert_eq!(c.idp.timeout, Duration::from_secs(3));
     assert_eq!(c.refresh.at_fraction, 0.5);
     assert_eq!(c.refresh.min_backoff, Duration::from_secs(2));
+    assert_eq!(c.refresh.retry_after_attempts, 3);
+    assert_eq!(c.refresh.start_jitter, Duration::from_secs(6));
     assert_eq!(c.token_requests[0].scopes, ["all", "offline"]);
     assert_eq!(
         c.token_requests[0].origin,
@@ -286,6 +288,34 @@ fn refresh_max_lifetime_defaults_to_a_year_and_is_checked() {
         let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
         assert_eq!(errors, [format!("{src}: {field}: {problem}")], "{yaml}");
     }
+}
+
+#[test]
+fn start_jitter_and_retry_after_attempts_default_and_are_checked() {
+    let f = Fixture::new();
+    let c = Config::load(None, f.env(&[])).unwrap();
+    assert_eq!(
+        c.refresh.start_jitter,
+        Duration::ZERO,
+        "a lone pod starts at once"
+    );
+    assert_eq!(c.refresh.retry_after_attempts, 5);
+    let path = f.yaml("refresh: {start_jitter: 1h, retry_after_attempts: 0}\n");
+    let c = Config::load(Some(&path), f.env(&[])).unwrap();
+    assert_eq!(c.refresh.start_jitter, Duration::from_secs(3600));
+    assert_eq!(c.refresh.retry_after_attempts, 0);
+    let src = format!("config file {}", path.display());
+    let path = f.yaml("refresh: {start_jitter: 61m}\n");
+    let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
+    assert_eq!(
+        errors,
+        [format!("{src}: refresh.start_jitter: must be at most 1h")]
+    );
+    let path = f.yaml("refresh: {start_jitter: soon}\n");
+    let errors = messages(Config::load(Some(&path), f.env(&[])).unwrap_err());
+    assert!(errors[0].contains("refresh.start_jitter"), "{errors:?}");
+    let path = f.yaml("refresh: {retry_after_attempts: -1}\n");
+    assert!(Config::load(Some(&path), f.env(&[])).is_err());
 }
 
 #[test]

@@ -1,0 +1,70 @@
+//! The fleet start's small version (issue 16; the bench `fleet` is the large one): 50 real agent
+//! processes started within one second against the real oidc-provider limited to 25 token
+//! requests/s (burst 5, 429 with `Retry-After: 1`), as sidecars and as init containers, with
+//! `refresh.start_jitter` set as README's Fleet start says for such a fan-out. Every agent gets
+//! its token and none fails, and the fleet costs the IdP at most 1.1 token requests per agent
+//! (without the start jitter: about 1.5). Counts, never seconds: how long the fleet takes is the
+//! bench's figure.
+
+mod common;
+
+use std::time::Duration;
+
+use common::fleet::{self, Limit, Mode, Plan};
+
+const N: usize = 50;
+
+const LIMIT: Limit = Limit {
+    rate: 25.0,
+    burst: 5,
+    retry_after: 1,
+};
+
+/// (N − burst)/R is 1.8 s; a start jitter above it keeps the arrivals under the rate with room
+/// for their randomness (and for a loaded machine starting the agents late and together).
+const AGENT_CONFIG: &str = "refresh: {start_jitter: 5s}\n";
+
+fn plan(mode: Mode) -> Plan {
+    Plan {
+        n: N,
+        mode,
+        window: Duration::from_secs(1),
+        limit: match mode {
+            Mode::Serve => Duration::from_secs(90),
+            Mode::Once { timeout } => timeout + Duration::from_secs(30),
+        },
+        agent_config: AGENT_CONFIG.into(),
+    }
+}
+
+#[track_caller]
+fn assert_fleet(o: &fleet::Outcome) {
+    let report = fleet::report(o, &LIMIT);
+    println!("{report}");
+    assert!(o.failed.is_empty(), "agents failed:\n{report}");
+    assert!(o.all_ready(), "agents not ready:\n{report}");
+    assert!(
+        o.token_requests as f64 <= 1.1 * N as f64,
+        "the fleet cost the IdP more than 1.1 token requests per agent:\n{report}"
+    );
+}
+
+#[test]
+fn a_fleet_of_sidecars_comes_up_against_a_rate_limited_idp_without_waste() {
+    let idp = LIMIT.start_idp();
+    let o = fleet::run(&idp, &plan(Mode::Serve));
+    assert_eq!(o.readyz_ok, N, "{}", fleet::report(&o, &LIMIT));
+    assert_fleet(&o);
+}
+
+#[test]
+fn a_fleet_of_init_containers_exits_0_against_a_rate_limited_idp_without_waste() {
+    let idp = LIMIT.start_idp();
+    let o = fleet::run(
+        &idp,
+        &plan(Mode::Once {
+            timeout: Duration::from_secs(60),
+        }),
+    );
+    assert_fleet(&o);
+}

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{rss_kib, runtime, spawn_issuer, us};
+use common::{admin_agent_env, rss_kib, runtime, spawn_issuer, us};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -294,39 +294,17 @@ fn main() {
     let mut agent = Command::new(&bin)
         .arg("serve")
         .env_clear()
-        .envs([
-            (
-                "FLYTE_TOKENS_PATH_PREFIX",
-                dir.join("tokens").display().to_string(),
-            ),
-            ("FLYTE_AUTH_AGENT_SOCKET", agent_sock.display().to_string()),
-            (
-                "FLYTE_SECRETS_DEFAULT_DIR",
-                dir.join("secrets").display().to_string(),
-            ),
-            ("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0".into()),
-            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]".into()),
-            (
-                "FLYTE_AUTH_AGENT_ADMIN_ENDPOINT",
-                format!("unix://{}", upstream_sock.display()),
-            ),
-            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "bench".into()),
-            (
-                "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
-                r#"{"group": "bench", "key": "secret"}"#.into(),
-            ),
-            (
-                "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
-                format!("{issuer}/token"),
-            ),
-            ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyteadmin".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_PROJECT", "flytesnacks".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_DOMAIN", "development".into()),
-            ("RUST_LOG", "warn".into()),
-        ])
+        .envs(admin_agent_env(
+            dir,
+            &format!("unix://{}", upstream_sock.display()),
+            &issuer,
+            &[
+                ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyteadmin"),
+                ("FLYTE_AUTH_AGENT_ADMIN_PROJECT", "flytesnacks"),
+                ("FLYTE_AUTH_AGENT_ADMIN_DOMAIN", "development"),
+                ("RUST_LOG", "warn"),
+            ],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{rss_kib, runtime, spawn_issuer, us};
+use common::{admin_agent_env, rss_kib, runtime, spawn_issuer, us};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -113,40 +113,18 @@ fn main() {
     let mut agent = Command::new(&bin)
         .arg("serve")
         .env_clear()
-        .envs([
-            (
-                "FLYTE_TOKENS_PATH_PREFIX",
-                dir.join("tokens").display().to_string(),
-            ),
-            (
-                "FLYTE_AUTH_AGENT_SOCKET",
-                dir.join("run/agent.sock").display().to_string(),
-            ),
-            (
-                "FLYTE_SECRETS_DEFAULT_DIR",
-                dir.join("secrets").display().to_string(),
-            ),
-            ("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0".into()),
-            ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", plane.clone()),
-            ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "bench".into()),
-            (
-                "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
-                r#"{"group": "bench", "key": "secret"}"#.into(),
-            ),
-            (
-                "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
-                format!("{issuer}/token"),
-            ),
-            ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyte2".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
-            ("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", port.to_string()),
-            ("RUST_LOG", "error".into()),
-        ])
+        .envs(admin_agent_env(
+            dir,
+            &plane,
+            &issuer,
+            &[
+                ("FLYTE_AUTH_AGENT_ADMIN_INSECURE", "true"),
+                ("FLYTE_AUTH_AGENT_ADMIN_AUDIENCE", "flyte2"),
+                ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted"),
+                ("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", &port.to_string()),
+                ("RUST_LOG", "error"),
+            ],
+        ))
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()

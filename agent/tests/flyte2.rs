@@ -31,15 +31,7 @@ struct Flyte2 {
 
 fn flyte2(cluster_endpoint: &str, extra: &[(&str, &str)]) -> Flyte2 {
     let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
-    let discovery = idp.discovery();
-    let plane = ControlPlane::start(json!({
-        "issuer": idp.issuer,
-        "jwks_uri": discovery["jwks_uri"],
-        "token_endpoint": discovery["token_endpoint"],
-        "auth_header": "flyte-authorization",
-        "cluster_endpoint": cluster_endpoint,
-        "org": ORG,
-    }));
+    let plane = ControlPlane::for_idp(&idp, ORG, cluster_endpoint);
     let pod = Pod::new();
     pod.secret("flyte-admin", "client_secret", PROPELLER_SECRET);
     let port = free_port();

@@ -25,14 +25,7 @@ const PROPELLER_SECRET: &str = "propeller-secret-flyte2";
 #[test]
 fn a_flyte2_pod_the_injector_mutated_runs_its_sdk_task_through_the_agent() {
     let idp = Idp::with_clients(&[("flytepropeller", PROPELLER_SECRET, "client_secret_basic")]);
-    let discovery = idp.discovery();
-    let plane = ControlPlane::start(json!({
-        "issuer": idp.issuer,
-        "jwks_uri": discovery["jwks_uri"],
-        "token_endpoint": discovery["token_endpoint"],
-        "auth_header": "flyte-authorization",
-        "org": "acme",
-    }));
+    let plane = ControlPlane::for_idp(&idp, "acme", "");
     let dirs = Pod::new();
     dirs.sensitive.add(PROPELLER_SECRET);
     let port = free_port();

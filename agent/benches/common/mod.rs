@@ -1,5 +1,6 @@
 //! What the benchmarks share: runtimes, the embedded issuer, units and /proc readings.
 
+use std::path::Path;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
@@ -54,4 +55,43 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
             .unwrap_or(0)
     };
     (field("VmRSS:"), field("VmHWM:"))
+}
+
+// Only the proxy benches start such an agent; the others compile this module too.
+#[allow(dead_code)]
+/// The env of an agent process whose files are under `dir`, with no token requests and an Admin
+/// proxy to `endpoint` whose credential is client `bench`'s from the embedded issuer at `issuer`
+/// (auth settings configured, so the agent asks the upstream nothing), plus `extra`.
+pub fn admin_agent_env(
+    dir: &Path,
+    endpoint: &str,
+    issuer: &str,
+    extra: &[(&str, &str)],
+) -> Vec<(String, String)> {
+    let path = |p: &str| dir.join(p).display().to_string();
+    let mut env: Vec<(String, String)> = [
+        ("FLYTE_TOKENS_PATH_PREFIX", path("tokens")),
+        ("FLYTE_AUTH_AGENT_SOCKET", path("run/agent.sock")),
+        ("FLYTE_SECRETS_DEFAULT_DIR", path("secrets")),
+        ("FLYTE_AUTH_AGENT_HEALTH_ADDR", "127.0.0.1:0".into()),
+        ("FLYTE_AUTH_AGENT_TOKEN_REQUESTS", "[]".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_ENDPOINT", endpoint.into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_MODE", "client-secret".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_CLIENT_ID", "bench".into()),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_CLIENT_SECRET",
+            r#"{"group": "bench", "key": "secret"}"#.into(),
+        ),
+        (
+            "FLYTE_AUTH_AGENT_ADMIN_TOKEN_ENDPOINT",
+            format!("{issuer}/token"),
+        ),
+        ("FLYTE_AUTH_AGENT_ADMIN_AUTH_HEADER", "authorization".into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_SCOPES", "all".into()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    env
 }

@@ -693,6 +693,20 @@ impl ControlPlane {
         }
     }
 
+    /// Started for `idp`'s tokens, announcing `flyte-authorization` as the header and the IdP's
+    /// token endpoint, with org `org`; SelectCluster answers `cluster_endpoint`.
+    pub fn for_idp(idp: &Idp, org: &str, cluster_endpoint: &str) -> Self {
+        let discovery = idp.discovery();
+        Self::start(json!({
+            "issuer": idp.issuer,
+            "jwks_uri": discovery["jwks_uri"],
+            "token_endpoint": discovery["token_endpoint"],
+            "auth_header": "flyte-authorization",
+            "cluster_endpoint": cluster_endpoint,
+            "org": org,
+        }))
+    }
+
     /// Every call it saw that needed a token, in order.
     pub fn calls(&self) -> Vec<Value> {
         let all: Vec<Value> = self

@@ -14,7 +14,7 @@
 
 mod common;
 
-use common::{admin_agent_env, rss_kib, runtime, spawn_issuer, us};
+use common::{admin_agent_env, dir_with_secret, rss_kib, runtime, spawn_issuer, us};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -266,11 +266,9 @@ fn get_execution_frame() -> bytes::Bytes {
 }
 
 fn main() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
     let secret = "bench-secret";
-    std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
-    std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
+    let work = dir_with_secret(secret);
+    let dir = work.path();
 
     // The issuer and the upstream on one runtime, the client on another, the agent in its own
     // process: three parties, as in a pod, sharing the machine's cores.

@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{admin_agent_env, rss_kib, runtime, spawn_issuer, us};
+use common::{admin_agent_env, dir_with_secret, rss_kib, runtime, spawn_issuer, us};
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -87,11 +87,9 @@ fn measure(rt: &tokio::runtime::Runtime, addr: &str) -> (Duration, Duration) {
 }
 
 fn main() {
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
     let secret = "bench-secret";
-    std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
-    std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
+    let work = dir_with_secret(secret);
+    let dir = work.path();
 
     // The issuer and the control plane on one runtime, the client on another, the agent in its
     // own process.

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{rss_kib, runtime, spawn_issuer, us};
+use common::{dir_with_secret, rss_kib, runtime, spawn_issuer, us};
 use std::convert::Infallible;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -178,11 +178,9 @@ fn main() {
         health_attacks();
         return;
     }
-    let work = tempfile::tempdir().unwrap();
-    let dir = work.path();
-    std::fs::create_dir_all(dir.join("secrets/bench")).unwrap();
     let secret = "bench-secret";
-    std::fs::write(dir.join("secrets/bench/secret"), secret).unwrap();
+    let work = dir_with_secret(secret);
+    let dir = work.path();
 
     // The embedded issuer and both servers run on their own runtime; the client on this thread.
     let servers = runtime();

@@ -57,6 +57,14 @@ pub fn rss_kib(pid: u32) -> (u64, u64) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
+/// A temp dir whose `secrets/bench/secret` holds `secret`, as the agents' secrets dir.
+pub fn dir_with_secret(secret: &str) -> tempfile::TempDir {
+    let work = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(work.path().join("secrets/bench")).unwrap();
+    std::fs::write(work.path().join("secrets/bench/secret"), secret).unwrap();
+    work
+}
+
 // Only the proxy benches start such an agent; the others compile this module too.
 #[allow(dead_code)]
 /// The env of an agent process whose files are under `dir`, with no token requests and an Admin

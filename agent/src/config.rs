@@ -413,7 +413,7 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
         ),
         start_jitter: l.parsed(
             "refresh.start_jitter",
-            None,
+            Some(crate::env::ENV_REFRESH_START_JITTER),
             raw.start_jitter,
             d.start_jitter,
             parse_duration,

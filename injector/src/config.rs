@@ -230,6 +230,11 @@ pub struct AgentSettings {
     /// Init-only mode: how long the agent keeps retrying before failing the pod.
     #[serde(deserialize_with = "de_duration")]
     pub once_timeout: Duration,
+    /// The agent's `refresh.start_jitter`: each token's first IdP call waits a draw from
+    /// [0, this), so that the pods of a map task do not all reach a rate-limited IdP at once
+    /// (set it near (pods − the IdP's burst) / its rate; README "Fleet start"). 0: at once.
+    #[serde(deserialize_with = "de_duration")]
+    pub start_jitter: Duration,
     /// Allow `http://` IdP endpoints off loopback (never in production).
     pub allow_insecure_http: bool,
     /// Allow token requests whose token or discovery endpoint is loopback, link-local or
@@ -268,6 +273,7 @@ impl Default for AgentSettings {
             log_format: "json".into(),
             startup_timeout: Duration::from_secs(120),
             once_timeout: Duration::from_secs(60),
+            start_jitter: Duration::ZERO,
             allow_insecure_http: false,
             limits: serde_json::Value::Null,
             allow_local_idp: false,
@@ -632,6 +638,21 @@ impl AgentSettings {
         }
         if self.startup_timeout < Duration::from_secs(1) {
             problems.add("agent.startup_timeout", "must be at least 1s");
+        }
+        // The wait comes before the first token, so the probe and init-only mode must outlast it.
+        for (timeout, key) in [
+            (self.startup_timeout, "agent.startup_timeout"),
+            (self.once_timeout, "agent.once_timeout"),
+        ] {
+            if self.start_jitter >= timeout {
+                problems.add(
+                    "agent.start_jitter",
+                    format!(
+                        "must be shorter than {key} ({}), or a pod's agent may fail before its first IdP call",
+                        humantime::format_duration(timeout)
+                    ),
+                );
+            }
         }
     }
 }

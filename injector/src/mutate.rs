@@ -9,8 +9,8 @@ use std::sync::Arc;
 use flyte_auth_agent::env::{
     DEFAULT_SECRETS_ENV_PREFIX, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT,
     ENV_ALLOW_INSECURE_HTTP, ENV_EXECUTION_ID, ENV_HEALTH_ADDR, ENV_LOG_FILTER, ENV_LOG_FORMAT,
-    ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX, ENV_SOCKET,
-    ENV_TOKEN_REQUESTS,
+    ENV_REFRESH_START_JITTER, ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX,
+    ENV_SOCKET, ENV_TOKEN_REQUESTS,
 };
 pub use flyte_auth_agent::env::{ENV_TOKENS_PATH_PREFIX, SOCKET_FILE};
 use flyte_auth_agent::secret::{SecretResolver, SecretsConfig};
@@ -639,6 +639,10 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
     }
     if agent.allow_insecure_http {
         env.push(env_value(ENV_ALLOW_INSECURE_HTTP, "true".into()));
+    }
+    if !agent.start_jitter.is_zero() {
+        let jitter = humantime::format_duration(agent.start_jitter).to_string();
+        env.push(env_value(ENV_REFRESH_START_JITTER, jitter));
     }
     for (var, (group, key)) in &plan.secrets.env {
         env.push(EnvVar {

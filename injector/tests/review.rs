@@ -396,6 +396,29 @@ fn limits_are_checked_at_start() {
     assert!(!defaults.agent.allow_local_idp);
 }
 
+#[test]
+fn start_jitter_reaches_the_agent_and_must_fit_its_timeouts() {
+    let injector = Injector::new(Config::parse("agent: {start_jitter: 20s}", "test").unwrap());
+    let pod = mutated_pod(&injector, &propeller_review(|_| {}));
+    assert_eq!(
+        agent_env(&pod)["FLYTE_AUTH_AGENT_REFRESH_START_JITTER"],
+        json!("20s")
+    );
+    // Off by default: a lone pod's agent asks at once.
+    let pod = mutated_pod(&default_injector(), &propeller_review(|_| {}));
+    assert!(!agent_env(&pod).contains_key("FLYTE_AUTH_AGENT_REFRESH_START_JITTER"));
+    // The wait comes before the first token: the startup probe and --once must outlast it.
+    let problems = Config::parse("agent: {start_jitter: 2m, once_timeout: 1m}", "test")
+        .unwrap_err()
+        .to_string();
+    for needle in [
+        "agent.start_jitter: must be shorter than agent.startup_timeout (2m)",
+        "agent.start_jitter: must be shorter than agent.once_timeout (1m)",
+    ] {
+        assert!(problems.contains(needle), "{needle:?} in:\n{problems}");
+    }
+}
+
 /// A change to a review.
 type Edit = Box<dyn FnOnce(&mut Value)>;
 

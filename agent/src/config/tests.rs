@@ -316,6 +316,19 @@ fn start_jitter_and_retry_after_attempts_default_and_are_checked() {
     assert!(errors[0].contains("refresh.start_jitter"), "{errors:?}");
     let path = f.yaml("refresh: {retry_after_attempts: -1}\n");
     assert!(Config::load(Some(&path), f.env(&[])).is_err());
+    // The injector sets it by env, which wins over the file.
+    let path = f.yaml("refresh: {start_jitter: 5s}\n");
+    let env = f.env(&[("FLYTE_AUTH_AGENT_REFRESH_START_JITTER", "20s")]);
+    let c = Config::load(Some(&path), env).unwrap();
+    assert_eq!(c.refresh.start_jitter, Duration::from_secs(20));
+    let env = f.env(&[("FLYTE_AUTH_AGENT_REFRESH_START_JITTER", "2h")]);
+    let errors = messages(Config::load(None, env).unwrap_err());
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("refresh.start_jitter: must be at most 1h")),
+        "{errors:?}"
+    );
 }
 
 #[test]

@@ -492,18 +492,8 @@ pub struct Admin {
 impl Admin {
     /// Starts it with `config` (tests/admin/README.md); `issuer` is required there.
     pub fn start(config: Value) -> Self {
-        let mut child = Command::new(python())
-            .arg(workspace().join("tests/admin/standin.py"))
-            .env("ADMIN_CONFIG", config.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/admin/standin.py");
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let line = read_line(&mut stdout)
-            .unwrap_or_else(|| panic!("the Admin stand-in exited before saying where it listens"));
-        let info: Value = serde_json::from_str(&line).unwrap();
+        let (child, stdout, info) =
+            start_standin(python(), "tests/admin/standin.py", "ADMIN_CONFIG", &config);
         let port = info["port"].as_u64().unwrap_or(0) as u16;
         Self {
             child: Some(child),
@@ -573,6 +563,30 @@ impl Drop for Admin {
             let _ = c.wait();
         }
     }
+}
+
+/// Starts a Python stand-in (`script`, under the workspace) with `config` in env `config_var`;
+/// the process, its stdout, and the JSON line it prints once it listens (where it listens).
+fn start_standin(
+    python: PathBuf,
+    script: &str,
+    config_var: &str,
+    config: &Value,
+) -> (Child, BufReader<std::process::ChildStdout>, Value) {
+    let mut child = Command::new(python)
+        .arg(workspace().join(script))
+        .env(config_var, config.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {script}: {e}"));
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let line = read_line(&mut stdout)
+        .unwrap_or_else(|| panic!("{script} exited before saying where it listens"));
+    let info = serde_json::from_str(&line)
+        .unwrap_or_else(|e| panic!("{script} said {line:?} instead of where it listens: {e}"));
+    (child, stdout, info)
 }
 
 /// One line from the stand-in. A blocking read: it answers every command at once, and if it dies
@@ -672,20 +686,12 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts it with `config` (tests/flyte2/README.md).
     pub fn start(config: Value) -> Self {
-        let mut child = Command::new(flyte2_python())
-            .arg(workspace().join("tests/flyte2/standin.py"))
-            .env("FLYTE2_CONFIG", config.to_string())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start tests/flyte2/standin.py");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let info: Value = serde_json::from_str(&line)
-            .unwrap_or_else(|e| panic!("the stand-in said {line:?} instead of its address: {e}"));
+        let (child, _, info) = start_standin(
+            flyte2_python(),
+            "tests/flyte2/standin.py",
+            "FLYTE2_CONFIG",
+            &config,
+        );
         Self {
             child,
             address: info["address"].as_str().unwrap().to_string(),

@@ -634,7 +634,7 @@ async fn pass_connect_error(call: Call, response: Response<Incoming>) -> Respons
     let (parts, body) = response.into_parts();
     let (read, rest) = read_up_to(body, CONNECT_ERROR_LIMIT).await;
     let code = match rest {
-        None => connect::code_in(&read).unwrap_or(by_status),
+        None => connect::error_in(&read).0.unwrap_or(by_status),
         Some(_) => by_status,
     };
     call.finish(code);
@@ -891,10 +891,9 @@ fn header_status(headers: &HeaderMap) -> Option<u16> {
 async fn refusal_reason(protocol: Protocol, response: Response<Incoming>) -> String {
     match protocol {
         Protocol::Grpc => grpc_message(response.headers()),
-        Protocol::Connect => read_all(response.into_body(), 16 * 1024)
+        Protocol::Connect => read_all(response.into_body(), CONNECT_ERROR_LIMIT)
             .await
-            .and_then(|body| serde_json::from_slice::<serde_json::Value>(&body).ok())
-            .and_then(|error| Some(error.get("message")?.as_str()?.to_string()))
+            .and_then(|body| connect::error_in(&body).1)
             .filter(|m| !m.is_empty())
             .map(|m| crate::idp::clean_text(&m))
             .unwrap_or_else(|| "unauthenticated".into()),

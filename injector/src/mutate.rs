@@ -213,10 +213,14 @@ fn patch(
     let flyte2 = plan.sidecar() && plan.admin.is_some_and(|a| a.connect_port.is_some());
     let containers = spec.map(|s| s.containers.as_slice()).unwrap_or_default();
     for (i, container) in containers.iter().enumerate() {
-        let mut env = env.clone();
-        if flyte2 {
-            env.extend(no_proxy_env(container, &mut warnings));
-        }
+        // Only a proxied Flyte 2 container has a group of its own.
+        let no_proxy = flyte2
+            .then(|| no_proxy_env(container, &mut warnings))
+            .flatten();
+        let env = match no_proxy {
+            None => std::borrow::Cow::Borrowed(&env),
+            Some(group) => std::borrow::Cow::Owned([env.clone(), vec![group]].concat()),
+        };
         patch_task_container(plan, i, container, mounts, &env, &mut ops, &mut warnings);
     }
     let mode = match plan.config.mode {

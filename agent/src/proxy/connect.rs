@@ -124,11 +124,15 @@ pub fn code_of(status: StatusCode) -> u16 {
     }
 }
 
-/// The code a Connect error's JSON body names (`{"code": "invalid_argument", …}`), if it is one.
-pub fn code_in(body: &[u8]) -> Option<u16> {
-    let error: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let name = error.get("code")?.as_str()?;
-    (1..=16).find(|&code| code_name(code) == name)
+/// What a Connect error's JSON body (`{"code": "invalid_argument", "message": …}`) says: its
+/// code, if it is one, and its message, if it has one.
+pub fn error_in(body: &[u8]) -> (Option<u16>, Option<String>) {
+    let Ok(error) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return (None, None);
+    };
+    let text = |key: &str| error.get(key).and_then(|v| v.as_str());
+    let code = text("code").and_then(|name| (1..=16).find(|&code| code_name(code) == name));
+    (code, text("message").map(String::from))
 }
 
 /// Connect's name of a gRPC code (its JSON `code`).
@@ -241,19 +245,17 @@ mod tests {
     }
 
     #[test]
-    fn error_bodies_name_their_code() {
+    fn error_bodies_name_their_code_and_message() {
         assert_eq!(
-            code_in(br#"{"code":"invalid_argument","message":"x"}"#),
-            Some(3)
+            error_in(br#"{"code":"invalid_argument","message":"x"}"#),
+            (Some(3), Some("x".into()))
         );
-        assert_eq!(code_in(br#"{"code":"unauthenticated"}"#), Some(16));
-        assert_eq!(code_in(br#"{"code":"no_such_code"}"#), None);
-        assert_eq!(code_in(b"<html>"), None);
+        assert_eq!(error_in(br#"{"code":"unauthenticated"}"#), (Some(16), None));
+        assert_eq!(error_in(br#"{"code":"no_such_code"}"#), (None, None));
+        assert_eq!(error_in(b"<html>"), (None, None));
         for code in 1..=16 {
-            assert_eq!(
-                code_in(format!(r#"{{"code":"{}"}}"#, code_name(code)).as_bytes()),
-                Some(code)
-            );
+            let body = format!(r#"{{"code":"{}"}}"#, code_name(code));
+            assert_eq!(error_in(body.as_bytes()).0, Some(code));
         }
     }
 

@@ -12,8 +12,10 @@
 //! (start window, 1000), `FLEET_ONCE_TIMEOUT` (`--once-timeout`, 60s), `FLEET_AGENT_CONFIG` (YAML
 //! given to every agent), `FLEET_START_JITTER` (the agents' `refresh.start_jitter`: a duration, or
 //! `auto` for the floor (N − burst)/R), `FLEET_LABEL` (added to the file names),
-//! `FLEET_MODES` (`serve,once`). The harness is agent/tests/common/fleet.rs; its N = 50 version is
-//! tests/fleet.rs.
+//! `FLEET_MODES` (`serve,once`), `FLEET_RUNNER` (`processes`, the default, or `in-process`: the
+//! same agents as tasks of this process, for N larger than this machine can start as processes
+//! within the window; the harness's doc says what that simplifies). The harness is
+//! agent/tests/common/fleet.rs; its N = 50 version is tests/fleet.rs.
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -23,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use harness::fleet::{self, Limit, Mode, Plan};
+use harness::fleet::{self, Limit, Mode, Plan, Runner};
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name)
@@ -58,7 +60,19 @@ fn main() {
         humantime::parse_duration(&std::env::var("FLEET_ONCE_TIMEOUT").unwrap_or("60s".into()))
             .expect("FLEET_ONCE_TIMEOUT: a duration such as 60s");
     let modes = std::env::var("FLEET_MODES").unwrap_or("serve,once".into());
-    let label = std::env::var("FLEET_LABEL").unwrap_or_default();
+    let runner = match std::env::var("FLEET_RUNNER").as_deref() {
+        Err(_) | Ok("processes") => Runner::Processes,
+        Ok("in-process") => Runner::InProcess,
+        Ok(other) => panic!("FLEET_RUNNER: unknown runner {other:?} (processes, in-process)"),
+    };
+    let mut label = std::env::var("FLEET_LABEL").unwrap_or_default();
+    if runner == Runner::InProcess {
+        label = if label.is_empty() {
+            "in-process".into()
+        } else {
+            format!("{label}-in-process")
+        };
+    }
     let out = harness::workspace().join("target/fleet");
     std::fs::create_dir_all(&out).unwrap();
     println!(
@@ -81,6 +95,7 @@ fn main() {
             let plan = Plan {
                 n,
                 mode,
+                runner,
                 window: Duration::from_millis(env_or("FLEET_WINDOW_MS", 1000)),
                 // Sidecars retry forever: give them the floor several times over, then count the
                 // ones still waiting as failed. Init containers end at their own timeout.

@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::fleet::{self, Limit, Mode, Plan};
+use common::fleet::{self, Limit, Mode, Plan, Runner};
 
 const N: usize = 50;
 
@@ -24,10 +24,11 @@ const LIMIT: Limit = Limit {
 /// for their randomness (and for a loaded machine starting the agents late and together).
 const AGENT_CONFIG: &str = "refresh: {start_jitter: 5s}\n";
 
-fn plan(mode: Mode) -> Plan {
+fn plan(mode: Mode, runner: Runner) -> Plan {
     Plan {
         n: N,
         mode,
+        runner,
         window: Duration::from_secs(1),
         limit: match mode {
             Mode::Serve => Duration::from_secs(90),
@@ -52,7 +53,17 @@ fn assert_fleet(o: &fleet::Outcome) {
 #[test]
 fn a_fleet_of_sidecars_comes_up_against_a_rate_limited_idp_without_waste() {
     let idp = LIMIT.start_idp();
-    let o = fleet::run(&idp, &plan(Mode::Serve));
+    let o = fleet::run(&idp, &plan(Mode::Serve, Runner::Processes));
+    assert_eq!(o.readyz_ok, N, "{}", fleet::report(&o, &LIMIT));
+    assert_fleet(&o);
+}
+
+/// The bench's runner for N beyond what this machine starts as processes: the same agents as
+/// tasks of this process behave as the processes do.
+#[test]
+fn a_fleet_of_in_process_agents_comes_up_as_the_processes_do() {
+    let idp = LIMIT.start_idp();
+    let o = fleet::run(&idp, &plan(Mode::Serve, Runner::InProcess));
     assert_eq!(o.readyz_ok, N, "{}", fleet::report(&o, &LIMIT));
     assert_fleet(&o);
 }
@@ -62,9 +73,12 @@ fn a_fleet_of_init_containers_exits_0_against_a_rate_limited_idp_without_waste()
     let idp = LIMIT.start_idp();
     let o = fleet::run(
         &idp,
-        &plan(Mode::Once {
-            timeout: Duration::from_secs(60),
-        }),
+        &plan(
+            Mode::Once {
+                timeout: Duration::from_secs(60),
+            },
+            Runner::Processes,
+        ),
     );
     assert_fleet(&o);
 }

@@ -19,7 +19,8 @@
 //!   other limits are measured without the body limit doing the work.
 //!
 //! Run: `cargo bench -p flyte-auth-injector --bench mutate`. Every loop is bounded by a count
-//! and every wait by a timeout.
+//! and every wait by a timeout. `-- burst 300 1000` runs only the load, with that many reviews
+//! each (issue 16: a map task's N pods admitted at once).
 
 #[allow(dead_code)]
 #[path = "../../agent/benches/common/mod.rs"]
@@ -154,6 +155,15 @@ async fn time_calls(
 fn main() {
     let rt = runtime();
     let body = harness::review("0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0", true);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "burst") {
+        let dir = tempfile::tempdir().unwrap();
+        let ca_pem = write_certs(dir.path());
+        for n in args.iter().filter_map(|a| a.parse().ok()) {
+            load(dir.path(), &ca_pem, &body, &rt, n);
+        }
+        return;
+    }
     let injector = Arc::new(Injector::new(Config::default()));
     let answer = injector.review(&body);
     println!(
@@ -261,7 +271,7 @@ fn main() {
     );
 
     println!();
-    load(dir.path(), &ca_pem, &body, &rt);
+    load(dir.path(), &ca_pem, &body, &rt, 1000);
     println!();
     attacks(dir.path(), &ca_pem, &rt);
 }
@@ -366,24 +376,25 @@ async fn review_allowed(ca_pem: &str, addr: SocketAddr, body: Bytes) -> Option<b
         .flatten()
 }
 
-/// 1,000 reviews of `body` on 50 kept-alive connections at once, against a fresh binary.
-fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime) {
+/// `reviews` reviews of `body` on 50 kept-alive connections at once, against a fresh binary.
+fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime, reviews: usize) {
     const CONNECTIONS: usize = 50;
-    const PER_CONNECTION: usize = 20;
     let binary = Binary::start(dir, "");
     let addr = binary.addr;
     let body = Bytes::copy_from_slice(body);
     let started = Instant::now();
     let (mut samples, errors) = rt.block_on(async {
         let mut tasks = Vec::new();
-        for _ in 0..CONNECTIONS {
+        for c in 0..CONNECTIONS {
             let ca_pem = ca_pem.to_string();
             let body = body.clone();
+            // The reviews shared out as evenly as they go.
+            let share = reviews / CONNECTIONS + usize::from(c < reviews % CONNECTIONS);
             tasks.push(tokio::spawn(async move {
                 let mut send = connect(&ca_pem, addr).await;
                 let mut samples = Vec::new();
                 let mut errors = 0usize;
-                for _ in 0..PER_CONNECTION {
+                for _ in 0..share {
                     let req = http::Request::builder()
                         .method("POST")
                         .uri("/mutate")
@@ -419,8 +430,7 @@ fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime) {
     let elapsed = started.elapsed();
     samples.sort();
     println!(
-        "load: {} reviews on {CONNECTIONS} connections at once (server.max_concurrent_reviews 4): {errors} errors, p50 {:.0} µs, p99 {:.0} µs, {:.0} reviews/s, peak RSS (VmHWM) {:.1} MiB",
-        CONNECTIONS * PER_CONNECTION,
+        "load: {reviews} reviews on {CONNECTIONS} connections at once (server.max_concurrent_reviews 4): {errors} errors, p50 {:.0} µs, p99 {:.0} µs, {:.0} reviews/s, peak RSS (VmHWM) {:.1} MiB",
         us(pct(&samples, 0.5)),
         us(pct(&samples, 0.99)),
         samples.len() as f64 / elapsed.as_secs_f64(),

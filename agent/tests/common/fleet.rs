@@ -10,12 +10,26 @@
 //!
 //! Each agent's stdout and stderr go to a file of its own (`a<i>/log`), so the harness holds no
 //! descriptor per agent; every wait is bounded, every loop by N.
+//!
+//! [`Runner::InProcess`] runs the same agents (the library's `Agent`, built from the same env and
+//! config file the binary reads) as tasks of one runtime in this process instead, so that more
+//! of them start within the window than this machine can start processes (each process costs
+//! about 5 ms of CPU to start; 1,000 of them take 3–5 s on 2 cores). Each still has its own IdP
+//! client and connections, jitter and back-off, token file, socket and health listener. What it
+//! simplifies: the agents share two worker threads instead of one each, and write no logs.
 
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant, SystemTime};
 
+use flyte_auth_agent::config::Config;
+use flyte_auth_agent::env::Env;
+use flyte_auth_agent::{Agent, BoundSocket};
 use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
 
 use super::{agent_bin, Idp};
 
@@ -62,11 +76,20 @@ pub enum Mode {
     Once { timeout: Duration },
 }
 
+/// Where the agents run: as real processes, or as tasks of one runtime in this process (see
+/// the module doc for what that simplifies).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Runner {
+    Processes,
+    InProcess,
+}
+
 /// One fleet start.
 #[derive(Debug, Clone)]
 pub struct Plan {
     pub n: usize,
     pub mode: Mode,
+    pub runner: Runner,
     /// Agents are started evenly spread over this window.
     pub window: Duration,
     /// The longest the harness waits for the fleet (sidecars that never get ready count as failed).
@@ -80,6 +103,7 @@ pub struct Plan {
 pub struct Outcome {
     pub n: usize,
     pub mode: Mode,
+    pub runner: Runner,
     /// Per agent: time from the fleet's start until its token file was written.
     pub ready: Vec<Option<Duration>>,
     /// Agents that failed or gave up: index and why.
@@ -114,10 +138,34 @@ impl Outcome {
 }
 
 struct Member {
-    child: Child,
+    handle: Handle,
     dir: PathBuf,
     exited: Option<(Duration, Option<i32>)>,
     ready: Option<Duration>,
+}
+
+/// An agent process, or an agent task of the in-process runner.
+enum Handle {
+    Child(Child),
+    Task(Arc<TaskState>),
+}
+
+/// What an in-process agent reports: its exit code when it ends (64: invalid config, 70: could
+/// not start, 0/1: `--once` succeeded/failed, none: a sidecar that stopped), its health address.
+#[derive(Default)]
+struct TaskState {
+    exit: OnceLock<Option<i32>>,
+    health: OnceLock<SocketAddr>,
+}
+
+impl Handle {
+    /// The exit code once the agent has ended.
+    fn try_exit(&mut self) -> Option<Option<i32>> {
+        match self {
+            Handle::Child(child) => child.try_wait().ok().flatten().map(|s| s.code()),
+            Handle::Task(state) => state.exit.get().copied(),
+        }
+    }
 }
 
 /// Runs one fleet start against `idp` (made by [`Limit::start_idp`]), counting from a reset
@@ -126,21 +174,36 @@ pub fn run(idp: &Idp, plan: &Plan) -> Outcome {
     idp.reset();
     let work = tempfile::tempdir().expect("fleet work dir");
     let env = fleet_env(idp, work.path(), &plan.agent_config);
+    let runtime = (plan.runner == Runner::InProcess).then(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("the in-process fleet's runtime")
+    });
+    let shutdown = CancellationToken::new();
     let epoch = SystemTime::now();
     let start = Instant::now();
-    let mut members = spawn_all(plan, work.path(), &env, start);
+    let mut members = match &runtime {
+        None => spawn_all(plan, work.path(), &env, start),
+        Some(rt) => spawn_all_in(rt, plan, work.path(), &env, start, &shutdown),
+    };
     let started_within = start.elapsed();
     watch(&mut members, plan, epoch, start);
     let readyz_ok = match plan.mode {
-        Mode::Serve => members.iter().filter(|m| readyz(&m.dir)).count(),
+        Mode::Serve => members.iter().filter(|m| readyz(m)).count(),
         Mode::Once { .. } => 0,
     };
     stop_all(&mut members);
+    shutdown.cancel();
+    if let Some(rt) = runtime {
+        rt.shutdown_timeout(Duration::from_secs(20));
+    }
     let stats = idp.stats();
     let failed = failures(&members, plan);
     Outcome {
         n: plan.n,
         mode: plan.mode,
+        runner: plan.runner,
         ready: members.iter().map(|m| m.ready).collect(),
         failed,
         token_requests: stats["token_requests"].as_u64().unwrap_or(0),
@@ -219,11 +282,85 @@ fn spawn(i: usize, mode: Mode, work: &Path, env: &[(String, String)]) -> Member 
         .spawn()
         .unwrap_or_else(|e| panic!("start agent {i}: {e}"));
     Member {
-        child,
+        handle: Handle::Child(child),
         dir,
         exited: None,
         ready: None,
     }
+}
+
+/// [`spawn_all`] for the in-process runner: agent `i` becomes a task at its place in the window.
+fn spawn_all_in(
+    rt: &tokio::runtime::Runtime,
+    plan: &Plan,
+    work: &Path,
+    env: &[(String, String)],
+    start: Instant,
+    shutdown: &CancellationToken,
+) -> Vec<Member> {
+    let mut members = Vec::with_capacity(plan.n);
+    for i in 0..plan.n {
+        let at = start + plan.window.mul_f64(i as f64 / plan.n as f64);
+        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+            std::thread::sleep(wait);
+        }
+        let dir = work.join(format!("a{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut vars: HashMap<String, String> = env.iter().cloned().collect();
+        vars.insert(
+            "FLYTE_TOKENS_PATH_PREFIX".into(),
+            dir.join("tokens").display().to_string(),
+        );
+        vars.insert(
+            "FLYTE_AUTH_AGENT_SOCKET".into(),
+            dir.join("agent.sock").display().to_string(),
+        );
+        let state = Arc::new(TaskState::default());
+        rt.spawn(agent_task(vars, plan.mode, state.clone(), shutdown.clone()));
+        members.push(Member {
+            handle: Handle::Task(state),
+            dir,
+            exited: None,
+            ready: None,
+        });
+    }
+    members
+}
+
+/// One in-process agent: what `flyte-auth-agent serve [--once]` does with the same env.
+async fn agent_task(
+    vars: HashMap<String, String>,
+    mode: Mode,
+    state: Arc<TaskState>,
+    shutdown: CancellationToken,
+) {
+    let file = vars.get("FLYTE_AUTH_AGENT_CONFIG").map(PathBuf::from);
+    let env: Arc<dyn Env> = Arc::new(vars);
+    let Ok(config) = Config::load(file.as_deref(), env.clone()) else {
+        let _ = state.exit.set(Some(64));
+        return;
+    };
+    let Ok(agent) = Agent::build(&config, env) else {
+        let _ = state.exit.set(Some(70));
+        return;
+    };
+    let code = match mode {
+        Mode::Once { timeout } => Some(i32::from(agent.once(timeout).await.is_err())),
+        Mode::Serve => {
+            let socket = BoundSocket::bind(&config.socket_path, config.socket_mode);
+            let health = tokio::net::TcpListener::bind(config.health_addr).await;
+            let (Ok(socket), Ok(health)) = (socket, health) else {
+                let _ = state.exit.set(Some(70));
+                return;
+            };
+            if let Ok(addr) = health.local_addr() {
+                let _ = state.health.set(addr);
+            }
+            agent.serve(socket, health, shutdown).await;
+            None
+        }
+    };
+    let _ = state.exit.set(code);
 }
 
 /// Notices token files and exits until every agent is done (ready, or exited in `--once`), an
@@ -238,8 +375,8 @@ fn watch(members: &mut [Member], plan: &Plan, epoch: SystemTime, start: Instant)
             if m.ready.is_none() {
                 m.ready = written_at(&m.dir, epoch);
             }
-            if let Ok(Some(status)) = m.child.try_wait() {
-                m.exited = Some((start.elapsed(), status.code()));
+            if let Some(code) = m.handle.try_exit() {
+                m.exited = Some((start.elapsed(), code));
                 // The file may have been written between the two looks.
                 m.ready = m.ready.or_else(|| written_at(&m.dir, epoch));
             }
@@ -259,15 +396,20 @@ fn written_at(dir: &Path, epoch: SystemTime) -> Option<Duration> {
     Some(modified.duration_since(epoch).unwrap_or(Duration::ZERO))
 }
 
-/// Whether the sidecar's `/readyz` answers 200 (its health address is in its log).
-fn readyz(dir: &Path) -> bool {
-    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
-    let Some(addr) = log
-        .lines()
-        .find(|l| l.contains("serving"))
-        .and_then(|l| l.split("health=").nth(1))
-        .and_then(|s| s.split_whitespace().next())
-    else {
+/// Whether the sidecar's `/readyz` answers 200 (a process's health address is in its log).
+fn readyz(m: &Member) -> bool {
+    let addr = match &m.handle {
+        Handle::Task(state) => state.health.get().map(ToString::to_string),
+        Handle::Child(_) => {
+            let log = std::fs::read_to_string(m.dir.join("log")).unwrap_or_default();
+            log.lines()
+                .find(|l| l.contains("serving"))
+                .and_then(|l| l.split("health=").nth(1))
+                .and_then(|s| s.split_whitespace().next())
+                .map(str::to_string)
+        }
+    };
+    let Some(addr) = addr else {
         return false;
     };
     reqwest::blocking::Client::builder()
@@ -278,26 +420,32 @@ fn readyz(dir: &Path) -> bool {
         .is_some_and(|r| r.status().as_u16() == 200)
 }
 
-/// SIGTERM to every agent still running (one `kill` for all), then a bounded wait, then SIGKILL.
+/// SIGTERM to every agent process still running (one `kill` for all), then a bounded wait, then
+/// SIGKILL. (In-process agents stop with the runner's shutdown signal.)
 fn stop_all(members: &mut [Member]) {
     let running: Vec<String> = members
         .iter_mut()
-        .filter_map(|m| matches!(m.child.try_wait(), Ok(None)).then(|| m.child.id().to_string()))
+        .filter_map(|m| match &mut m.handle {
+            Handle::Child(c) => matches!(c.try_wait(), Ok(None)).then(|| c.id().to_string()),
+            Handle::Task(_) => None,
+        })
         .collect();
     for pids in running.chunks(500) {
         let _ = Command::new("kill").arg("-TERM").args(pids).status();
     }
     let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20)
-        && members
-            .iter_mut()
-            .any(|m| matches!(m.child.try_wait(), Ok(None)))
-    {
+    let still_running = |m: &mut Member| match &mut m.handle {
+        Handle::Child(c) => matches!(c.try_wait(), Ok(None)),
+        Handle::Task(_) => false,
+    };
+    while start.elapsed() < Duration::from_secs(20) && members.iter_mut().any(still_running) {
         std::thread::sleep(POLL);
     }
     for m in members.iter_mut() {
-        let _ = m.child.kill();
-        let _ = m.child.wait();
+        if let Handle::Child(c) = &mut m.handle {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
     }
 }
 
@@ -316,8 +464,10 @@ fn failures(members: &[Member], plan: &Plan) -> Vec<(usize, String)> {
             (Mode::Once { .. }, None, _) => format!("still running after {:?}", plan.limit),
         };
         let log = std::fs::read_to_string(m.dir.join("log")).unwrap_or_default();
-        let last = log.lines().last().unwrap_or("").to_string();
-        out.push((i, format!("{why}; last log line: {last}")));
+        match log.lines().last() {
+            Some(last) => out.push((i, format!("{why}; last log line: {last}"))),
+            None => out.push((i, why)),
+        }
     }
     out
 }
@@ -331,8 +481,12 @@ pub fn report(o: &Outcome, limit: &Limit) -> String {
         Mode::Serve => "sidecar (serve)".to_string(),
         Mode::Once { timeout } => format!("init (--once, timeout {timeout:?})"),
     };
+    let runner = match o.runner {
+        Runner::Processes => "processes",
+        Runner::InProcess => "in one process",
+    };
     let mut s = format!(
-        "fleet N={} {mode}: started within {:.2} s; R={}/s burst {} Retry-After {}s\n",
+        "fleet N={} {mode}, {runner}: started within {:.2} s; R={}/s burst {} Retry-After {}s\n",
         o.n,
         o.started_within.as_secs_f64(),
         limit.rate,
@@ -385,6 +539,7 @@ pub fn summary(o: &Outcome, limit: &Limit) -> Value {
     json!({
         "n": o.n,
         "mode": match o.mode { Mode::Serve => "serve", Mode::Once { .. } => "once" },
+        "runner": match o.runner { Runner::Processes => "processes", Runner::InProcess => "in-process" },
         "rate": limit.rate, "burst": limit.burst, "retry_after": limit.retry_after,
         "floor_s": limit.floor(o.n).as_secs_f64(),
         "started_within_s": o.started_within.as_secs_f64(),

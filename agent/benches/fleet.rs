@@ -14,7 +14,10 @@
 //! `auto` for the floor (N − burst)/R), `FLEET_LABEL` (added to the file names),
 //! `FLEET_MODES` (`serve,once`), `FLEET_RUNNER` (`processes`, the default, or `in-process`: the
 //! same agents as tasks of this process, for N larger than this machine can start as processes
-//! within the window; the harness's doc says what that simplifies). The harness is
+//! within the window; the harness's doc says what that simplifies), `FLEET_PACING` (a fraction:
+//! pace the agents as the injector's `agent.start_pacing` does, at that fraction of the IdP's
+//! rate, e.g. `1` or `0.9`) with `FLEET_PACING_BURST` (default: half the IdP's burst, as README
+//! advises: the other half absorbs pods that call late). The harness is
 //! agent/tests/common/fleet.rs; its N = 50 version is tests/fleet.rs.
 
 #[path = "../tests/common/mod.rs"]
@@ -65,6 +68,12 @@ fn main() {
         Ok("in-process") => Runner::InProcess,
         Ok(other) => panic!("FLEET_RUNNER: unknown runner {other:?} (processes, in-process)"),
     };
+    let pacing = std::env::var("FLEET_PACING").ok().map(|f| {
+        let f: f64 = f
+            .parse()
+            .expect("FLEET_PACING: a fraction of the rate, such as 0.9");
+        (limit.rate * f, env_or("FLEET_PACING_BURST", limit.burst.div_ceil(2)))
+    });
     let mut label = std::env::var("FLEET_LABEL").unwrap_or_default();
     if runner == Runner::InProcess {
         label = if label.is_empty() {
@@ -96,6 +105,7 @@ fn main() {
                 n,
                 mode,
                 runner,
+                pacing,
                 window: Duration::from_millis(env_or("FLEET_WINDOW_MS", 1000)),
                 // Sidecars retry forever: give them the floor several times over, then count the
                 // ones still waiting as failed. Init containers end at their own timeout.

@@ -518,15 +518,15 @@ impl TokenCache {
         Ok(token)
     }
 
-    /// How long `slot`'s first IdP call waits: its draw of the start jitter. Pods of a fan-out
-    /// start together, and against a rate-limited IdP all but its burst are refused if they ask
-    /// at once (issue 16). No draw is taken when there is no jitter, so a seeded cache's
-    /// sequence is what it was.
+    /// How long `slot`'s first IdP call waits: until the paced start the injector gave the pod,
+    /// then its draw of the start jitter. Pods of a fan-out start together, and against a
+    /// rate-limited IdP all but its burst are refused if they ask at once (issue 16). No draw is
+    /// taken when there is neither, so a seeded cache's sequence is what it was.
     fn first_wait(&self, slot: &Slot) -> Duration {
-        if self.policy.start_jitter.is_zero() {
+        if self.policy.start_jitter.is_zero() && self.policy.start_at.is_none() {
             Duration::ZERO
         } else {
-            self.policy.start_delay(slot.draw())
+            self.policy.start_delay(SystemTime::now(), slot.draw())
         }
     }
 

@@ -12,7 +12,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
 
@@ -418,9 +418,31 @@ fn build_refresh(raw: RawRefresh, l: &mut Loader<'_>) -> RefreshPolicy {
             d.start_jitter,
             parse_duration,
         ),
+        // Env only: the injector's start pacing gives each pod its own time.
+        start_at: l.parsed(
+            "start_at",
+            Some(crate::env::ENV_START_AT),
+            None,
+            d.start_at,
+            |s| parse_start_at(s, SystemTime::now()).map(Some),
+        ),
     };
     check_refresh(&policy, l);
     policy
+}
+
+/// A paced start time: Unix milliseconds, at most [`MAX_START_JITTER`] after `now` (the
+/// injector schedules within its `agent.start_pacing.max_delay`, below the pod's startup probe).
+fn parse_start_at(s: &str, now: SystemTime) -> Result<SystemTime, String> {
+    let at = crate::pacing::from_unix_millis(s)
+        .ok_or_else(|| format!("{s:?} is not a time in Unix milliseconds"))?;
+    if at
+        .duration_since(now)
+        .is_ok_and(|ahead| ahead > MAX_START_JITTER)
+    {
+        return Err(format!("{s} is more than 1h ahead of this node's clock"));
+    }
+    Ok(at)
 }
 
 /// The relations between refresh settings that each value alone cannot show.

@@ -63,6 +63,9 @@ pub const ENV_ALLOW_INSECURE_HTTP: &str = "FLYTE_AUTH_AGENT_ALLOW_INSECURE_HTTP"
 /// `refresh.start_jitter`: each token's first IdP call waits a draw from [0, this); the injector
 /// sets it from `agent.start_jitter` so the pods of a fan-out spread their first calls.
 pub const ENV_REFRESH_START_JITTER: &str = "FLYTE_AUTH_AGENT_REFRESH_START_JITTER";
+/// When the agent's first IdP calls may start, in Unix milliseconds: the injector's start pacing
+/// (`agent.start_pacing`, [`crate::pacing`]) gives each pod of a fan-out its own time.
+pub const ENV_START_AT: &str = "FLYTE_AUTH_AGENT_START_AT";
 /// The prefix of the `admin` section's env overrides (`…_ENDPOINT`, `…_CLIENT_ID`, …).
 pub const ENV_ADMIN_PREFIX: &str = "FLYTE_AUTH_AGENT_ADMIN_";
 /// Env var: `admin.serve_token`, whether `GET /v1/admin/token` serves the Admin credential.

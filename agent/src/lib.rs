@@ -43,6 +43,7 @@ pub mod lock;
 pub mod metrics;
 #[cfg(feature = "runtime")]
 pub mod mint;
+pub mod pacing;
 #[cfg(feature = "runtime")]
 pub mod proxy;
 pub mod refresh;

@@ -7,7 +7,7 @@
 //! Instants are [`tokio::time::Instant`]s: the cache reads them from tokio's clock, which a test
 //! pauses and advances, so the same functions drive the real agent and a simulated day.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::time::Instant;
 
@@ -76,6 +76,9 @@ pub struct RefreshPolicy {
     /// A name's first IdP call waits a delay drawn from [0, this): pods of a fan-out that start
     /// together then reach a rate-limited IdP spread out instead of at once. Zero: at once.
     pub start_jitter: Duration,
+    /// The first IdP calls wait until this time (then the start jitter's draw): the injector's
+    /// start pacing, env `FLYTE_AUTH_AGENT_START_AT`. None: no wait.
+    pub start_at: Option<SystemTime>,
 }
 
 impl Default for RefreshPolicy {
@@ -89,6 +92,7 @@ impl Default for RefreshPolicy {
             max_backoff: Duration::from_secs(60),
             retry_after_attempts: 5,
             start_jitter: Duration::ZERO,
+            start_at: None,
         }
     }
 }
@@ -144,10 +148,14 @@ impl RefreshPolicy {
         }
     }
 
-    /// The wait before a name's first IdP call, with `draw` in [0, 1): see
-    /// [`RefreshPolicy::start_jitter`].
-    pub fn start_delay(&self, draw: f64) -> Duration {
-        self.start_jitter.mul_f64(draw)
+    /// The wait before a name's first IdP call at `now`, with `draw` in [0, 1): until
+    /// [`RefreshPolicy::start_at`], then the draw of [`RefreshPolicy::start_jitter`].
+    pub fn start_delay(&self, now: SystemTime, draw: f64) -> Duration {
+        let until_start = self
+            .start_at
+            .and_then(|at| at.duration_since(now).ok())
+            .unwrap_or(Duration::ZERO);
+        until_start + self.start_jitter.mul_f64(draw)
     }
 }
 
@@ -361,15 +369,34 @@ mod tests {
 
     #[test]
     fn the_start_delay_is_a_draw_within_the_start_jitter() {
+        let now = SystemTime::now();
         let p = RefreshPolicy::default();
-        assert_eq!(p.start_delay(0.99), Duration::ZERO, "default: at once");
+        assert_eq!(p.start_delay(now, 0.99), Duration::ZERO, "default: at once");
         let p = RefreshPolicy {
             start_jitter: Duration::from_secs(10),
             ..p
         };
-        assert_eq!(p.start_delay(0.0), Duration::ZERO);
-        assert_eq!(p.start_delay(0.25), Duration::from_millis(2500));
-        assert!(p.start_delay(0.999) < Duration::from_secs(10));
+        assert_eq!(p.start_delay(now, 0.0), Duration::ZERO);
+        assert_eq!(p.start_delay(now, 0.25), Duration::from_millis(2500));
+        assert!(p.start_delay(now, 0.999) < Duration::from_secs(10));
+    }
+
+    #[test]
+    fn the_start_delay_waits_for_the_paced_start_then_draws_the_jitter() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let p = RefreshPolicy {
+            start_at: Some(now + Duration::from_millis(1500)),
+            ..RefreshPolicy::default()
+        };
+        assert_eq!(p.start_delay(now, 0.5), Duration::from_millis(1500));
+        let jittered = RefreshPolicy {
+            start_jitter: Duration::from_secs(2),
+            ..p
+        };
+        assert_eq!(jittered.start_delay(now, 0.5), Duration::from_millis(2500));
+        // A pod that starts after its time (scheduled late, a slow image pull) calls at once.
+        let late = now + Duration::from_secs(5);
+        assert_eq!(p.start_delay(late, 0.5), Duration::ZERO);
     }
 
     #[test]

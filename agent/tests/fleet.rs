@@ -29,6 +29,7 @@ fn plan(mode: Mode, runner: Runner) -> Plan {
         n: N,
         mode,
         runner,
+        pacing: None,
         window: Duration::from_secs(1),
         limit: match mode {
             Mode::Serve => Duration::from_secs(90),
@@ -56,6 +57,24 @@ fn a_fleet_of_sidecars_comes_up_against_a_rate_limited_idp_without_waste() {
     let o = fleet::run(&idp, &plan(Mode::Serve, Runner::Processes));
     assert_eq!(o.readyz_ok, N, "{}", fleet::report(&o, &LIMIT));
     assert_fleet(&o);
+}
+
+/// Paced by the injector's schedule instead of a jitter (`agent.start_pacing` at 0.9 of the
+/// IdP's rate with half its burst, as README advises): every agent is ready, and the IdP answers
+/// no 429. In one process: a pod that starts after its time calls at once, and 50 debug-build
+/// processes starting on 2 busy cores start up to a second late, together (README says how that
+/// plays out in a cluster, where pods start seconds after admission).
+#[test]
+fn a_paced_fleet_meets_no_refusal() {
+    let idp = LIMIT.start_idp();
+    let paced = Plan {
+        agent_config: String::new(),
+        pacing: Some((LIMIT.rate * 0.9, LIMIT.burst.div_ceil(2))),
+        ..plan(Mode::Serve, Runner::InProcess)
+    };
+    let o = fleet::run(&idp, &paced);
+    assert_fleet(&o);
+    assert_eq!(o.rate_limited, 0, "{}", fleet::report(&o, &LIMIT));
 }
 
 /// The bench's runner for N beyond what this machine starts as processes: the same agents as

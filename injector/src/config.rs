@@ -235,6 +235,10 @@ pub struct AgentSettings {
     /// (set it near (pods − the IdP's burst) / its rate; README "Fleet start"). 0: at once.
     #[serde(deserialize_with = "de_duration")]
     pub start_jitter: Duration,
+    /// Start pacing: each admitted pod's agent gets its own time for its first IdP calls, spaced
+    /// at the IdP's limit, so a fan-out of any size costs the IdP one call per token (README
+    /// "Fleet start"). Off unless `rate` is set.
+    pub start_pacing: StartPacing,
     /// Allow `http://` IdP endpoints off loopback (never in production).
     pub allow_insecure_http: bool,
     /// Allow token requests whose token or discovery endpoint is loopback, link-local or
@@ -274,10 +278,45 @@ impl Default for AgentSettings {
             startup_timeout: Duration::from_secs(120),
             once_timeout: Duration::from_secs(60),
             start_jitter: Duration::ZERO,
+            start_pacing: StartPacing::default(),
             allow_insecure_http: false,
             limits: serde_json::Value::Null,
             allow_local_idp: false,
         }
+    }
+}
+
+/// The IdP limit the injector paces its pods' first calls at (`agent.start_pacing`).
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct StartPacing {
+    /// Client-credentials calls per second the pods of this injector may start with: the IdP's
+    /// limit for the client (or tenant) the fan-outs share, divided by the injector's replicas;
+    /// a little under it leaves room for other callers. 0: off.
+    pub rate: f64,
+    /// Calls the IdP allows at once (its bucket), likewise this replica's share.
+    pub burst: u32,
+    /// The longest a pod waits for its time; a bigger fan-out than rate × this waits this and
+    /// then meets the IdP's limit (and its `Retry-After`) as an unpaced pod would.
+    #[serde(deserialize_with = "de_duration")]
+    pub max_delay: Duration,
+}
+
+impl Default for StartPacing {
+    fn default() -> Self {
+        Self {
+            rate: 0.0,
+            burst: 1,
+            // Under the default once_timeout (60s) and startup_timeout (120s).
+            max_delay: Duration::from_secs(45),
+        }
+    }
+}
+
+impl StartPacing {
+    /// Whether pods are paced.
+    pub fn enabled(&self) -> bool {
+        self.rate > 0.0
     }
 }
 
@@ -652,6 +691,31 @@ impl AgentSettings {
                         humantime::format_duration(timeout)
                     ),
                 );
+            } else if self.start_pacing.enabled()
+                && self.start_jitter + self.start_pacing.max_delay >= timeout
+            {
+                problems.add(
+                    "agent.start_pacing.max_delay",
+                    format!(
+                        "with agent.start_jitter must be shorter than {key} ({}), or a paced pod's agent may fail before its first IdP call",
+                        humantime::format_duration(timeout)
+                    ),
+                );
+            }
+        }
+        let pacing = &self.start_pacing;
+        if !(pacing.rate.is_finite() && (0.0..=100_000.0).contains(&pacing.rate)) {
+            problems.add(
+                "agent.start_pacing.rate",
+                "must be between 0 (off) and 100000 calls per second",
+            );
+        }
+        if pacing.enabled() {
+            if !(1..=100_000).contains(&pacing.burst) {
+                problems.add("agent.start_pacing.burst", "must be between 1 and 100000");
+            }
+            if pacing.max_delay.is_zero() {
+                problems.add("agent.start_pacing.max_delay", "must be above zero");
             }
         }
     }

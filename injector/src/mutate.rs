@@ -10,9 +10,10 @@ use flyte_auth_agent::env::{
     DEFAULT_SECRETS_ENV_PREFIX, ENV_ADMIN_DOMAIN, ENV_ADMIN_ORG, ENV_ADMIN_PROJECT,
     ENV_ALLOW_INSECURE_HTTP, ENV_EXECUTION_ID, ENV_HEALTH_ADDR, ENV_LOG_FILTER, ENV_LOG_FORMAT,
     ENV_REFRESH_START_JITTER, ENV_SECRETS_DIR, ENV_SECRETS_ENV_PREFIX, ENV_SECRETS_FILE_PREFIX,
-    ENV_SOCKET, ENV_TOKEN_REQUESTS,
+    ENV_SOCKET, ENV_START_AT, ENV_TOKEN_REQUESTS,
 };
 pub use flyte_auth_agent::env::{ENV_TOKENS_PATH_PREFIX, SOCKET_FILE};
+use flyte_auth_agent::pacing;
 use flyte_auth_agent::secret::{SecretResolver, SecretsConfig};
 use flyte_auth_proto::flyteidl::core::{secret::MountType, Secret};
 use json_patch::jsonptr::PointerBuf;
@@ -647,6 +648,12 @@ fn agent_env(plan: &Plan<'_>) -> Vec<EnvVar> {
     if !agent.start_jitter.is_zero() {
         let jitter = humantime::format_duration(agent.start_jitter).to_string();
         env.push(env_value(ENV_REFRESH_START_JITTER, jitter));
+    }
+    if let Some(at) = plan.execution.start_at {
+        env.push(env_value(
+            ENV_START_AT,
+            pacing::to_unix_millis(at).to_string(),
+        ));
     }
     for (var, (group, key)) in &plan.secrets.env {
         env.push(EnvVar {

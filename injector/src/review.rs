@@ -6,8 +6,11 @@
 //! generic JSON tree of a 2 MB body of small objects would cost tens of MB.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::SystemTime;
 
 use base64::Engine as _;
+use flyte_auth_agent::pacing::Pacer;
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube_core::admission::{AdmissionRequest, AdmissionResponse, AdmissionReview, Operation};
@@ -83,6 +86,9 @@ pub struct Injector {
     /// How a namespace reads as an execution scope, or why the `scope` settings are unusable
     /// (only for a config that [`Config::parse`] did not check).
     scope: Result<ScopeRules, String>,
+    /// The first-call times of `agent.start_pacing`, shared by every review (and every clone:
+    /// the schedule is one per process); None when off.
+    pacer: Option<Arc<Pacer>>,
 }
 
 impl Injector {
@@ -108,11 +114,16 @@ impl Injector {
                 .collect::<Vec<_>>()
                 .join("; ")
         });
+        let pacing = config.agent.start_pacing;
+        let pacer = pacing
+            .enabled()
+            .then(|| Arc::new(Pacer::new(pacing.rate, pacing.burst, pacing.max_delay)));
         Self {
             config,
             admin,
             policy,
             scope,
+            pacer,
         }
     }
 
@@ -238,8 +249,9 @@ impl Injector {
             return (Decision::Unchanged(Vec::new()), None);
         }
         // The review's namespace, not the pod's metadata.namespace: the API server fills in the
-        // first, the pod's author writes (or omits) the second.
-        self.inject(request.namespace.as_deref(), &pod)
+        // first, the pod's author writes (or omits) the second. A dry run creates no pod, so it
+        // takes no paced start from the ones that will.
+        self.inject(request.namespace.as_deref(), &pod, !request.dry_run)
     }
 
     /// Whether the pod carries the opt-in label with its value.
@@ -254,7 +266,12 @@ impl Injector {
 
     /// The decision on an opted-in pod not injected yet: its Admin proxy and scope, then (in
     /// [`Self::add_agent`]) its token requests and the patch.
-    fn inject(&self, namespace: Option<&str>, pod: &Pod) -> (Decision, Option<ScopeSource>) {
+    fn inject(
+        &self,
+        namespace: Option<&str>,
+        pod: &Pod,
+        paced: bool,
+    ) -> (Decision, Option<ScopeSource>) {
         let no_annotations = BTreeMap::new();
         let annotations = pod.metadata.annotations.as_ref().unwrap_or(&no_annotations);
         let admin = match self.admin_for(annotations) {
@@ -275,7 +292,10 @@ impl Injector {
         // No scope, no proxy: a proxy with no scope would act anywhere.
         let admin = admin.filter(|_| execution.scope.is_some());
         let source = execution.source;
-        (self.add_agent(pod, annotations, admin, execution), source)
+        (
+            self.add_agent(pod, annotations, admin, execution, paced),
+            source,
+        )
     }
 
     /// The agent added for the pod's token requests and Admin proxy, if it has either.
@@ -285,6 +305,7 @@ impl Injector {
         annotations: &BTreeMap<String, String>,
         admin: Option<&AdminEnv>,
         mut execution: Execution,
+        paced: bool,
     ) -> Decision {
         let requests = match requests::from_annotations(annotations, &self.policy) {
             Ok(requests) => requests,
@@ -298,6 +319,13 @@ impl Injector {
                 opt_in.label, opt_in.value
             ));
             return Decision::Unchanged(warnings);
+        }
+        if let Some(pacer) = self.pacer.as_ref().filter(|_| paced) {
+            // One IdP call per token request, and one for the Admin credential. A pod denied
+            // below leaves its calls unused: the schedule errs towards the IdP's side.
+            let calls = requests.requests.len() + usize::from(admin.is_some());
+            let calls = u32::try_from(calls).unwrap_or(u32::MAX);
+            execution.start_at = Some(pacer.reserve(SystemTime::now(), calls));
         }
         match mutate::mutate(&self.config, pod, &requests, admin, &execution) {
             Err(problems) => Decision::Deny(problems),

@@ -554,6 +554,8 @@ pub struct Execution {
     pub id: Option<String>,
     /// What the requester should know (an unmatched namespace, an unusable execution id).
     pub warnings: Vec<String>,
+    /// When the pod's agent may make its first IdP calls (`agent.start_pacing`); None: at once.
+    pub start_at: Option<std::time::SystemTime>,
 }
 
 impl ScopeRules {

@@ -419,6 +419,81 @@ fn start_jitter_reaches_the_agent_and_must_fit_its_timeouts() {
     }
 }
 
+/// Start pacing (issue 16): each injected pod's agent gets its own first-call time, spaced at the
+/// configured IdP rate by the pod's number of calls; a dry run takes none; off by default.
+#[test]
+fn start_pacing_spaces_the_pods_first_calls_at_the_idp_rate() {
+    let injector = Injector::new(
+        Config::parse("agent: {start_pacing: {rate: 10, burst: 2}}", "test").unwrap(),
+    );
+    let start_at = |pod: &Value| -> Option<u64> {
+        agent_env(pod)
+            .get("FLYTE_AUTH_AGENT_START_AT")
+            .map(|v| v.as_str().unwrap().parse().unwrap())
+    };
+    let review = propeller_review(|_| {});
+    let first = mutated_pod(&injector, &review);
+    let calls = serde_json::from_str::<Vec<Value>>(
+        agent_env(&first)["FLYTE_AUTH_AGENT_TOKEN_REQUESTS"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap()
+    .len() as u64;
+    assert!(calls >= 2, "the fixture's pod asks for several tokens");
+    let now = flyte_auth_agent::pacing::to_unix_millis(std::time::SystemTime::now()) as u64;
+    let t1 = start_at(&first).expect("a paced pod gets its time");
+    assert!(
+        t1 <= now + 1000,
+        "the first pod of a quiet IdP starts (almost) at once: {t1} vs {now}"
+    );
+    // A dry run of the same pod creates nothing, so it takes no time from the pods that follow.
+    let dry = propeller_review(|r| r["request"]["dryRun"] = json!(true));
+    assert_eq!(start_at(&mutated_pod(&injector, &dry)), None);
+    let t2 = start_at(&mutated_pod(&injector, &review)).unwrap();
+    let t3 = start_at(&mutated_pod(&injector, &review)).unwrap();
+    // Each pod uses `calls` of the IdP's 10 per second: the next one is that many tenths later
+    // (to the millisecond the env var carries).
+    for (a, b) in [(t1, t2), (t2, t3)] {
+        assert!(
+            (b - a).abs_diff(calls * 100) <= 1,
+            "{a} → {b}: expected {} ms apart",
+            calls * 100
+        );
+    }
+    let pod = mutated_pod(&default_injector(), &review);
+    assert_eq!(start_at(&pod), None, "off by default");
+}
+
+#[test]
+fn start_pacing_settings_are_checked() {
+    for (yaml, needle) in [
+        (
+            "agent: {start_pacing: {rate: -1}}",
+            "agent.start_pacing.rate: must be between 0 (off) and 100000 calls per second",
+        ),
+        (
+            "agent: {start_pacing: {rate: 10, burst: 0}}",
+            "agent.start_pacing.burst: must be between 1 and 100000",
+        ),
+        (
+            "agent: {start_pacing: {rate: 10, max_delay: 0s}}",
+            "agent.start_pacing.max_delay: must be above zero",
+        ),
+        (
+            "agent: {start_jitter: 30s, once_timeout: 60s, start_pacing: {rate: 10, max_delay: 30s}}",
+            "agent.start_pacing.max_delay: with agent.start_jitter must be shorter than agent.once_timeout (1m)",
+        ),
+        (
+            "agent: {start_pacing: {rate: 10, brust: 5}}",
+            "unknown field `brust`",
+        ),
+    ] {
+        let problems = Config::parse(yaml, "test").unwrap_err().to_string();
+        assert!(problems.contains(needle), "{yaml}: {needle:?} in:\n{problems}");
+    }
+}
+
 /// A change to a review.
 type Edit = Box<dyn FnOnce(&mut Value)>;
 

@@ -376,6 +376,39 @@ async fn the_first_call_waits_a_draw_of_the_start_jitter() {
     assert_eq!(h.calls(), [Duration::ZERO]);
 }
 
+/// A pod paced by the injector makes its first calls at its time (serve and `--once`), never
+/// past `--once`'s deadline; a time already past costs no wait.
+#[tokio::test(start_paused = true)]
+async fn the_first_call_waits_for_the_paced_start() {
+    let paced = |ahead: Duration| RefreshPolicy {
+        start_at: Some(std::time::SystemTime::now() + ahead),
+        ..RefreshPolicy::default()
+    };
+    let h = Harness::new(paced(secs(5)), |_| Ok(secs(3600)));
+    h.refresh_for(secs(20)).await;
+    let first = h.calls()[0];
+    // The wall clock moves on by the microseconds the test takes before the wait is computed.
+    assert!(
+        first > Duration::from_millis(4900) && first <= secs(5),
+        "{first:?}"
+    );
+    let h = Harness::new(paced(secs(5)), |_| Ok(secs(3600)));
+    let start = Instant::now();
+    h.cache.fetch_until(NAME, start + secs(2)).await.unwrap();
+    assert_eq!(h.calls(), [secs(2)], "--once never waits past its deadline");
+    let late = RefreshPolicy {
+        start_at: Some(std::time::SystemTime::now() - secs(30)),
+        ..RefreshPolicy::default()
+    };
+    let h = Harness::new(late, |_| Ok(secs(3600)));
+    h.refresh_for(secs(1)).await;
+    assert_eq!(
+        h.calls(),
+        [Duration::ZERO],
+        "a pod that starts late calls at once"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn an_expired_token_is_never_served() {
     // One 100 s token, then the IdP fails for good.

@@ -332,6 +332,40 @@ fn start_jitter_and_retry_after_attempts_default_and_are_checked() {
 }
 
 #[test]
+fn the_paced_start_is_read_from_its_env_var_and_checked() {
+    let f = Fixture::new();
+    let c = Config::load(None, f.env(&[])).unwrap();
+    assert_eq!(c.refresh.start_at, None, "unpaced: no wait");
+    let at = SystemTime::now() + Duration::from_secs(30);
+    let ms = ms_of(at);
+    let c = Config::load(None, f.env(&[("FLYTE_AUTH_AGENT_START_AT", &ms)])).unwrap();
+    assert_eq!(c.refresh.start_at.map(ms_of), Some(ms.clone()));
+    // Long past is fine (a pod that started late calls at once); far ahead or not a time is not.
+    let c = Config::load(None, f.env(&[("FLYTE_AUTH_AGENT_START_AT", "1000")])).unwrap();
+    assert!(c.refresh.start_at.is_some());
+    let ahead = ms_of(SystemTime::now() + Duration::from_secs(7200));
+    for (value, problem) in [
+        (ahead.as_str(), "is more than 1h ahead of this node's clock"),
+        ("soon", "\"soon\" is not a time in Unix milliseconds"),
+        ("-1", "\"-1\" is not a time in Unix milliseconds"),
+    ] {
+        let errors = messages(
+            Config::load(None, f.env(&[("FLYTE_AUTH_AGENT_START_AT", value)])).unwrap_err(),
+        );
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(
+            errors[0].starts_with("env FLYTE_AUTH_AGENT_START_AT: start_at: ")
+                && errors[0].ends_with(problem),
+            "{value}: {errors:?}"
+        );
+    }
+}
+
+fn ms_of(t: SystemTime) -> String {
+    crate::pacing::to_unix_millis(t).to_string()
+}
+
+#[test]
 fn unknown_yaml_keys_and_syntax_errors_are_named() {
     let f = Fixture::new();
     let errors = messages(Config::load(Some(&f.yaml("tokens_dir: /x\n")), f.env(&[])).unwrap_err());

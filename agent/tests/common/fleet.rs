@@ -27,6 +27,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use flyte_auth_agent::config::Config;
 use flyte_auth_agent::env::Env;
+use flyte_auth_agent::pacing::{self, Pacer};
 use flyte_auth_agent::{Agent, BoundSocket};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -96,6 +97,10 @@ pub struct Plan {
     pub limit: Duration,
     /// YAML for the agents' config file (e.g. a `refresh:` section); empty for none.
     pub agent_config: String,
+    /// The injector's start pacing, as (rate, burst): each agent gets its first-call time from
+    /// the injector's own [`Pacer`] when it is started (a pod's admission), in
+    /// `FLYTE_AUTH_AGENT_START_AT`. None: unpaced.
+    pub pacing: Option<(f64, u32)>,
 }
 
 /// What one fleet start showed.
@@ -104,6 +109,7 @@ pub struct Outcome {
     pub n: usize,
     pub mode: Mode,
     pub runner: Runner,
+    pub pacing: Option<(f64, u32)>,
     /// Per agent: time from the fleet's start until its token file was written.
     pub ready: Vec<Option<Duration>>,
     /// Agents that failed or gave up: index and why.
@@ -181,11 +187,24 @@ pub fn run(idp: &Idp, plan: &Plan) -> Outcome {
             .expect("the in-process fleet's runtime")
     });
     let shutdown = CancellationToken::new();
+    // The injector's cap, well above this fleet's floor: the bench measures pacing, not the cap.
+    let pacer = plan.pacing.map(|(rate, burst)| {
+        let floor = (plan.n as f64 - f64::from(burst)).max(0.0) / rate;
+        Pacer::new(rate, burst, Duration::from_secs_f64(floor + 60.0))
+    });
     let epoch = SystemTime::now();
     let start = Instant::now();
     let mut members = match &runtime {
-        None => spawn_all(plan, work.path(), &env, start),
-        Some(rt) => spawn_all_in(rt, plan, work.path(), &env, start, &shutdown),
+        None => spawn_all(plan, work.path(), &env, start, pacer.as_ref()),
+        Some(rt) => spawn_all_in(
+            rt,
+            plan,
+            work.path(),
+            &env,
+            start,
+            &shutdown,
+            pacer.as_ref(),
+        ),
     };
     let started_within = start.elapsed();
     watch(&mut members, plan, epoch, start);
@@ -204,6 +223,7 @@ pub fn run(idp: &Idp, plan: &Plan) -> Outcome {
         n: plan.n,
         mode: plan.mode,
         runner: plan.runner,
+        pacing: plan.pacing,
         ready: members.iter().map(|m| m.ready).collect(),
         failed,
         token_requests: stats["token_requests"].as_u64().unwrap_or(0),
@@ -249,16 +269,36 @@ fn fleet_env(idp: &Idp, work: &Path, agent_config: &str) -> Vec<(String, String)
 }
 
 /// Starts agent `i` of the plan's N at its place in the window.
-fn spawn_all(plan: &Plan, work: &Path, env: &[(String, String)], start: Instant) -> Vec<Member> {
+fn spawn_all(
+    plan: &Plan,
+    work: &Path,
+    env: &[(String, String)],
+    start: Instant,
+    pacer: Option<&Pacer>,
+) -> Vec<Member> {
     let mut members = Vec::with_capacity(plan.n);
     for i in 0..plan.n {
         let at = start + plan.window.mul_f64(i as f64 / plan.n as f64);
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        members.push(spawn(i, plan.mode, work, env));
+        let env = with_start_at(env, pacer);
+        members.push(spawn(i, plan.mode, work, &env));
     }
     members
+}
+
+/// `env` with the pod's paced start, reserved now as the injector does at admission.
+fn with_start_at(env: &[(String, String)], pacer: Option<&Pacer>) -> Vec<(String, String)> {
+    let mut env = env.to_vec();
+    if let Some(pacer) = pacer {
+        let at = pacer.reserve(SystemTime::now(), 1);
+        env.push((
+            flyte_auth_agent::env::ENV_START_AT.into(),
+            pacing::to_unix_millis(at).to_string(),
+        ));
+    }
+    env
 }
 
 fn spawn(i: usize, mode: Mode, work: &Path, env: &[(String, String)]) -> Member {
@@ -297,6 +337,7 @@ fn spawn_all_in(
     env: &[(String, String)],
     start: Instant,
     shutdown: &CancellationToken,
+    pacer: Option<&Pacer>,
 ) -> Vec<Member> {
     let mut members = Vec::with_capacity(plan.n);
     for i in 0..plan.n {
@@ -306,7 +347,7 @@ fn spawn_all_in(
         }
         let dir = work.join(format!("a{i}"));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut vars: HashMap<String, String> = env.iter().cloned().collect();
+        let mut vars: HashMap<String, String> = with_start_at(env, pacer).into_iter().collect();
         vars.insert(
             "FLYTE_TOKENS_PATH_PREFIX".into(),
             dir.join("tokens").display().to_string(),
@@ -485,6 +526,10 @@ pub fn report(o: &Outcome, limit: &Limit) -> String {
         Runner::Processes => "processes",
         Runner::InProcess => "in one process",
     };
+    let runner = match o.pacing {
+        Some((rate, burst)) => format!("{runner}, paced at {rate}/s burst {burst}"),
+        None => runner.to_string(),
+    };
     let mut s = format!(
         "fleet N={} {mode}, {runner}: started within {:.2} s; R={}/s burst {} Retry-After {}s\n",
         o.n,
@@ -540,6 +585,7 @@ pub fn summary(o: &Outcome, limit: &Limit) -> Value {
         "n": o.n,
         "mode": match o.mode { Mode::Serve => "serve", Mode::Once { .. } => "once" },
         "runner": match o.runner { Runner::Processes => "processes", Runner::InProcess => "in-process" },
+        "pacing": o.pacing.map(|(rate, burst)| json!({"rate": rate, "burst": burst})),
         "rate": limit.rate, "burst": limit.burst, "retry_after": limit.retry_after,
         "floor_s": limit.floor(o.n).as_secs_f64(),
         "started_within_s": o.started_within.as_secs_f64(),

@@ -354,7 +354,7 @@ fn values_reach_their_fields() {
         "logLevel": "debug",
         "logFormat": "text",
         "podAnnotations": {"example.com/a": "1"},
-        "podLabels": {"team": "platform"},
+        "podLabels": {"team": "platform", "app.kubernetes.io/name": "other"},
         "nodeSelector": {"pool": "system"},
         "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
         "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
@@ -397,7 +397,7 @@ fn values_reach_their_fields() {
             at(deployment, "/spec/selector/matchLabels"),
             &meta["labels"]
         ),
-        "podLabels keep the selector's labels"
+        "podLabels cannot replace the selector's labels"
     );
     // The listen port is the container's, the Service's target and the NetworkPolicy's.
     assert_eq!(at(container, "/ports/0/containerPort"), 9443);

@@ -660,3 +660,43 @@ fn renderer_output_is_a_clean_stream() {
     assert_eq!(out.status.code(), Some(2), "values that are not an object");
     assert!(out.stdout.is_empty());
 }
+
+/// deploy/README.md's values table names every value of values.yaml (each setting outside
+/// `config`, whose keys `config.yaml` documents; `resources` and `issuerRef` as one value each).
+#[test]
+fn every_value_is_in_the_readme_table() {
+    fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+        let opaque = prefix.ends_with("resources") || prefix.ends_with("issuerRef");
+        match value.as_mapping() {
+            Some(map) if !map.is_empty() && !opaque && prefix != "config" => {
+                for (key, child) in map {
+                    let key = key.as_str().expect("string keys");
+                    let path = if prefix.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, child, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let root = repo();
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join(CHART).join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let readme = std::fs::read_to_string(root.join("deploy/README.md")).expect("deploy/README.md");
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    assert!(paths.len() > 20, "{paths:?}");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("| `{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from deploy/README.md's table: {missing:?}"
+    );
+}

@@ -1,0 +1,702 @@
+//! `deploy/charts/flyte-auth-agent`: the Helm chart renders offline with Helm itself
+//! (`tests/k8s/helm.py`, PyPI `helm-python-sdk`: no helm binary, no cluster), passes `helm lint
+//! --strict` and the same strict schema validation and checks as the kustomize install
+//! (`manifests`, shared with deploy.rs), refuses misspelt or mistyped values naming them, ships a
+//! config and init-certs flags the real binary accepts, and does not drift from kustomize.
+
+mod manifests;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use flyte_auth_injector::config::Config;
+use manifests::*;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+const CHART: &str = "deploy/charts/flyte-auth-agent";
+/// `helm.py`'s exit code for values refused by values.schema.json.
+const EXIT_SCHEMA: i32 = 3;
+/// `helm.py`'s exit code for a template that failed (a `fail` in the chart).
+const EXIT_TEMPLATE: i32 = 1;
+/// The init-certs objects: Helm hooks, unlike everything else.
+const INIT_CERTS: &str = "flyte-auth-injector-init-certs";
+const CONFIG_MAP: &str = "flyte-auth-injector-config";
+
+fn python() -> PathBuf {
+    let python = repo().join("tests/.venv/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run tests/run once (it creates the venv from tests/requirements.txt)",
+        python.display()
+    );
+    python
+}
+
+/// Runs `tests/k8s/helm.py ARGS… CHART`: stdout on exit 0, else (exit code, stderr). A run that
+/// cannot start, or exits 2 (bad usage, e.g. helm-python-sdk missing), panics.
+fn helm_py(args: &[&str]) -> Result<String, (i32, String)> {
+    let root = repo();
+    let out = Command::new(python())
+        .arg(root.join("tests/k8s/helm.py"))
+        .args(args)
+        .current_dir(&root)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run tests/k8s/helm.py");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    match out.status.code() {
+        Some(0) => Ok(String::from_utf8(out.stdout).expect("helm.py prints UTF-8")),
+        Some(code @ (EXIT_TEMPLATE | EXIT_SCHEMA)) => Err((
+            code,
+            format!("{}{stderr}", String::from_utf8_lossy(&out.stdout)),
+        )),
+        _ => panic!(
+            "tests/k8s/helm.py could not run ({}); if helm_python is missing, run tests/run to \
+             update tests/.venv from tests/requirements.txt:\n{stderr}",
+            out.status
+        ),
+    }
+}
+
+/// The chart rendered into `namespace` with `values` over its defaults (`helm template`).
+fn render(values: &Value, namespace: &str) -> Result<String, (i32, String)> {
+    helm_py(&[
+        "render",
+        CHART,
+        "--namespace",
+        namespace,
+        "--values",
+        &values.to_string(),
+    ])
+}
+
+/// Rendered and validated strictly; a refused value or a schema problem fails the test here.
+fn install(values: &Value, namespace: &str, label: &str) -> Rendered {
+    let yaml = render(values, namespace).unwrap_or_else(|(code, err)| {
+        panic!("{label}: the chart did not render (exit {code}):\n{err}")
+    });
+    Rendered::from_yaml(&yaml, label)
+}
+
+fn cert_manager() -> Value {
+    json!({"certificates": {"mode": "cert-manager"}})
+}
+
+/// The chart's default install (init-certs) and its cert-manager install, each in the default
+/// namespace of the kustomize overlays and in another one, pass every check the kustomize
+/// overlays pass: the namespace reaches the webhook's Service reference, its namespace
+/// exclusion, the RBAC subjects, cert-manager's CA annotation and the DNS names.
+#[test]
+fn chart_installs_pass_the_kustomize_checks_in_any_namespace() {
+    for ns in ["flyte", "tasks-auth"] {
+        let r = install(&json!({}), ns, &format!("chart (init-certs) in {ns}"));
+        check_install(&r, Some(ns));
+        check_self_signed(&r, ns);
+        assert!(r.all("Certificate").is_empty() && r.all("Issuer").is_empty());
+
+        let r = install(
+            &cert_manager(),
+            ns,
+            &format!("chart (cert-manager) in {ns}"),
+        );
+        check_install(&r, Some(ns));
+        check_cert_manager(&r, ns);
+        for kind in [
+            "Job",
+            "Role",
+            "ClusterRole",
+            "RoleBinding",
+            "ClusterRoleBinding",
+        ] {
+            assert!(
+                r.all(kind).is_empty(),
+                "cert-manager mode renders no {kind}"
+            );
+        }
+    }
+}
+
+/// init-certs runs as a post-install/post-upgrade hook (it patches the webhook configuration,
+/// which Helm creates with the release), after its ServiceAccount and RBAC (hooks of the same
+/// phases, lower weight); each is replaced on the next run and deleted once the hooks succeeded.
+/// Nothing else is a hook: the webhook, Deployment and the rest are release objects.
+#[test]
+fn init_certs_is_an_ordered_hook() {
+    let r = install(&json!({}), "flyte", "chart (init-certs)");
+    let weight = |doc: &Value| -> i64 {
+        str_at(doc, "/metadata/annotations/helm.sh~1hook-weight")
+            .parse()
+            .expect("an integer hook weight")
+    };
+    let job_weight = weight(r.one("Job"));
+    for doc in &r.docs {
+        let annotations = &doc["metadata"]["annotations"];
+        let what = format!("{}/{}", doc["kind"], doc["metadata"]["name"]);
+        if doc["metadata"]["name"] != INIT_CERTS {
+            assert!(
+                annotations.get("helm.sh/hook").is_none(),
+                "{what} is not a hook"
+            );
+            continue;
+        }
+        assert_eq!(
+            annotations["helm.sh/hook"], "post-install,post-upgrade",
+            "{what}"
+        );
+        assert_eq!(
+            annotations["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
+            "{what}"
+        );
+        if doc["kind"] != "Job" {
+            assert!(weight(doc) < job_weight, "{what} is created before the Job");
+        }
+    }
+    assert_eq!(
+        r.docs
+            .iter()
+            .filter(|d| d["metadata"]["name"] == INIT_CERTS)
+            .count(),
+        6,
+        "the Job, its ServiceAccount, Role, RoleBinding, ClusterRole and ClusterRoleBinding"
+    );
+    // An upgrade renders the same hook, so it runs again (a no-op while the certificate is valid).
+    let upgrade = helm_py(&["render", CHART, "--namespace", "flyte", "--upgrade"])
+        .unwrap_or_else(|(code, err)| panic!("upgrade render failed ({code}): {err}"));
+    let upgrade = Rendered::from_yaml(&upgrade, "chart upgrade");
+    assert_eq!(upgrade.one("Job"), r.one("Job"));
+}
+
+/// `helm lint --strict` (warnings are errors) passes with both certificate modes.
+#[test]
+fn chart_lints_clean() {
+    for values in [json!({}), cert_manager()] {
+        let report = helm_py(&[
+            "lint",
+            CHART,
+            "--namespace",
+            "flyte",
+            "--values",
+            &values.to_string(),
+        ])
+        .unwrap_or_else(|(_, report)| panic!("helm lint --strict with {values}:\n{report}"));
+        println!("helm lint with {values}:\n{report}");
+    }
+    // And lint does fail on a problem (so the pass above means something).
+    let (code, report) = helm_py(&["lint", CHART, "--values", r#"{"replica": 3}"#])
+        .expect_err("lint accepts an unknown value");
+    assert_eq!(code, EXIT_TEMPLATE);
+    assert!(report.contains("replica"), "{report}");
+}
+
+/// values.schema.json refuses a misspelt key at any level, a wrong type and a value outside its
+/// choices, naming the key; the templates refuse a config whose certificate paths are not where
+/// the Secret is mounted.
+#[test]
+fn wrong_values_are_refused_naming_the_key() {
+    let cases = [
+        (
+            json!({"replica": 3}),
+            "additional properties 'replica' not allowed",
+        ),
+        (
+            json!({"replicas": "3"}),
+            "at '/replicas': got string, want integer",
+        ),
+        (
+            json!({"image": {"pullpolicy": "Always"}}),
+            "at '/image': additional properties 'pullpolicy' not allowed",
+        ),
+        (
+            json!({"config": {"opt_in": {"lable": "team"}}}),
+            "at '/config/opt_in': additional properties 'lable' not allowed",
+        ),
+        (
+            json!({"config": {"agent": {"imagePullPolicy": "Always"}}}),
+            "at '/config/agent': additional properties 'imagePullPolicy' not allowed",
+        ),
+        (
+            json!({"config": {"server": {"max_body": "2Mi"}}}),
+            "at '/config/server/max_body': got string, want integer",
+        ),
+        (
+            json!({"certificates": {"mode": "self-signed"}}),
+            "at '/certificates/mode': value must be one of 'init-certs', 'cert-manager'",
+        ),
+        (
+            json!({"webhook": {"failurePolicy": "fail"}}),
+            "at '/webhook/failurePolicy'",
+        ),
+        (
+            json!({"certificates": {"certManager": {"issuerRef": {"kind": "ClusterIssuer"}}}}),
+            "at '/certificates/certManager/issuerRef': properties 'name' required",
+        ),
+        (json!({"podLabels": {"team": 7}}), "at '/podLabels/team'"),
+    ];
+    for (values, expected) in cases {
+        match render(&values, "flyte") {
+            Ok(_) => panic!("the chart accepted {values}"),
+            Err((code, message)) => {
+                assert_eq!(code, EXIT_SCHEMA, "{values}: {message}");
+                assert!(
+                    message.contains(expected),
+                    "{values}: expected {expected:?} in:\n{message}"
+                );
+            }
+        }
+    }
+    let (code, message) = render(
+        &json!({"config": {"server": {"cert_file": "/etc/webhook/certs/cert.pem"}}}),
+        "flyte",
+    )
+    .expect_err("a cert_file the Secret does not provide");
+    assert_eq!(code, EXIT_TEMPLATE, "{message}");
+    assert!(
+        message.contains("config.server.cert_file \"/etc/webhook/certs/cert.pem\""),
+        "{message}"
+    );
+}
+
+/// The names in `message` after "expected" (serde's list of the fields a section accepts).
+fn expected_fields(message: &str) -> BTreeSet<String> {
+    let (_, list) = message
+        .split_once("expected")
+        .unwrap_or_else(|| panic!("no field list in {message:?}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The schema closes the config sections the injector closes, with exactly the keys the injector
+/// accepts: a key the schema lets through is never one the injector then refuses at start, and
+/// every key the injector reads can be set. (The `admin` section and `agent.limits` are the
+/// agent's own and are checked by its rules when the injector starts.)
+#[test]
+fn schema_knows_exactly_the_injector_config_keys() {
+    let text = std::fs::read_to_string(repo().join(CHART).join("values.schema.json"))
+        .expect("values.schema.json");
+    let schema: Value = serde_json::from_str(&text).expect("values.schema.json is JSON");
+    let config = at(&schema, "/properties/config");
+    for (section, probe) in [
+        ("", "zzz_not_a_key: 1"),
+        ("server", "server: {zzz_not_a_key: 1}"),
+        ("limits", "limits: {zzz_not_a_key: 1}"),
+        ("opt_in", "opt_in: {zzz_not_a_key: 1}"),
+        ("scope", "scope: {zzz_not_a_key: 1}"),
+        ("scope/fallback", "scope: {fallback: {zzz_not_a_key: 1}}"),
+        ("agent", "agent: {zzz_not_a_key: 1}"),
+    ] {
+        let node = if section.is_empty() {
+            config
+        } else {
+            at(
+                config,
+                &format!("/properties/{}", section.replace('/', "/properties/")),
+            )
+        };
+        assert_eq!(
+            node["additionalProperties"], false,
+            "config {section} is closed"
+        );
+        let in_schema: BTreeSet<String> = node["properties"]
+            .as_object()
+            .expect("properties")
+            .keys()
+            .cloned()
+            .collect();
+        let problem = Config::parse(probe, "probe")
+            .expect_err("an unknown key is refused")
+            .to_string();
+        assert_eq!(
+            in_schema,
+            expected_fields(&problem),
+            "config {section}: the schema's keys vs the injector's"
+        );
+    }
+}
+
+/// The config the chart ships (the rendered ConfigMap) passes the real binary's `check`, also in
+/// init-only mode without an admin section, and the init-certs Job's flags run.
+#[test]
+fn shipped_chart_config_and_job_flags_work_with_the_binary() {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("helm-config");
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    for (values, file) in [
+        (json!({}), "default.yaml"),
+        (
+            json!({"config": {"mode": "init-only", "admin": null}}),
+            "init-only.yaml",
+        ),
+    ] {
+        let r = install(&values, "flyte", &format!("chart with {values}"));
+        let config = str_at(r.named("ConfigMap", CONFIG_MAP), "/data/config.yaml");
+        let path = dir.join(file);
+        std::fs::write(&path, config).expect("write config");
+        assert_binary_accepts_config(&path, &format!("the chart's config with {values}"));
+    }
+    let r = install(&json!({}), "flyte", "chart (init-certs)");
+    assert_binary_runs_init_certs_job(r.one("Job"), "helm-init-certs");
+}
+
+/// Each value reaches the fields it is documented to set.
+#[test]
+fn values_reach_their_fields() {
+    let digest = format!("sha256:{}", "ab".repeat(32));
+    let values = json!({
+        "image": {"repository": "registry.example/auth", "tag": "1.2.3", "digest": digest,
+                  "pullPolicy": "Always"},
+        "imagePullSecrets": [{"name": "pull"}],
+        "replicas": 3,
+        "resources": {"requests": {"cpu": "50m", "memory": "40Mi"}, "limits": {"memory": "200Mi"}},
+        "logLevel": "debug",
+        "logFormat": "text",
+        "podAnnotations": {"example.com/a": "1"},
+        "podLabels": {"team": "platform", "app.kubernetes.io/name": "other"},
+        "nodeSelector": {"pool": "system"},
+        "tolerations": [{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+        "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution":
+            {"nodeSelectorTerms": [{"matchExpressions":
+                [{"key": "pool", "operator": "In", "values": ["system"]}]}]}}},
+        "priorityClassName": "system-cluster-critical",
+        "webhook": {"failurePolicy": "Ignore", "timeoutSeconds": 5,
+                    "excludedNamespaces": ["kube-system", "monitoring"],
+                    "namespaceSelector": {"matchLabels": {"flyte.org/tasks": "true"},
+                        "matchExpressions": [{"key": "tier", "operator": "NotIn", "values": ["infra"]}]}},
+        "certificates": {"mode": "init-certs", "initCerts": {"validFor": "365d", "renewBefore": "60d"}},
+        "config": {"opt_in": {"label": "example.com/auth", "value": "yes"},
+                   "server": {"listen": "0.0.0.0:9443"},
+                   "agent": {"image": "registry.example/agent:7"}}
+    });
+    let r = install(&values, "auth", "chart with every value set");
+    let image = format!("registry.example/auth:1.2.3@{digest}");
+    let deployment = r.named("Deployment", WEBHOOK);
+    let pod = at(deployment, "/spec/template/spec");
+    let container = at(pod, "/containers/0");
+    assert_eq!(container["image"], image.as_str());
+    assert_eq!(container["imagePullPolicy"], "Always");
+    assert_eq!(container["resources"], values["resources"]);
+    assert_eq!(
+        container["env"],
+        json!([{"name": "FLYTE_AUTH_INJECTOR_LOG_FORMAT", "value": "text"},
+               {"name": "RUST_LOG", "value": "debug"}])
+    );
+    assert_eq!(deployment["spec"]["replicas"], 3);
+    assert_eq!(pod["imagePullSecrets"], values["imagePullSecrets"]);
+    assert_eq!(pod["nodeSelector"], values["nodeSelector"]);
+    assert_eq!(pod["tolerations"], values["tolerations"]);
+    assert_eq!(pod["affinity"], values["affinity"]);
+    assert_eq!(pod["priorityClassName"], "system-cluster-critical");
+    let meta = at(deployment, "/spec/template/metadata");
+    assert_eq!(meta["annotations"]["example.com/a"], "1");
+    assert_eq!(meta["labels"]["team"], "platform");
+    assert!(
+        selects(
+            at(deployment, "/spec/selector/matchLabels"),
+            &meta["labels"]
+        ),
+        "podLabels cannot replace the selector's labels"
+    );
+    // The listen port is the container's, the Service's target and the NetworkPolicy's.
+    assert_eq!(at(container, "/ports/0/containerPort"), 9443);
+    assert_eq!(
+        at(r.one("NetworkPolicy"), "/spec/ingress/0/ports/0/port"),
+        9443
+    );
+
+    let config_text = str_at(r.named("ConfigMap", CONFIG_MAP), "/data/config.yaml");
+    let config = Config::parse(config_text, "configmap").expect("the config parses");
+    assert_eq!(config.agent.image, "registry.example/agent:7");
+    let hook = &at(
+        r.named("MutatingWebhookConfiguration", WEBHOOK),
+        "/webhooks",
+    )[0];
+    assert_eq!(
+        hook["objectSelector"],
+        json!({"matchLabels": {"example.com/auth": "yes"}}),
+        "one value: the config's opt-in label is the webhook's objectSelector"
+    );
+    assert_eq!(config.opt_in.label, "example.com/auth");
+    assert_eq!(hook["failurePolicy"], "Ignore");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(
+        hook["namespaceSelector"],
+        json!({"matchLabels": {"flyte.org/tasks": "true"},
+               "matchExpressions": [
+                   {"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+                    "values": ["kube-system", "monitoring", "auth"]},
+                   {"key": "tier", "operator": "NotIn", "values": ["infra"]}]})
+    );
+
+    let job = at(r.one("Job"), "/spec/template/spec");
+    assert_eq!(job["containers"][0]["image"], image.as_str());
+    let args = strings(&job["containers"][0]["args"]);
+    assert!(args.contains(&"--valid-for=365d") && args.contains(&"--renew-before=60d"));
+    assert_eq!(job["nodeSelector"], values["nodeSelector"]);
+
+    // Without config.agent.image the sidecar runs the chart's image; the tag defaults to the
+    // chart's appVersion.
+    let r = install(
+        &json!({"image": {"repository": "registry.example/auth"}}),
+        "auth",
+        "chart with a repository",
+    );
+    let chart_yaml =
+        std::fs::read_to_string(repo().join(CHART).join("Chart.yaml")).expect("Chart.yaml");
+    let chart: BTreeMap<String, serde_yaml_ng::Value> =
+        serde_yaml_ng::from_str(&chart_yaml).expect("Chart.yaml is YAML");
+    let app_version = chart["appVersion"].as_str().expect("appVersion");
+    let image = format!("registry.example/auth:{app_version}");
+    let config = Config::parse(
+        str_at(r.named("ConfigMap", CONFIG_MAP), "/data/config.yaml"),
+        "configmap",
+    )
+    .expect("the config parses");
+    assert_eq!(config.agent.image, image);
+    assert_eq!(
+        at(
+            r.named("Deployment", WEBHOOK),
+            "/spec/template/spec/containers/0/image"
+        ),
+        image.as_str()
+    );
+
+    // cert-manager options.
+    let r = install(
+        &json!({"certificates": {"mode": "cert-manager", "certManager": {
+            "issuerRef": {"kind": "ClusterIssuer", "name": "corp-ca"},
+            "duration": "720h", "renewBefore": "240h"}}}),
+        "auth",
+        "chart with a cert-manager issuer",
+    );
+    assert!(
+        r.all("Issuer").is_empty(),
+        "no chain of its own with an issuerRef"
+    );
+    let serving = r.one("Certificate");
+    assert_eq!(
+        serving["spec"]["issuerRef"],
+        json!({"kind": "ClusterIssuer", "name": "corp-ca"})
+    );
+    assert_eq!(serving["spec"]["duration"], "720h");
+    assert_eq!(serving["spec"]["renewBefore"], "240h");
+}
+
+/// A changed config changes the pods' checksum/config, so the Deployment rolls (kustomize does
+/// it with a hashed ConfigMap name).
+#[test]
+fn a_changed_config_rolls_the_pods() {
+    let checksum = |values: &Value| -> String {
+        let r = install(values, "flyte", &format!("chart with {values}"));
+        str_at(
+            r.named("Deployment", WEBHOOK),
+            "/spec/template/metadata/annotations/checksum~1config",
+        )
+        .to_string()
+    };
+    assert_ne!(
+        checksum(&json!({})),
+        checksum(&json!({"config": {"env_conflict": "replace"}}))
+    );
+}
+
+/// NOTES.txt tells how to opt a task in (the configured label, both annotation forms) and how to
+/// check the install, in the release namespace.
+#[test]
+fn notes_tell_how_to_opt_in_and_check() {
+    let values = json!({"config": {"opt_in": {"label": "example.com/auth", "value": "yes"}}});
+    let notes = helm_py(&[
+        "render",
+        CHART,
+        "--namespace",
+        "auth",
+        "--notes",
+        "--values",
+        &values.to_string(),
+    ])
+    .unwrap_or_else(|(code, err)| panic!("NOTES.txt did not render ({code}): {err}"));
+    println!("{notes}");
+    for expected in [
+        "example.com/auth: \"yes\"",
+        "flyte.tokens/t<i>",
+        "flyte.org/token-requests",
+        "with_tokens",
+        "kubectl -n auth rollout status deploy/flyte-auth-injector",
+        "kubectl get mutatingwebhookconfiguration flyte-auth-injector",
+        "kube-system, auth",
+    ] {
+        assert!(notes.contains(expected), "NOTES.txt lacks {expected:?}");
+    }
+}
+
+/// `doc`'s labels, and `doc` without them and without Helm's hook annotations (intended
+/// difference 1 of `kustomize_and_helm_do_not_drift`).
+fn split_helm_metadata(doc: &Value) -> (BTreeMap<String, Value>, Value) {
+    let mut doc = doc.clone();
+    let meta = doc["metadata"].as_object_mut().expect("metadata");
+    let labels = match meta.remove("labels") {
+        Some(Value::Object(labels)) => labels.into_iter().collect(),
+        _ => BTreeMap::new(),
+    };
+    if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+        annotations.retain(|k, _| !k.starts_with("helm.sh/hook"));
+        if annotations.is_empty() {
+            meta.remove("annotations");
+        }
+    }
+    (labels, doc)
+}
+
+/// kustomize's overlays and the chart, rendered into the same namespace with the matching
+/// certificate mode and default values, produce the same objects. The intended differences,
+/// and only these, are normalised away before comparing:
+/// 1. object labels: Helm puts its standard ones (instance, managed-by, version, helm.sh/chart)
+///    and `part-of` on every object (kustomize's overlays leave `part-of` off their own), so every
+///    kustomize label must be on the Helm object, not the reverse; and the helm.sh/hook*
+///    annotations of the init-certs objects (kustomize has no hooks);
+/// 2. the ConfigMap's name: kustomize appends a content hash (which rolls the pods on a change),
+///    Helm keeps `flyte-auth-injector-config` and rolls the pods with
+/// 3. the pod template annotation `checksum/config`;
+/// 4. the config's text: Helm writes the `config` value sorted and without comments, so the
+///    ConfigMaps are compared as parsed YAML.
+#[test]
+fn kustomize_and_helm_do_not_drift() {
+    for (overlay, values) in [("self-signed", json!({})), ("cert-manager", cert_manager())] {
+        let dir = repo().join("deploy/overlays").join(overlay);
+        let ns = overlay_namespace(&dir);
+        let kustomized = Rendered::of(&dir, &format!("deploy/overlays/{overlay}"));
+        let helm = install(&values, &ns, &format!("chart ({overlay}) in {ns}"));
+
+        let key = |d: &Value| -> (String, String) {
+            let name = str_at(d, "/metadata/name");
+            // 2: flyte-auth-injector-config-<hash> in kustomize.
+            let name = if d["kind"] == "ConfigMap" && name.starts_with(CONFIG_MAP) {
+                CONFIG_MAP
+            } else {
+                name
+            };
+            (str_at(d, "/kind").to_string(), name.to_string())
+        };
+        let index = |r: &Rendered| -> BTreeMap<(String, String), (BTreeMap<String, Value>, Value)> {
+            r.docs
+                .iter()
+                .map(|d| (key(d), split_helm_metadata(d)))
+                .collect()
+        };
+        let (mut k, mut h) = (index(&kustomized), index(&helm));
+        assert_eq!(
+            k.keys().collect::<Vec<_>>(),
+            h.keys().collect::<Vec<_>>(),
+            "{overlay}: the same objects"
+        );
+
+        // 2 and 4: the ConfigMap by name and parsed content.
+        let config_key = ("ConfigMap".to_string(), CONFIG_MAP.to_string());
+        let parsed = |cm: &Value| -> Value {
+            serde_yaml_ng::from_str(str_at(cm, "/data/config.yaml")).expect("config.yaml is YAML")
+        };
+        let (k_cm, h_cm) = (
+            k.remove(&config_key).expect("kustomize ConfigMap"),
+            h.remove(&config_key).expect("Helm ConfigMap"),
+        );
+        assert_eq!(parsed(&k_cm.1), parsed(&h_cm.1), "{overlay}: the config");
+        // 2 and 3: the Deployment's reference to it, and Helm's checksum annotation.
+        let deployment_key = ("Deployment".to_string(), WEBHOOK.to_string());
+        for (doc, tool) in [
+            (k.get_mut(&deployment_key), "kustomize"),
+            (h.get_mut(&deployment_key), "helm"),
+        ] {
+            let doc = &mut doc.unwrap_or_else(|| panic!("{tool}: no Deployment")).1;
+            let template = doc["spec"]["template"].as_object_mut().expect("template");
+            let meta = template["metadata"]
+                .as_object_mut()
+                .expect("template metadata");
+            if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
+                annotations.remove("checksum/config");
+                if annotations.is_empty() {
+                    meta.remove("annotations");
+                }
+            }
+            for volume in template["spec"]["volumes"].as_array_mut().expect("volumes") {
+                if volume["name"] == "config" {
+                    volume["configMap"]["name"] = json!("(the config)");
+                }
+            }
+        }
+        for (object, (kustomize_labels, kustomize_doc)) in &k {
+            let (helm_labels, helm_doc) = &h[object];
+            for (label, value) in kustomize_labels {
+                assert_eq!(
+                    helm_labels.get(label),
+                    Some(value),
+                    "{overlay}: {object:?}: Helm lacks kustomize's label {label}"
+                );
+            }
+            assert_eq!(
+                kustomize_doc, helm_doc,
+                "{overlay}: {object:?} differs between kustomize and Helm\nkustomize: {kustomize_doc:#}\nhelm: {helm_doc:#}"
+            );
+        }
+    }
+}
+
+/// `tests/k8s/helm.py` writes what `helm template` would: a YAML stream whose every document is
+/// an object; values that are not an object are a usage error (exit 2), not a schema refusal.
+#[test]
+fn renderer_output_is_a_clean_stream() {
+    let yaml = render(&json!({}), "flyte").expect("renders");
+    let docs: Vec<Value> = serde_yaml_ng::Deserializer::from_str(&yaml)
+        .map(|doc| Value::deserialize(doc).expect("YAML"))
+        .collect();
+    assert!(docs.iter().all(|d| d["kind"].is_string()), "{yaml}");
+    let out = Command::new(python())
+        .arg(repo().join("tests/k8s/helm.py"))
+        .args(["render", CHART, "--values", "[1]"])
+        .current_dir(repo())
+        .output()
+        .expect("run helm.py");
+    assert_eq!(out.status.code(), Some(2), "values that are not an object");
+    assert!(out.stdout.is_empty());
+}
+
+/// deploy/README.md's values table names every value of values.yaml (each setting outside
+/// `config`, whose keys `config.yaml` documents; `resources` and `issuerRef` as one value each).
+#[test]
+fn every_value_is_in_the_readme_table() {
+    fn leaves(prefix: &str, value: &serde_yaml_ng::Value, out: &mut Vec<String>) {
+        let opaque = prefix.ends_with("resources") || prefix.ends_with("issuerRef");
+        match value.as_mapping() {
+            Some(map) if !map.is_empty() && !opaque && prefix != "config" => {
+                for (key, child) in map {
+                    let key = key.as_str().expect("string keys");
+                    let path = if prefix.is_empty() {
+                        key.to_string()
+                    } else {
+                        format!("{prefix}.{key}")
+                    };
+                    leaves(&path, child, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let root = repo();
+    let values: serde_yaml_ng::Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(root.join(CHART).join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let readme = std::fs::read_to_string(root.join("deploy/README.md")).expect("deploy/README.md");
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    assert!(paths.len() > 20, "{paths:?}");
+    let missing: Vec<&String> = paths
+        .iter()
+        .filter(|p| !readme.contains(&format!("| `{p}`")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "values missing from deploy/README.md's table: {missing:?}"
+    );
+}

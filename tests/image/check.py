@@ -7,20 +7,22 @@
 What it proves, in order:
 - the archive is a well-formed OCI image: every blob matches its digest and size, the layers'
   uncompressed digests match the config's diff_ids;
-- the config: user 65532:65532, entrypoint /usr/local/bin/flyte-auth-agent, the OCI labels
-  (version, source and licenses equal to the workspace's Cargo.toml);
+- the config: user 65532:65532, entrypoint /usr/local/bin/flyte-auth-agent and no command,
+  working directory /home/nonroot, the OCI labels (version, source and licenses equal to the
+  workspace's Cargo.toml);
 - the root filesystem (layers applied with their whiteouts): no shell, and no executable but the
   two binaries, both static (no PT_INTERP, no DT_NEEDED: parsed here, not by `file`); user and
-  group 65532 with home /home/nonroot (owned by 65532), /tmp 1777, the CA bundle parses;
+  group 65532 with home /home/nonroot, distroless's directories (owners and modes), the CA bundle;
 - the binaries run from the unpacked root filesystem, chrooted, as the image's user, in a network
   namespace of their own (nothing leaves the machine): both `--version`, `flyte-auth-injector
   check` on deploy/base/config.yaml, the agent's `check` on a pod's configuration, and the agent's
   `serve --once` minting one token through a name only the root filesystem's /etc/hosts knows and
   one through a name only a DNS server (a stub on 127.0.0.1:53, named by the root filesystem's
-  /etc/resolv.conf) knows: static glibc resolves both, /etc/hosts first.
+  /etc/resolv.conf) knows: static glibc resolves both, /etc/hosts first. /dev gets the devices an
+  OCI runtime creates, and /etc/hosts and /etc/resolv.conf what the kubelet mounts.
 It prints the sizes: archive, compressed layers, unpacked root filesystem, each binary.
 
-The run needs root (chroot, a network namespace); anything else is refused with the reason.
+The run needs root (chroot, a network namespace, device nodes); without it the check fails saying so.
 """
 
 from __future__ import annotations
@@ -58,6 +60,8 @@ BINARIES = (AGENT, INJECTOR)
 USER = "65532:65532"
 ENTRYPOINT = ["/" + AGENT]
 HOME = "home/nonroot"
+# Directories as distroless static's nonroot image has them: (uid, gid, mode).
+DIRS = {"tmp": (0, 0, 0o1777), "root": (0, 0, 0o700), "home": (0, 0, 0o755), HOME: (65532, 65532, 0o700)}
 CA_BUNDLE = "etc/ssl/certs/ca-certificates.crt"
 # Named for a clear message; the executable census below refuses any other program as well.
 SHELLS = {"sh", "bash", "ash", "dash", "zsh", "ksh", "mksh", "csh", "tcsh", "fish", "busybox", "toybox"}
@@ -273,6 +277,8 @@ def check_config(image: Image, expected: Expected) -> None:
         raise Failed(f"the image runs as user {cfg.get('User')!r}, expected {USER!r} (distroless nonroot)")
     if cfg.get("Entrypoint") != ENTRYPOINT:
         raise Failed(f"entrypoint {cfg.get('Entrypoint')}, expected {ENTRYPOINT}")
+    if cfg.get("WorkingDir") != "/" + HOME:
+        raise Failed(f"working directory {cfg.get('WorkingDir')!r}, expected '/{HOME}' (distroless nonroot)")
     if cfg.get("Cmd"):
         raise Failed(f"the image has a default command {cfg['Cmd']}; the injector passes the agent's args")
     labels = cfg.get("Labels") or {}
@@ -312,15 +318,13 @@ def check_files(rootfs: Path, entries: dict[str, tarfile.TarInfo]) -> None:
     if user[3] != gid or user[5] != "/" + HOME:
         raise Failed(f"/etc/passwd entry {':'.join(user)}: expected group {gid}, home /{HOME}")
     passwd_entry(rootfs, "group", gid)
-    home = entries.get(HOME)
-    if home is None or not home.isdir() or (str(home.uid), str(home.gid)) != (uid, gid):
-        raise Failed(f"/{HOME} is missing or not a directory owned by {USER}")
-    if stat.S_IMODE(home.mode) != 0o700:
-        raise Failed(f"/{HOME} has mode {oct(stat.S_IMODE(home.mode))}, expected 0o700 (distroless)")
-    tmp = entries.get("tmp")
-    if tmp is None or not tmp.isdir() or stat.S_IMODE(tmp.mode) != 0o1777:
-        mode = oct(stat.S_IMODE(tmp.mode)) if tmp else "missing"
-        raise Failed(f"/tmp is {mode}, expected a directory with mode 0o1777")
+    for path, (duid, dgid, mode) in DIRS.items():
+        d = entries.get(path)
+        want = f"a directory of {duid}:{dgid} with mode {oct(mode)}"
+        if d is None or not d.isdir():
+            raise Failed(f"/{path} is missing or not a directory; expected {want}")
+        if (d.uid, d.gid, stat.S_IMODE(d.mode)) != (duid, dgid, mode):
+            raise Failed(f"/{path} is {d.uid}:{d.gid} {oct(stat.S_IMODE(d.mode))}, expected {want}")
     bundle = rootfs / CA_BUNDLE
     if not bundle.is_file() or b"-----BEGIN CERTIFICATE-----" not in bundle.read_bytes():
         raise Failed(f"/{CA_BUNDLE} is missing or holds no PEM certificate")

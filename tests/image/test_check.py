@@ -120,6 +120,10 @@ class BrokenImages(unittest.TestCase):
         archive = variant(self.tmp / "ep.tar", config=lambda c: c["config"].update(Entrypoint=["/bin/sh", "-c"]))
         self.refused(archive, "entrypoint ['/bin/sh', '-c']")
 
+    def test_another_working_directory(self):
+        archive = variant(self.tmp / "wd.tar", config=lambda c: c["config"].update(WorkingDir="/"))
+        self.refused(archive, "working directory '/', expected '/home/nonroot'")
+
     def test_a_version_label_that_is_not_cargos(self):
         def edit(c):
             c["config"]["Labels"]["org.opencontainers.image.version"] = "0.0.0-other"
@@ -152,11 +156,11 @@ class BrokenImages(unittest.TestCase):
 
     def test_tmp_not_world_writable(self):
         archive = variant(self.tmp / "tmp.tar", layer=[entry("tmp", kind=tarfile.DIRTYPE, mode=0o755)])
-        self.refused(archive, "/tmp is 0o755")
+        self.refused(archive, "/tmp is 0:0 0o755, expected a directory of 0:0 with mode 0o1777")
 
     def test_home_owned_by_root(self):
         archive = variant(self.tmp / "home.tar", layer=[entry(check.HOME, kind=tarfile.DIRTYPE, mode=0o700)])
-        self.refused(archive, "/home/nonroot is missing or not a directory owned by 65532:65532")
+        self.refused(archive, "/home/nonroot is 0:0 0o700, expected a directory of 65532:65532")
 
     def test_passwd_without_nonroot(self):
         passwd = b"root:x:0:0:root:/root:/sbin/nologin\n"

@@ -14,12 +14,14 @@ What it proves, in order:
   two binaries, both static (no PT_INTERP, no DT_NEEDED: parsed here, not by `file`); user and
   group 65532 with home /home/nonroot, distroless's directories (owners and modes), the CA bundle;
 - the binaries run from the unpacked root filesystem, chrooted, as the image's user, in a network
-  namespace of their own (nothing leaves the machine): both `--version`, `flyte-auth-injector
-  check` on deploy/base/config.yaml, the agent's `check` on a pod's configuration, and the agent's
-  `serve --once` minting one token through a name only the root filesystem's /etc/hosts knows and
-  one through a name only a DNS server (a stub on 127.0.0.1:53, named by the root filesystem's
-  /etc/resolv.conf) knows: static glibc resolves both, /etc/hosts first. /dev gets the devices an
-  OCI runtime creates, and /etc/hosts and /etc/resolv.conf what the kubelet mounts.
+  namespace of their own (nothing leaves the machine): both `--version` (name and version),
+  `flyte-auth-injector check` on deploy/base/config.yaml, the agent's `check` on a pod's
+  configuration, and the agent's `serve --once` minting one token through a name only the root
+  filesystem's /etc/hosts knows and one through a name only a DNS server (a stub on 127.0.0.1:53,
+  named by the root filesystem's /etc/resolv.conf) knows: static glibc resolves both, /etc/hosts
+  first; the injector's `init-certs` writes a CA and serving certificate, `serve` answers /healthz
+  over TLS verified for the Service's name, and exits 0 on SIGTERM. /dev gets the devices an OCI
+  runtime creates, and /etc/hosts and /etc/resolv.conf what the kubelet mounts.
 It prints the sizes: archive, compressed layers, unpacked root filesystem, each binary.
 
 The run needs root (chroot, a network namespace, device nodes); without it the check fails saying so.
@@ -37,9 +39,12 @@ import io
 import json
 import os
 import posixpath
+import queue
 import shutil
+import signal
 import socket
 import socketserver
+import ssl
 import stat
 import struct
 import subprocess
@@ -488,16 +493,20 @@ def prepare_pod(rootfs: Path, port: int) -> tuple[dict[str, str], Path]:
 
 def check_run(rootfs: Path, expected: Expected) -> list[str]:
     """Runs the binaries from the root filesystem; returns what that showed."""
-    agent, injector = "/" + AGENT, "/" + INJECTOR
     make_devices(rootfs)
-    for binary in (agent, injector):
-        out = run_ok(rootfs, [binary, "--version"], {}, f"{binary} --version")
-        if expected.version not in out:
-            raise Failed(f"{binary} --version printed {out.strip()!r}, not version {expected.version}")
+    for binary in ("/" + AGENT, "/" + INJECTOR):
+        out = run_ok(rootfs, [binary, "--version"], {}, f"{binary} --version").strip()
+        if out != f"{posixpath.basename(binary)} {expected.version}":
+            raise Failed(f"{binary} --version printed {out!r}, expected its name and version {expected.version}")
     shutil.copy(ROOT / "deploy/base/config.yaml", rootfs / "tmp/injector-config.yaml")
-    run_ok(rootfs, [injector, "check", "--config", "/tmp/injector-config.yaml"], {}, "flyte-auth-injector check")
-
+    run_ok(rootfs, ["/" + INJECTOR, "check", "--config", "/tmp/injector-config.yaml"], {}, "flyte-auth-injector check")
     enter_network_namespace()
+    return check_agent_once(rootfs) + check_webhook(rootfs)
+
+
+def check_agent_once(rootfs: Path) -> list[str]:
+    """The agent's `check`, then `serve --once` through a name from /etc/hosts and one from DNS."""
+    agent = "/" + AGENT
     stubs = Stubs({DNS_NAME: "127.0.0.1"})
     port = stubs.start()
     try:
@@ -530,6 +539,63 @@ def check_run(rootfs: Path, expected: Expected) -> list[str]:
         f"{DNS_NAME}: from the DNS stub, asked "
         + ", ".join(sorted({types.get(t, str(t)) for n, t in stubs.queries if n == DNS_NAME})),
     ]
+
+
+SERVING = "serving AdmissionReviews on HTTPS address="
+
+
+def check_webhook(rootfs: Path) -> list[str]:
+    """`init-certs` writes a CA and serving certificate, `serve` answers /healthz over TLS with
+    it (verified for the Service's name), and SIGTERM stops it with exit 0."""
+    injector = "/" + INJECTOR
+    certs = "/tmp/image-check/certs"
+    run_ok(rootfs, [injector, "init-certs", "--cert-dir", certs, "--namespace", "flyte"], {}, "init-certs")
+    config = "/tmp/image-check/injector.yaml"
+    (rootfs / config.lstrip("/")).write_text(
+        f"server:\n  listen: 127.0.0.1:0\n  cert_file: {certs}/tls.crt\n  key_file: {certs}/tls.key\n"
+    )
+    cmd = [shutil.which("chroot"), f"--userspec={USER}", "--groups=", str(rootfs), injector, "serve", "--config", config]
+    proc = subprocess.Popen(cmd, env={}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def read() -> None:
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    seen: list[str] = []
+    try:
+        while not any(SERVING in line for line in seen):
+            try:
+                line = lines.get(timeout=30)
+            except queue.Empty:
+                raise Failed("flyte-auth-injector serve: not serving within 30 s:\n" + "".join(seen)) from None
+            if line is None:
+                raise Failed(f"flyte-auth-injector serve exited {proc.wait()}:\n" + "".join(seen))
+            seen.append(line)
+        address = next(line for line in seen if SERVING in line).split(SERVING)[1].split()[0]
+        host, port = address.rsplit(":", 1)
+        tls = ssl.create_default_context(cafile=str(rootfs / certs.lstrip("/") / "ca.crt"))
+        name = "flyte-auth-injector.flyte.svc"
+        try:
+            with socket.create_connection((host, int(port)), timeout=10) as raw:
+                with tls.wrap_socket(raw, server_hostname=name) as conn:
+                    conn.sendall(f"GET /healthz HTTP/1.1\r\nHost: {name}\r\nConnection: close\r\n\r\n".encode())
+                    answer = b"".join(iter(lambda: conn.recv(4096), b"")).decode(errors="replace")
+        except OSError as e:  # ssl.SSLError included
+            raise Failed(f"flyte-auth-injector /healthz over TLS as {name}: {e}") from None
+        if not answer.startswith("HTTP/1.1 200") or not answer.endswith("ok\n"):
+            raise Failed(f"flyte-auth-injector /healthz answered {answer!r}")
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(timeout=30)
+        if code != 0:
+            raise Failed(f"flyte-auth-injector serve: exit {code} on SIGTERM")
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return [f"flyte-auth-injector: init-certs, then /healthz over TLS verified as {name}, exit 0 on SIGTERM"]
 
 
 # ---- main ------------------------------------------------------------------------------------

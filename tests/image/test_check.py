@@ -145,6 +145,10 @@ class BrokenImages(unittest.TestCase):
         archive = variant(self.tmp / "prog.tar", layer=[entry("usr/local/bin/helper", self.agent, 0o755)])
         self.refused(archive, "executables ['/usr/local/bin/flyte-auth-agent'")
 
+    def test_swapped_binaries(self):
+        archive = variant(self.tmp / "swap.tar", layer=[entry(check.INJECTOR, self.agent, 0o755)])
+        self.refused(archive, "flyte-auth-injector --version printed 'flyte-auth-agent", run=True)
+
     def test_a_dynamically_linked_binary(self):
         archive = variant(
             self.tmp / "dyn.tar", layer=[entry(check.INJECTOR, DYNAMIC_ELF.read_bytes(), 0o755)]

@@ -563,7 +563,8 @@ def check_webhook(rootfs: Path) -> list[str]:
             lines.put(line)
         lines.put(None)
 
-    threading.Thread(target=read, daemon=True).start()
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     seen: list[str] = []
     try:
         while not any(SERVING in line for line in seen):
@@ -595,6 +596,8 @@ def check_webhook(rootfs: Path) -> list[str]:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        reader.join(timeout=10)  # the pipe's end follows the exit
+        proc.stdout.close()
     return [f"flyte-auth-injector: init-certs, then /healthz over TLS verified as {name}, exit 0 on SIGTERM"]
 
 

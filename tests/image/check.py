@@ -25,6 +25,7 @@ What it proves, in order:
 It prints the sizes: archive, compressed layers, unpacked root filesystem, each binary.
 
 The run needs root (chroot, a network namespace, device nodes); without it the check fails saying so.
+Python >= 3.11.4 (tomllib, tarfile's extraction filters), the stdlib only.
 """
 
 from __future__ import annotations
@@ -311,9 +312,7 @@ def check_files(rootfs: Path, entries: dict[str, tarfile.TarInfo]) -> None:
     for path in entries:
         if posixpath.basename(path) in SHELLS:
             raise Failed(f"the image has a shell: /{path}")
-    executables = sorted(
-        p for p, m in entries.items() if m.isfile() and m.mode & 0o111
-    )
+    executables = sorted(p for p, m in entries.items() if m.isfile() and m.mode & 0o111)
     if executables != sorted(BINARIES):
         raise Failed(f"executables {['/' + p for p in executables]}, expected only the two binaries")
     for b in BINARIES:

@@ -182,6 +182,13 @@ class BrokenImages(unittest.TestCase):
         archive = variant(self.tmp / "files.tar", layer=[entry("etc/nsswitch.conf", b"hosts: files\n")])
         self.refused(archive, f"{check.DNS_NAME} was not asked of the DNS server", run=True)
 
+    def test_the_command_exits_1_naming_the_problem(self):
+        # deploy/image/build relies on the exit code.
+        archive = variant(self.tmp / "cli.tar", config=lambda c: c["config"].update(User="0:0"))
+        done = subprocess.run([sys.executable, check.__file__, str(archive)], capture_output=True, text=True)
+        self.assertEqual(done.returncode, 1, done.stdout + done.stderr)
+        self.assertIn("image check FAILED: the image runs as user '0:0'", done.stderr)
+
     def test_the_static_gate_refuses_a_dynamic_binary(self):
         done = subprocess.run(
             [sys.executable, check.__file__, "--static", str(DYNAMIC_ELF)], capture_output=True, text=True

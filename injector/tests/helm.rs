@@ -288,6 +288,10 @@ fn schema_knows_exactly_the_injector_config_keys() {
         ("scope", "scope: {zzz_not_a_key: 1}"),
         ("scope/fallback", "scope: {fallback: {zzz_not_a_key: 1}}"),
         ("agent", "agent: {zzz_not_a_key: 1}"),
+        (
+            "agent/start_pacing",
+            "agent: {start_pacing: {zzz_not_a_key: 1}}",
+        ),
     ] {
         let node = if section.is_empty() {
             config

@@ -72,7 +72,10 @@ fn main() {
         let f: f64 = f
             .parse()
             .expect("FLEET_PACING: a fraction of the rate, such as 0.9");
-        (limit.rate * f, env_or("FLEET_PACING_BURST", limit.burst.div_ceil(2)))
+        (
+            limit.rate * f,
+            env_or("FLEET_PACING_BURST", limit.burst.div_ceil(2)),
+        )
     });
     let mut label = std::env::var("FLEET_LABEL").unwrap_or_default();
     if runner == Runner::InProcess {
@@ -131,7 +134,10 @@ fn main() {
                 out.join(format!("{stem}.json")),
             );
             std::fs::write(&csv, fleet::csv(&o)).unwrap();
-            std::fs::write(&json, fleet::summary(&o, &limit).to_string()).unwrap();
+            let mut summary = fleet::summary(&o, &limit);
+            // The pass's name in the plot's legend, for plots that set passes side by side.
+            summary["label"] = label.clone().into();
+            std::fs::write(&json, summary.to_string()).unwrap();
             files.push((csv, json));
         }
         let png = out.join(format!(

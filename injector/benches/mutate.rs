@@ -159,8 +159,11 @@ fn main() {
     if args.iter().any(|a| a == "burst") {
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = write_certs(dir.path());
+        // Also with start pacing on (issue 16): one lock and a few additions per review.
+        let paced = "agent:\n  start_pacing: {rate: 47.5, burst: 25}\n";
         for n in args.iter().filter_map(|a| a.parse().ok()) {
-            load(dir.path(), &ca_pem, &body, &rt, n);
+            load(dir.path(), &ca_pem, &body, &rt, n, "");
+            load(dir.path(), &ca_pem, &body, &rt, n, paced);
         }
         return;
     }
@@ -271,7 +274,7 @@ fn main() {
     );
 
     println!();
-    load(dir.path(), &ca_pem, &body, &rt, 1000);
+    load(dir.path(), &ca_pem, &body, &rt, 1000, "");
     println!();
     attacks(dir.path(), &ca_pem, &rt);
 }
@@ -328,11 +331,17 @@ struct Binary {
 
 impl Binary {
     fn start(dir: &Path, server_keys: &str) -> Self {
-        let config = harness::write_config_with(
+        Self::start_with(dir, server_keys, "")
+    }
+
+    /// [`Binary::start`] with more top-level config `sections` (YAML at column 0).
+    fn start_with(dir: &Path, server_keys: &str, sections: &str) -> Self {
+        let config = harness::write_config_sections(
             dir,
             &dir.join("tls.crt"),
             &dir.join("tls.key"),
             server_keys,
+            sections,
         );
         let (child, addr) =
             harness::spawn_serve(env!("CARGO_BIN_EXE_flyte-auth-injector"), &config);
@@ -376,10 +385,18 @@ async fn review_allowed(ca_pem: &str, addr: SocketAddr, body: Bytes) -> Option<b
         .flatten()
 }
 
-/// `reviews` reviews of `body` on 50 kept-alive connections at once, against a fresh binary.
-fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime, reviews: usize) {
+/// `reviews` reviews of `body` on 50 kept-alive connections at once, against a fresh binary
+/// with the config `sections` added.
+fn load(
+    dir: &Path,
+    ca_pem: &str,
+    body: &[u8],
+    rt: &tokio::runtime::Runtime,
+    reviews: usize,
+    sections: &str,
+) {
     const CONNECTIONS: usize = 50;
-    let binary = Binary::start(dir, "");
+    let binary = Binary::start_with(dir, "", sections);
     let addr = binary.addr;
     let body = Bytes::copy_from_slice(body);
     let started = Instant::now();
@@ -430,7 +447,8 @@ fn load(dir: &Path, ca_pem: &str, body: &[u8], rt: &tokio::runtime::Runtime, rev
     let elapsed = started.elapsed();
     samples.sort();
     println!(
-        "load: {reviews} reviews on {CONNECTIONS} connections at once (server.max_concurrent_reviews 4): {errors} errors, p50 {:.0} µs, p99 {:.0} µs, {:.0} reviews/s, peak RSS (VmHWM) {:.1} MiB",
+        "load: {reviews} reviews on {CONNECTIONS} connections at once (server.max_concurrent_reviews 4{}): {errors} errors, p50 {:.0} µs, p99 {:.0} µs, {:.0} reviews/s, peak RSS (VmHWM) {:.1} MiB",
+        if sections.is_empty() { "" } else { ", start pacing on" },
         us(pct(&samples, 0.5)),
         us(pct(&samples, 0.99)),
         samples.len() as f64 / elapsed.as_secs_f64(),

@@ -4,9 +4,9 @@ ideal curve (the first `burst` agents at once, the rest at R per second).
 
     tests/.venv/bin/python tests/fleet/plot.py OUT.png SUMMARY.json READY.csv [SUMMARY.json READY.csv ...]
 
-SUMMARY.json holds a pass's figures (fleet::summary), READY.csv one row per agent (agent,ready_s;
-empty when it never got ready). matplotlib's Agg backend brings its own font: no display, no
-system fonts.
+SUMMARY.json holds a pass's figures (fleet::summary, and the bench's `label`, which the legend
+shows when set), READY.csv one row per agent (agent,ready_s; empty when it never got ready).
+matplotlib's Agg backend brings its own font: no display, no system fonts.
 """
 
 import csv
@@ -26,6 +26,8 @@ def read_ready(path):
 
 def label(s):
     mode = "sidecar (serve)" if s["mode"] == "serve" else "init (--once)"
+    if s.get("label"):
+        mode = f"{s['label']}, {mode}"
     last = f"{s['last_s']:.2f} s" if s["last_s"] is not None else "-"
     return (
         f"{mode}: last {last} ({s['last_s'] / s['floor_s']:.2f} x floor), "

@@ -187,24 +187,26 @@ pub fn run(idp: &Idp, plan: &Plan) -> Outcome {
             .expect("the in-process fleet's runtime")
     });
     let shutdown = CancellationToken::new();
-    // The injector's cap, well above this fleet's floor: the bench measures pacing, not the cap.
+    // The injector's cap: above this fleet's floor (the bench measures pacing, not the cap), but
+    // as the injector's config requires, below `--once`'s timeout.
     let pacer = plan.pacing.map(|(rate, burst)| {
-        let floor = (plan.n as f64 - f64::from(burst)).max(0.0) / rate;
-        Pacer::new(rate, burst, Duration::from_secs_f64(floor + 60.0))
+        let floor = Duration::from_secs_f64((plan.n as f64 - f64::from(burst)).max(0.0) / rate);
+        let cap = match plan.mode {
+            Mode::Serve => floor + Duration::from_secs(60),
+            Mode::Once { timeout } => (floor + Duration::from_secs(60))
+                .min(timeout.saturating_sub(Duration::from_secs(5))),
+        };
+        Pacer::new(rate, burst, cap)
     });
     let epoch = SystemTime::now();
     let start = Instant::now();
     let mut members = match &runtime {
-        None => spawn_all(plan, work.path(), &env, start, pacer.as_ref()),
-        Some(rt) => spawn_all_in(
-            rt,
-            plan,
-            work.path(),
-            &env,
-            start,
-            &shutdown,
-            pacer.as_ref(),
-        ),
+        None => spawn_all(plan, &env, start, pacer.as_ref(), |i, env| {
+            spawn(i, plan.mode, work.path(), &env)
+        }),
+        Some(rt) => spawn_all(plan, &env, start, pacer.as_ref(), |i, env| {
+            spawn_in(rt, i, plan.mode, work.path(), env, &shutdown)
+        }),
     };
     let started_within = start.elapsed();
     watch(&mut members, plan, epoch, start);
@@ -268,13 +270,14 @@ fn fleet_env(idp: &Idp, work: &Path, agent_config: &str) -> Vec<(String, String)
     env
 }
 
-/// Starts agent `i` of the plan's N at its place in the window.
+/// Starts agent `i` of the plan's N at its place in the window, with `start_one` (a process or
+/// a task), given `env` and the agent's paced start.
 fn spawn_all(
     plan: &Plan,
-    work: &Path,
     env: &[(String, String)],
     start: Instant,
     pacer: Option<&Pacer>,
+    mut start_one: impl FnMut(usize, Vec<(String, String)>) -> Member,
 ) -> Vec<Member> {
     let mut members = Vec::with_capacity(plan.n);
     for i in 0..plan.n {
@@ -282,8 +285,7 @@ fn spawn_all(
         if let Some(wait) = at.checked_duration_since(Instant::now()) {
             std::thread::sleep(wait);
         }
-        let env = with_start_at(env, pacer);
-        members.push(spawn(i, plan.mode, work, &env));
+        members.push(start_one(i, with_start_at(env, pacer)));
     }
     members
 }
@@ -329,43 +331,34 @@ fn spawn(i: usize, mode: Mode, work: &Path, env: &[(String, String)]) -> Member 
     }
 }
 
-/// [`spawn_all`] for the in-process runner: agent `i` becomes a task at its place in the window.
-fn spawn_all_in(
+/// Agent `i` as a task of the in-process runner's runtime, with `env` as its environment.
+fn spawn_in(
     rt: &tokio::runtime::Runtime,
-    plan: &Plan,
+    i: usize,
+    mode: Mode,
     work: &Path,
-    env: &[(String, String)],
-    start: Instant,
+    env: Vec<(String, String)>,
     shutdown: &CancellationToken,
-    pacer: Option<&Pacer>,
-) -> Vec<Member> {
-    let mut members = Vec::with_capacity(plan.n);
-    for i in 0..plan.n {
-        let at = start + plan.window.mul_f64(i as f64 / plan.n as f64);
-        if let Some(wait) = at.checked_duration_since(Instant::now()) {
-            std::thread::sleep(wait);
-        }
-        let dir = work.join(format!("a{i}"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut vars: HashMap<String, String> = with_start_at(env, pacer).into_iter().collect();
-        vars.insert(
-            "FLYTE_TOKENS_PATH_PREFIX".into(),
-            dir.join("tokens").display().to_string(),
-        );
-        vars.insert(
-            "FLYTE_AUTH_AGENT_SOCKET".into(),
-            dir.join("agent.sock").display().to_string(),
-        );
-        let state = Arc::new(TaskState::default());
-        rt.spawn(agent_task(vars, plan.mode, state.clone(), shutdown.clone()));
-        members.push(Member {
-            handle: Handle::Task(state),
-            dir,
-            exited: None,
-            ready: None,
-        });
+) -> Member {
+    let dir = work.join(format!("a{i}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut vars: HashMap<String, String> = env.into_iter().collect();
+    vars.insert(
+        "FLYTE_TOKENS_PATH_PREFIX".into(),
+        dir.join("tokens").display().to_string(),
+    );
+    vars.insert(
+        "FLYTE_AUTH_AGENT_SOCKET".into(),
+        dir.join("agent.sock").display().to_string(),
+    );
+    let state = Arc::new(TaskState::default());
+    rt.spawn(agent_task(vars, mode, state.clone(), shutdown.clone()));
+    Member {
+        handle: Handle::Task(state),
+        dir,
+        exited: None,
+        ready: None,
     }
-    members
 }
 
 /// One in-process agent: what `flyte-auth-agent serve [--once]` does with the same env.

@@ -7,7 +7,6 @@
 mod manifests;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 use flyte_auth_injector::config::Config;
@@ -23,16 +22,6 @@ const EXIT_TEMPLATE: i32 = 1;
 /// The init-certs objects: Helm hooks, unlike everything else.
 const INIT_CERTS: &str = "flyte-auth-injector-init-certs";
 const CONFIG_MAP: &str = "flyte-auth-injector-config";
-
-fn python() -> PathBuf {
-    let python = repo().join("tests/.venv/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run tests/run once (it creates the venv from tests/requirements.txt)",
-        python.display()
-    );
-    python
-}
 
 /// Runs `tests/k8s/helm.py ARGS… CHART`: stdout on exit 0, else (exit code, stderr). A run that
 /// cannot start, or exits 2 (bad usage, e.g. helm-python-sdk missing), panics.

@@ -42,24 +42,29 @@ pub fn kustomize(dir: &Path) -> String {
     String::from_utf8(out.stdout).expect("kustomize prints UTF-8")
 }
 
-/// Runs `tests/k8s/validate.py` on `yaml`: `Ok(report)` when valid, `Err(report)` when the
-/// validator found problems (exit 1). Anything else (no venv, bad usage) panics.
-pub fn validate(yaml: &str) -> Result<String, String> {
-    let root = repo();
-    let python = root.join("tests/.venv/bin/python");
+/// The test venv's Python (tests/k8s's validator and renderer run in it).
+pub fn python() -> PathBuf {
+    let python = repo().join("tests/.venv/bin/python");
     assert!(
         python.exists(),
         "{} is missing: run tests/run once (it creates the venv from tests/requirements.txt)",
         python.display()
     );
-    let mut child = Command::new(&python)
+    python
+}
+
+/// Runs `tests/k8s/validate.py` on `yaml`: `Ok(report)` when valid, `Err(report)` when the
+/// validator found problems (exit 1). Anything else (no venv, bad usage) panics.
+pub fn validate(yaml: &str) -> Result<String, String> {
+    let root = repo();
+    let mut child = Command::new(python())
         .arg(root.join("tests/k8s/validate.py"))
         .args(["--kubernetes-version", KUBERNETES_VERSION, "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python.display()));
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", python().display()));
     child
         .stdin
         .take()

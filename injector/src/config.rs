@@ -678,6 +678,12 @@ impl AgentSettings {
         if self.startup_timeout < Duration::from_secs(1) {
             problems.add("agent.startup_timeout", "must be at least 1s");
         }
+        self.check_first_call_wait(problems);
+    }
+
+    /// The waits before a pod's first IdP call (its start jitter, its paced start) and the
+    /// pacing settings themselves.
+    fn check_first_call_wait(&self, problems: &mut Problems<'_>) {
         // The wait comes before the first token, so the probe and init-only mode must outlast it.
         for (timeout, key) in [
             (self.startup_timeout, "agent.startup_timeout"),

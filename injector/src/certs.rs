@@ -4,7 +4,10 @@
 //! One policy ([`bundle::check`]) decides whether what is stored can be kept; otherwise a new CA
 //! and serving certificate are minted together ([`bundle::generate`]). Where they are stored is
 //! the mode: files in `--cert-dir` ([`dir`]), or with `--kube` a `kubernetes.io/tls` Secret plus
-//! the MutatingWebhookConfiguration's `caBundle` ([`api`]).
+//! the MutatingWebhookConfiguration's `caBundle` ([`api`]). `--kube --secret-only` stops after the
+//! Secret: the Helm chart runs it before the injector Deployment exists (so its pods can start and
+//! `helm install --wait` can finish) and the full run after, to set the `caBundle`; both apply the
+//! same policy, so the full run keeps the Secret the first one wrote.
 
 mod api;
 mod bundle;
@@ -31,6 +34,10 @@ pub struct InitCertsArgs {
     /// (in-cluster config, or KUBECONFIG) instead of writing --cert-dir.
     #[arg(long)]
     pub kube: bool,
+    /// With --kube: only ensure the Secret; leave the MutatingWebhookConfiguration alone (no
+    /// cluster-wide permission needed). A later run without it sets the caBundle.
+    #[arg(long, requires = "kube")]
+    pub secret_only: bool,
     /// Name of the kubernetes.io/tls Secret (with --kube).
     #[arg(long, default_value = "flyte-auth-injector-tls")]
     pub secret_name: String,

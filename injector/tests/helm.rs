@@ -19,8 +19,27 @@ const CHART: &str = "deploy/charts/flyte-auth-agent";
 const EXIT_SCHEMA: i32 = 3;
 /// `helm.py`'s exit code for a template that failed (a `fail` in the chart).
 const EXIT_TEMPLATE: i32 = 1;
-/// The init-certs objects: Helm hooks, unlike everything else.
+/// The init-certs objects of the post-install phase (the full run, as in kustomize): Helm hooks,
+/// unlike everything else.
 const INIT_CERTS: &str = "flyte-auth-injector-init-certs";
+/// Those of the pre-install phase (`--secret-only`; Helm only).
+const INIT_CERTS_SECRET: &str = "flyte-auth-injector-init-certs-secret";
+/// Each hook phase: its `helm.sh/hook` events, and the kinds of its objects (all named as its Job).
+const PRE_PHASE: (&str, &[&str]) = (
+    "pre-install,pre-upgrade",
+    &["Job", "Role", "RoleBinding", "ServiceAccount"],
+);
+const POST_PHASE: (&str, &[&str]) = (
+    "post-install,post-upgrade",
+    &[
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Job",
+        "Role",
+        "RoleBinding",
+        "ServiceAccount",
+    ],
+);
 const CONFIG_MAP: &str = "flyte-auth-injector-config";
 
 /// Runs `tests/k8s/helm.py ARGS… CHART`: stdout on exit 0, else (exit code, stderr). A run that
@@ -73,6 +92,20 @@ fn cert_manager() -> Value {
     json!({"certificates": {"mode": "cert-manager"}})
 }
 
+/// `r` without its pre-install phase: the objects kustomize's self-signed overlay has (whose one
+/// init-certs Job is the full run).
+fn without_pre_phase(r: &Rendered) -> Rendered {
+    Rendered {
+        label: format!("{} without its pre-install phase", r.label),
+        docs: r
+            .docs
+            .iter()
+            .filter(|d| d["metadata"]["name"] != INIT_CERTS_SECRET)
+            .cloned()
+            .collect(),
+    }
+}
+
 /// The chart's default install (init-certs) and its cert-manager install, each in the default
 /// namespace of the kustomize overlays and in another one, pass every check the kustomize
 /// overlays pass: the namespace reaches the webhook's Service reference, its namespace
@@ -82,7 +115,8 @@ fn chart_installs_pass_the_kustomize_checks_in_any_namespace() {
     for ns in ["flyte", "tasks-auth"] {
         let r = install(&json!({}), ns, &format!("chart (init-certs) in {ns}"));
         check_install(&r, Some(ns));
-        check_self_signed(&r, ns);
+        check_self_signed(&without_pre_phase(&r), ns);
+        check_secret_only_phase(&r, ns);
         assert!(r.all("Certificate").is_empty() && r.all("Issuer").is_empty());
 
         let r = install(
@@ -107,54 +141,171 @@ fn chart_installs_pass_the_kustomize_checks_in_any_namespace() {
     }
 }
 
-/// init-certs runs as a post-install/post-upgrade hook (it patches the webhook configuration,
-/// which Helm creates with the release), after its ServiceAccount and RBAC (hooks of the same
-/// phases, lower weight); each is replaced on the next run and deleted once the hooks succeeded.
-/// Nothing else is a hook: the webhook, Deployment and the rest are release objects.
+/// init-certs runs in two hook phases, each its own Job after its own ServiceAccount and RBAC
+/// (same phase, lower weight), each object in one phase only, replaced on the next run and deleted
+/// once the phase's hooks succeeded:
+/// - pre-install/pre-upgrade, `--secret-only`: the Secret exists before the Deployment, so
+///   `helm install --wait` can finish;
+/// - post-install/post-upgrade, the full run: patches the caBundle of the webhook configuration
+///   Helm created with the release.
+///
+/// Nothing else is a hook: the webhook, Deployment and the rest are release objects. An upgrade
+/// renders the same hooks, so both run again.
 #[test]
-fn init_certs_is_an_ordered_hook() {
+fn init_certs_runs_in_two_hook_phases() {
     let r = install(&json!({}), "flyte", "chart (init-certs)");
     let weight = |doc: &Value| -> i64 {
         str_at(doc, "/metadata/annotations/helm.sh~1hook-weight")
             .parse()
             .expect("an integer hook weight")
     };
-    let job_weight = weight(r.one("Job"));
+    let mut phases: BTreeMap<String, BTreeSet<(String, String)>> = BTreeMap::new();
     for doc in &r.docs {
         let annotations = &doc["metadata"]["annotations"];
         let what = format!("{}/{}", doc["kind"], doc["metadata"]["name"]);
-        if doc["metadata"]["name"] != INIT_CERTS {
-            assert!(
-                annotations.get("helm.sh/hook").is_none(),
-                "{what} is not a hook"
-            );
+        let Some(events) = annotations.get("helm.sh/hook") else {
             continue;
-        }
-        assert_eq!(
-            annotations["helm.sh/hook"], "post-install,post-upgrade",
-            "{what}"
-        );
+        };
         assert_eq!(
             annotations["helm.sh/hook-delete-policy"], "before-hook-creation,hook-succeeded",
             "{what}"
         );
+        let name = str_at(doc, "/metadata/name");
+        let job = r.named("Job", name);
+        assert_eq!(
+            at(job, "/metadata/annotations/helm.sh~1hook"),
+            events,
+            "{what}: in its Job's phase"
+        );
         if doc["kind"] != "Job" {
-            assert!(weight(doc) < job_weight, "{what} is created before the Job");
+            assert!(
+                weight(doc) < weight(job),
+                "{what} is created before the Job"
+            );
         }
+        phases
+            .entry(events.as_str().expect("hook events").to_string())
+            .or_default()
+            .insert((str_at(doc, "/kind").to_string(), name.to_string()));
     }
-    assert_eq!(
-        r.docs
+    let phase = |(events, kinds): (&str, &[&str]), name: &str| {
+        let objects = kinds
             .iter()
-            .filter(|d| d["metadata"]["name"] == INIT_CERTS)
-            .count(),
-        6,
-        "the Job, its ServiceAccount, Role, RoleBinding, ClusterRole and ClusterRoleBinding"
+            .map(|k| (k.to_string(), name.to_string()))
+            .collect();
+        (events.to_string(), objects)
+    };
+    assert_eq!(
+        phases,
+        BTreeMap::from([
+            phase(PRE_PHASE, INIT_CERTS_SECRET),
+            phase(POST_PHASE, INIT_CERTS)
+        ]),
+        "the hooks, by phase"
     );
-    // An upgrade renders the same hook, so it runs again (a no-op while the certificate is valid).
+
+    // The two Jobs differ only in name, phase, ServiceAccount and `--secret-only`: the same
+    // flags, so the same keep/renew policy, and the full run keeps what the first one wrote.
+    let (pre, post) = (
+        r.named("Job", INIT_CERTS_SECRET),
+        r.named("Job", INIT_CERTS),
+    );
+    let mut as_post = pre.clone();
+    as_post["metadata"]["name"] = post["metadata"]["name"].clone();
+    as_post["metadata"]["annotations"]["helm.sh/hook"] =
+        post["metadata"]["annotations"]["helm.sh/hook"].clone();
+    let spec = &mut as_post["spec"]["template"]["spec"];
+    spec["serviceAccountName"] = json!(INIT_CERTS);
+    let args = spec["containers"][0]["args"].as_array_mut().expect("args");
+    assert_eq!(args.pop(), Some(json!("--secret-only")));
+    assert_eq!(
+        &as_post, post,
+        "the pre-install Job is the full run plus --secret-only"
+    );
+
     let upgrade = helm_py(&["render", CHART, "--namespace", "flyte", "--upgrade"])
         .unwrap_or_else(|(code, err)| panic!("upgrade render failed ({code}): {err}"));
     let upgrade = Rendered::from_yaml(&upgrade, "chart upgrade");
-    assert_eq!(upgrade.one("Job"), r.one("Job"));
+    assert_eq!(upgrade.all("Job"), r.all("Job"));
+}
+
+/// The pre-install phase's RBAC is exactly the namespaced Secret rules of the full run (which
+/// `check_self_signed` pins) and nothing cluster-wide: its ServiceAccount has one RoleBinding, to
+/// its own Role, and no ClusterRoleBinding.
+fn check_secret_only_phase(r: &Rendered, ns: &str) {
+    let label = &r.label;
+    let job = r.named("Job", INIT_CERTS_SECRET);
+    let sa = str_at(job, "/spec/template/spec/serviceAccountName");
+    assert_eq!(sa, INIT_CERTS_SECRET, "{label}: its own ServiceAccount");
+    r.named("ServiceAccount", sa);
+    let binds_sa = |b: &Value| {
+        b["subjects"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|s| s["kind"] == "ServiceAccount" && s["name"] == sa)
+    };
+    assert!(
+        !r.all("ClusterRoleBinding").into_iter().any(binds_sa),
+        "{label}: the pre-install ServiceAccount has no cluster-wide rights"
+    );
+    let bindings: Vec<&Value> = r
+        .all("RoleBinding")
+        .into_iter()
+        .filter(|b| binds_sa(b))
+        .collect();
+    assert_eq!(bindings.len(), 1, "{label}: one RoleBinding for {sa}");
+    assert_eq!(
+        bindings[0]["subjects"],
+        json!([{"kind": "ServiceAccount", "name": sa, "namespace": ns}]),
+        "{label}: its only subject"
+    );
+    assert_eq!(
+        bindings[0]["roleRef"],
+        json!({"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": INIT_CERTS_SECRET})
+    );
+    assert_eq!(
+        at(r.named("Role", INIT_CERTS_SECRET), "/rules"),
+        at(r.named("Role", INIT_CERTS), "/rules"),
+        "{label}: the pre-install Role is the full run's Secret rules"
+    );
+    let container = at(job, "/spec/template/spec/containers/0");
+    assert!(strings(at(container, "/args")).contains(&"--secret-only"));
+    assert_hardened(
+        &format!("{label}: Job {INIT_CERTS_SECRET}"),
+        at(job, "/spec/template/spec"),
+        container,
+    );
+}
+
+/// The binary accepts `job`'s arguments exactly as the chart writes them, `--kube` included: it
+/// gets past flag parsing and checking to loading the Kubernetes client configuration, which fails
+/// here on purpose (KUBECONFIG names a missing file), so no cluster is contacted.
+fn assert_binary_accepts_kube_job_args(job: &Value) {
+    let container = at(job, "/spec/template/spec/containers/0");
+    let args = strings(at(container, "/args"));
+    let missing = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-such-kubeconfig");
+    let out = Command::new(env!("CARGO_BIN_EXE_flyte-auth-injector"))
+        .args(&args)
+        .env("KUBECONFIG", &missing)
+        .env("POD_NAMESPACE", "flyte")
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env_remove("KUBERNETES_SERVICE_PORT")
+        .stdin(Stdio::null())
+        .output()
+        .expect("run flyte-auth-injector");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "flyte-auth-injector {}: {stderr}",
+        args.join(" ")
+    );
+    assert!(
+        stderr.contains("loading Kubernetes client configuration"),
+        "flyte-auth-injector {} stopped before loading the client configuration: {stderr}",
+        args.join(" ")
+    );
 }
 
 /// `helm lint --strict` (warnings are errors) passes with both certificate modes.
@@ -331,7 +482,10 @@ fn shipped_chart_config_and_job_flags_work_with_the_binary() {
         assert_binary_accepts_config(&path, &format!("the chart's config with {values}"));
     }
     let r = install(&json!({}), "flyte", "chart (init-certs)");
-    assert_binary_runs_init_certs_job(r.one("Job"), "helm-init-certs");
+    assert_binary_runs_init_certs_job(r.named("Job", INIT_CERTS), "helm-init-certs");
+    for job in r.all("Job") {
+        assert_binary_accepts_kube_job_args(job);
+    }
 }
 
 /// Each value reaches the fields it is documented to set.
@@ -423,11 +577,15 @@ fn values_reach_their_fields() {
                    {"key": "tier", "operator": "NotIn", "values": ["infra"]}]})
     );
 
-    let job = at(r.one("Job"), "/spec/template/spec");
-    assert_eq!(job["containers"][0]["image"], image.as_str());
-    let args = strings(&job["containers"][0]["args"]);
-    assert!(args.contains(&"--valid-for=365d") && args.contains(&"--renew-before=60d"));
-    assert_eq!(job["nodeSelector"], values["nodeSelector"]);
+    let jobs = r.all("Job");
+    assert_eq!(jobs.len(), 2, "the pre-install and post-install Jobs");
+    for job in jobs {
+        let job = at(job, "/spec/template/spec");
+        assert_eq!(job["containers"][0]["image"], image.as_str());
+        let args = strings(&job["containers"][0]["args"]);
+        assert!(args.contains(&"--valid-for=365d") && args.contains(&"--renew-before=60d"));
+        assert_eq!(job["nodeSelector"], values["nodeSelector"]);
+    }
 
     // Without config.agent.image the sidecar runs the chart's image; the tag defaults to the
     // chart's appVersion.
@@ -553,7 +711,11 @@ fn split_helm_metadata(doc: &Value) -> (BTreeMap<String, Value>, Value) {
 ///    Helm keeps `flyte-auth-injector-config` and rolls the pods with
 /// 3. the pod template annotation `checksum/config`;
 /// 4. the config's text: Helm writes the `config` value sorted and without comments, so the
-///    ConfigMaps are compared as parsed YAML.
+///    ConfigMaps are compared as parsed YAML;
+/// 5. Helm's pre-install phase (`flyte-auth-injector-init-certs-secret`: the `--secret-only` Job,
+///    its ServiceAccount, Role and RoleBinding; `init_certs_runs_in_two_hook_phases` checks it):
+///    Helm only, because kustomize has no ordering to need it. Its Job is the full run's plus
+///    `--secret-only`, and the full run's objects are compared like every other.
 #[test]
 fn kustomize_and_helm_do_not_drift() {
     for (overlay, values) in [("self-signed", json!({})), ("cert-manager", cert_manager())] {
@@ -579,6 +741,22 @@ fn kustomize_and_helm_do_not_drift() {
                 .collect()
         };
         let (mut k, mut h) = (index(&kustomized), index(&helm));
+        // 5: exactly the pre-install phase's objects, in the init-certs mode only.
+        let helm_only: BTreeSet<(String, String)> = h
+            .keys()
+            .filter(|key| !k.contains_key(*key))
+            .cloned()
+            .collect();
+        let pre_phase: BTreeSet<(String, String)> = match overlay {
+            "self-signed" => PRE_PHASE
+                .1
+                .iter()
+                .map(|kind| (kind.to_string(), INIT_CERTS_SECRET.to_string()))
+                .collect(),
+            _ => BTreeSet::new(),
+        };
+        assert_eq!(helm_only, pre_phase, "{overlay}: the objects only Helm has");
+        h.retain(|key, _| !pre_phase.contains(key));
         assert_eq!(
             k.keys().collect::<Vec<_>>(),
             h.keys().collect::<Vec<_>>(),

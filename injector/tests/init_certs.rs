@@ -373,6 +373,14 @@ fn bad_flags_are_named() {
         assert!(!out.status.success(), "{args:?}");
         assert!(stderr(&out).contains(want), "{args:?}: {}", stderr(&out));
     }
+    // --secret-only means something only with --kube; alone it is refused, not ignored.
+    let out = offline(tmp.path(), &["--secret-only"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("the following required arguments were not provided:\n  --kube"),
+        "{}",
+        stderr(&out)
+    );
     assert_eq!(fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
@@ -1002,4 +1010,130 @@ async fn kube_create_race_rereads_and_keeps_the_other_writers_secret() {
     );
     // The webhooks trust the Secret that won, not the one this run minted and lost.
     assert_ca_patch(&requests[4], &theirs.ca);
+}
+
+/// No request of `requests` is about a MutatingWebhookConfiguration.
+fn assert_no_webhook_request(requests: &[Recorded]) {
+    let touched: Vec<String> = requests
+        .iter()
+        .filter(|r| r.path.contains("mutatingwebhookconfigurations"))
+        .map(Recorded::line)
+        .collect();
+    assert!(
+        touched.is_empty(),
+        "--secret-only touched the webhook configuration: {touched:?}"
+    );
+}
+
+/// `--secret-only` (the chart's pre-install run, before the webhook configuration exists): the
+/// Secret is created, renewed and kept by the same policy as a full run, and not one request goes
+/// to the MutatingWebhookConfiguration (it is neither waited for nor read; one that does exist is
+/// left as it was).
+#[tokio::test]
+async fn kube_secret_only_ensures_the_secret_and_never_touches_the_webhook_configuration() {
+    let state = Shared::default();
+    let server = stand_in(state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(tmp.path(), &server, "default");
+    let secret_only = |extra: &'static [&'static str]| {
+        let kc = kc.clone();
+        async move {
+            let mut args = vec!["--secret-only"];
+            args.extend_from_slice(extra);
+            kube_run(&kc, &args, &[]).await
+        }
+    };
+    let take = || std::mem::take(&mut state.lock().unwrap().requests);
+
+    // Nothing there, no webhook configuration either: created at once, nothing waited for. The
+    // short validity makes the next run's renewal due.
+    let log = assert_ok(&secret_only(&["--valid-for", "1d", "--renew-before", "30d"]).await);
+    assert!(log.contains("created"), "{log}");
+    assert!(log.contains("caBundle left to a run without it"), "{log}");
+    let requests = take();
+    assert_eq!(
+        lines(&requests),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("POST /api/v1/namespaces/flyte/secrets?{FIELD_MANAGER}"),
+        ]
+    );
+    let short = secret_pems(&requests[1].body);
+    assert_chain(&short, &NAMES);
+
+    // Due for renewal: replaced (PUT on the version read), as a full run would.
+    state
+        .lock()
+        .unwrap()
+        .webhook_configs
+        .push(webhook_config("flyte-auth-injector", Some(&b64(&short.ca))));
+    let log = assert_ok(&secret_only(&[]).await);
+    assert!(log.contains("renewed (ca.crt expires at"), "{log}");
+    let requests = take();
+    assert_eq!(
+        lines(&requests),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("PUT {SECRET_PATH}?{FIELD_MANAGER}"),
+        ]
+    );
+    let renewed = secret_pems(&requests[1].body);
+    assert_ne!(renewed.ca, short.ca);
+    assert_chain(&renewed, &NAMES);
+    assert_eq!(
+        state.lock().unwrap().webhook_configs[0],
+        webhook_config("flyte-auth-injector", Some(&b64(&short.ca))),
+        "the existing caBundle is left alone, though it no longer matches"
+    );
+
+    // Valid: kept, nothing written.
+    let log = assert_ok(&secret_only(&[]).await);
+    assert!(log.contains("kept"), "{log}");
+    assert_eq!(lines(&take()), [format!("GET {SECRET_PATH}")]);
+    assert_eq!(secret_pems(&state.lock().unwrap().secrets[0]), renewed);
+}
+
+/// The chart's two runs of one install: `--secret-only` before the release's objects exist, then
+/// (once Helm has created the webhook configuration, without caBundle) the full run with the same
+/// flags. The full run keeps the Secret byte for byte and only sets the caBundle to its CA.
+#[tokio::test]
+async fn kube_full_run_after_secret_only_keeps_the_secret_and_only_patches_the_ca_bundle() {
+    let state = Shared::default();
+    let server = stand_in(state.clone()).await;
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(tmp.path(), &server, "default");
+    let flags = ["--valid-for", "365d", "--renew-before", "60d"];
+
+    let pre: Vec<&str> = flags.iter().copied().chain(["--secret-only"]).collect();
+    let log = assert_ok(&kube_run(&kc, &pre, &[]).await);
+    assert!(log.contains("created"), "{log}");
+    let requests = std::mem::take(&mut state.lock().unwrap().requests);
+    assert_no_webhook_request(&requests);
+    let written = state.lock().unwrap().secrets[0].clone();
+    let pems = secret_pems(&written);
+    assert_chain(&pems, &NAMES);
+
+    state
+        .lock()
+        .unwrap()
+        .webhook_configs
+        .push(webhook_config("flyte-auth-injector", None));
+    let log = assert_ok(&kube_run(&kc, &flags, &[]).await);
+    assert!(log.contains("kept"), "{log}");
+    assert!(log.contains("caBundle set to ca.crt"), "{log}");
+    let requests = std::mem::take(&mut state.lock().unwrap().requests);
+    assert_eq!(
+        lines(&requests),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("PATCH {MWC_PATH}?{FIELD_MANAGER}"),
+        ]
+    );
+    assert_ca_patch(&requests[2], &pems.ca);
+    assert_eq!(
+        state.lock().unwrap().secrets[0],
+        written,
+        "the Secret (and its resourceVersion) is untouched"
+    );
 }

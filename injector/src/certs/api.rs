@@ -4,7 +4,8 @@
 //! Requests, in order: GET the Secret; if it is missing POST it, if it is invalid PUT it back
 //! (with the resourceVersion read, so a concurrent writer makes us re-read instead of being
 //! overwritten); GET the MutatingWebhookConfiguration (retried while it does not exist yet);
-//! PATCH it (strategic merge, webhooks matched by name) only when some caBundle differs.
+//! PATCH it (strategic merge, webhooks matched by name) only when some caBundle differs. With
+//! `--secret-only` the requests stop after the Secret.
 
 use std::time::Duration;
 
@@ -27,7 +28,8 @@ const SECRET_ATTEMPTS: u32 = 3;
 /// Cap of the doubling pause while waiting for the MutatingWebhookConfiguration.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
-/// Ensures the Secret holds a valid bundle, then that the webhooks trust its CA.
+/// Ensures the Secret holds a valid bundle, then (unless `--secret-only`) that the webhooks trust
+/// its CA.
 pub(super) async fn run(args: &InitCertsArgs, plan: &Plan) -> Result<(), CertsError> {
     let config = Config::infer()
         .await
@@ -35,6 +37,13 @@ pub(super) async fn run(args: &InitCertsArgs, plan: &Plan) -> Result<(), CertsEr
     let client = Client::try_from(config).map_err(|e| CertsError::KubeClient(Box::new(e)))?;
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &args.namespace);
     let ca_crt = ensure_secret(&secrets, args, plan).await?;
+    if args.secret_only {
+        tracing::info!(
+            webhook = %args.webhook_name,
+            "--secret-only: caBundle left to a run without it"
+        );
+        return Ok(());
+    }
     let webhooks: Api<MutatingWebhookConfiguration> = Api::all(client);
     ensure_ca_bundle(&webhooks, args, &ca_crt).await
 }

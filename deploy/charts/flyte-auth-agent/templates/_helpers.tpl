@@ -7,6 +7,7 @@ the init-certs flags, the TLS Secret and the cert-manager objects refer to each 
 {{- define "flyte-auth-agent.tlsSecret" -}}flyte-auth-injector-tls{{- end }}
 {{- define "flyte-auth-agent.configMap" -}}flyte-auth-injector-config{{- end }}
 {{- define "flyte-auth-agent.initCerts" -}}flyte-auth-injector-init-certs{{- end }}
+{{- define "flyte-auth-agent.initCertsSecret" -}}flyte-auth-injector-init-certs-secret{{- end }}
 {{- define "flyte-auth-agent.servingCertificate" -}}flyte-auth-injector-serving{{- end }}
 
 {{/* Labels of every object; `component` is webhook, init-certs or certificates. */}}
@@ -69,9 +70,9 @@ which must be the Secret's keys tls.crt and tls.key. */}}
 {{- dir $cert -}}
 {{- end }}
 
-{{/* The hook annotations of the init-certs objects; the argument is the hook weight. */}}
+{{/* The hook annotations of the init-certs objects; the argument is (dict "events" "weight"). */}}
 {{- define "flyte-auth-agent.initCertsHook" -}}
-helm.sh/hook: post-install,post-upgrade
-helm.sh/hook-weight: {{ . | quote }}
+helm.sh/hook: {{ .events }}
+helm.sh/hook-weight: {{ .weight | quote }}
 helm.sh/hook-delete-policy: before-hook-creation,hook-succeeded
 {{- end }}

@@ -812,16 +812,8 @@ async fn kube_creates_the_secret_and_sets_every_ca_bundle_then_keeps_them() {
     }
     let log = assert_ok(&kube_run(&kc, &[], &[]).await);
     assert!(log.contains("kept"), "{log}");
-    let requests = std::mem::take(&mut state.lock().unwrap().requests);
-    assert_eq!(
-        lines(&requests),
-        [
-            format!("GET {SECRET_PATH}"),
-            format!("GET {MWC_PATH}"),
-            format!("PATCH {MWC_PATH}?{FIELD_MANAGER}"),
-        ]
-    );
-    assert_ca_patch(&requests[2], &pems.ca);
+    assert_kept_secret_and_set_ca_bundle(&state.lock().unwrap().requests, &pems.ca);
+    state.lock().unwrap().requests.clear();
     assert_eq!(
         secret_pems(&state.lock().unwrap().secrets[0]),
         pems,
@@ -1012,6 +1004,20 @@ async fn kube_create_race_rereads_and_keeps_the_other_writers_secret() {
     assert_ca_patch(&requests[4], &theirs.ca);
 }
 
+/// The calls of a run that keeps the Secret and sets the caBundle to `ca`: read the Secret, read
+/// the webhook configuration, patch its caBundle.
+fn assert_kept_secret_and_set_ca_bundle(requests: &[Recorded], ca: &[u8]) {
+    assert_eq!(
+        lines(requests),
+        [
+            format!("GET {SECRET_PATH}"),
+            format!("GET {MWC_PATH}"),
+            format!("PATCH {MWC_PATH}?{FIELD_MANAGER}"),
+        ]
+    );
+    assert_ca_patch(&requests[2], ca);
+}
+
 /// No request of `requests` is about a MutatingWebhookConfiguration.
 fn assert_no_webhook_request(requests: &[Recorded]) {
     let touched: Vec<String> = requests
@@ -1121,16 +1127,8 @@ async fn kube_full_run_after_secret_only_keeps_the_secret_and_only_patches_the_c
     let log = assert_ok(&kube_run(&kc, &flags, &[]).await);
     assert!(log.contains("kept"), "{log}");
     assert!(log.contains("caBundle set to ca.crt"), "{log}");
-    let requests = std::mem::take(&mut state.lock().unwrap().requests);
-    assert_eq!(
-        lines(&requests),
-        [
-            format!("GET {SECRET_PATH}"),
-            format!("GET {MWC_PATH}"),
-            format!("PATCH {MWC_PATH}?{FIELD_MANAGER}"),
-        ]
-    );
-    assert_ca_patch(&requests[2], &pems.ca);
+    assert_kept_secret_and_set_ca_bundle(&state.lock().unwrap().requests, &pems.ca);
+    state.lock().unwrap().requests.clear();
     assert_eq!(
         state.lock().unwrap().secrets[0],
         written,

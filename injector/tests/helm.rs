@@ -704,8 +704,8 @@ fn split_helm_metadata(doc: &Value) -> (BTreeMap<String, Value>, Value) {
 /// certificate mode and default values, produce the same objects. The intended differences,
 /// and only these, are normalised away before comparing:
 /// 1. object labels: Helm puts its standard ones (instance, managed-by, version, helm.sh/chart)
-///    and `part-of` on every object (kustomize's overlays leave `part-of` off their own), so every
-///    kustomize label must be on the Helm object, not the reverse; and the helm.sh/hook*
+///    on every object, so every kustomize label must be on the Helm object, not the reverse; and
+///    the helm.sh/hook*
 ///    annotations of the init-certs objects (kustomize has no hooks);
 /// 2. the ConfigMap's name: kustomize appends a content hash (which rolls the pods on a change),
 ///    Helm keeps `flyte-auth-injector-config` and rolls the pods with

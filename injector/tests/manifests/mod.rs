@@ -225,6 +225,14 @@ pub fn assert_hardened(what: &str, pod: &Value, container: &Value) {
 /// The checks every layout must pass; `namespace` is the overlay's (`None` for the bare base).
 pub fn check_install(r: &Rendered, namespace: Option<&str>) {
     let label = &r.label;
+    // Every object says what it belongs to, so `kubectl get -l` finds the whole install.
+    for doc in &r.docs {
+        assert_eq!(
+            doc["metadata"]["labels"]["app.kubernetes.io/part-of"], "flyte-auth-agent",
+            "{label}: {}/{} lacks app.kubernetes.io/part-of=flyte-auth-agent",
+            doc["kind"], doc["metadata"]["name"]
+        );
+    }
     if let Some(ns) = namespace {
         for doc in &r.docs {
             let cluster_scoped = [

@@ -23,13 +23,19 @@
 //!   project), `CreateDownloadLocation` (a bare blob URL) and anything that is
 //!   not a FlyteAdmin method of flyteidl 1.16 are therefore refused too.
 //!
+//! Flyte 2's control plane (the `flyteidl2` services the Connect port proxies) gets the same
+//! classes from [`flyte2_rule`]: its 45 methods, 36 of them scoped.
+//!
 //! A scoped request is decoded as its method's input type (descriptors from
-//! [`flyte_auth_proto::admin_pool`]) and walked at every depth: every non-empty string field
-//! named `project`, `domain` or `org` (plus `ProjectGetRequest.id` and `Project.id`, which name a
-//! project, and the project and domain inside `GetDataRequest.flyte_url`) must equal the scope;
-//! an empty `org` scope means only the empty org. Requests with fields flyteidl 1.16 does not
-//! know, or a set `google.protobuf.Any` (opaque bytes Admin might unpack), are refused: a newer
-//! Admin could read an identifier there that this walk cannot see.
+//! [`flyte_auth_proto::admin_pool`] and [`flyte_auth_proto::flyteidl2_pool`]) and walked at every
+//! depth: every non-empty string field named `project`, `domain`, `org` or `organization` (plus
+//! `ProjectGetRequest.id` and `Project.id`, which name a project, flyteidl2's `ProjectIdentifier`,
+//! `DomainIdentifier` and `OrgIdentifier`, which call theirs `name`, and the project and domain
+//! inside `GetDataRequest.flyte_url`) must equal the scope; an empty `org` scope means only the
+//! empty org. Requests with fields their IDL does not know, or a set `google.protobuf.Any`
+//! (opaque bytes Admin might unpack), are refused: a newer Admin could read an identifier there
+//! that this walk cannot see. How the message is found in a call's body (framing, gzip) is the
+//! proxy's (`proxy::message`); [`Policy::check`] reads an uncompressed gRPC frame.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;

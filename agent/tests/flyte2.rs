@@ -345,8 +345,8 @@ fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
         r#"flyteidl2.workflow.RunService/ListRuns: project_id.name "payroll" is not this execution's project "flytesnacks""#,
     );
 
-    // Another domain or org, as a gzipped Connect unary call and a gzipped Connect stream
-    // envelope (Watch's request, judged like a unary one).
+    // Another domain, org or project, as a gzipped Connect unary call, a gzipped Connect stream
+    // envelope (Watch's request, judged like a unary one) and a gzipped gRPC call.
     let post = |path: &str, content_type: &str, encoding: (&str, &str), body: Vec<u8>| {
         reqwest::blocking::Client::new()
             .post(format!("http://127.0.0.1:{}{path}", f.port))
@@ -395,6 +395,30 @@ fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
         body["message"].as_str().unwrap(),
         r#"run_id.org "globex" is not this execution's org "acme""#,
     );
+    // gRPC on the same port (h2c), its message gzipped per grpc-encoding: a gRPC refusal.
+    let compressed = gzip(&list_tasks(ORG, "payroll", DOMAIN));
+    let mut frame = vec![1];
+    frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&compressed);
+    let response = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://127.0.0.1:{}/flyteidl2.task.TaskService/ListTasks",
+            f.port
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-encoding", "gzip")
+        .body(frame)
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
+    assert_contains(
+        response.headers()["grpc-message"].to_str().unwrap(),
+        r#"project_id.name "payroll" is not this execution's project"#,
+    );
     // A gzip bomb: 4 MiB + 1 of zeros in 4 KiB, refused at admin.max_request_bytes.
     let response = post(
         "/flyteidl2.task.TaskService/ListTasks",
@@ -415,6 +439,7 @@ fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
     for line in [
         r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.workflow.RunService/ListRuns",reason="foreign_project"} 1"#,
         r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="foreign_domain"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="foreign_project"} 1"#,
         r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.workflow.RunService/WatchRunDetails",reason="foreign_org"} 1"#,
         r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="too_large"} 1"#,
     ] {

@@ -203,11 +203,16 @@ impl Proxy {
         let max_inflight = crate::config::Limits::default().max_inflight_calls;
         let config = auth.config();
         let policy = (config.policy == AdminPolicy::Execution).then(|| {
-            Arc::new(Policy::new(Scope {
+            let policy = Policy::new(Scope {
                 project: config.project.clone(),
                 domain: config.domain.clone(),
                 org: config.org.clone(),
-            }))
+            });
+            // Flyte 2's methods arrive on the Connect port only (its SDK cannot use the socket).
+            Arc::new(match config.connect_port {
+                Some(_) => policy.with_flyte2(),
+                None => policy,
+            })
         });
         match (&policy, &config.project, &config.domain) {
             (None, _, _) => tracing::warn!(

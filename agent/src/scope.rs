@@ -24,7 +24,7 @@
 //!   not a FlyteAdmin method of flyteidl 1.16 are therefore refused too.
 //!
 //! Flyte 2's control plane (the `flyteidl2` services the Connect port proxies) gets the same
-//! classes from [`flyte2_rule`]: its 45 methods, 36 of them scoped.
+//! classes from [`flyte2_rule`] ([`Policy::with_flyte2`]): its 45 methods, 36 of them scoped.
 //!
 //! A scoped request is decoded as its method's input type (descriptors from
 //! [`flyte_auth_proto::admin_pool`] and [`flyte_auth_proto::flyteidl2_pool`]) and walked at every
@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use prost_reflect::{
-    DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, Value,
 };
 
 /// The execution's own project, domain and org; `None` when the agent was not given one.
@@ -233,27 +233,32 @@ const MAX_QUOTED: usize = 64;
 impl Policy {
     /// The policy for `scope` over every method in the admin descriptors.
     pub fn new(scope: Scope) -> Self {
-        let mut methods = HashMap::new();
-        let idls: [(_, RuleOf, _); 2] = [
-            (flyte_auth_proto::admin_pool(), rule, "flyteidl 1.16"),
-            (
-                flyte_auth_proto::flyteidl2_pool(),
-                flyte2_rule,
-                "flyteidl2 2.0.51",
-            ),
-        ];
-        for (pool, rule_of, idl) in idls {
-            for service in pool.services() {
-                for m in service.methods() {
-                    if let Some(rule) = rule_of(service.full_name(), m.name()) {
-                        let input = m.input();
-                        let path = format!("/{}/{}", service.full_name(), m.name());
-                        methods.insert(path, Entry { rule, input, idl });
-                    }
+        let mut policy = Self {
+            scope,
+            methods: HashMap::new(),
+        };
+        policy.add(flyte_auth_proto::admin_pool(), rule, "flyteidl 1.16");
+        policy
+    }
+
+    /// Also judges Flyte 2's (flyteidl2) methods, which are otherwise refused as unknown. Only
+    /// an agent with a Connect port needs them: their descriptors cost about 3.5 MiB of memory.
+    pub fn with_flyte2(mut self) -> Self {
+        let pool = flyte_auth_proto::flyteidl2_pool();
+        self.add(pool, flyte2_rule, "flyteidl2 2.0.51");
+        self
+    }
+
+    fn add(&mut self, pool: &DescriptorPool, rule_of: RuleOf, idl: &'static str) {
+        for service in pool.services() {
+            for m in service.methods() {
+                if let Some(rule) = rule_of(service.full_name(), m.name()) {
+                    let input = m.input();
+                    let path = format!("/{}/{}", service.full_name(), m.name());
+                    self.methods.insert(path, Entry { rule, input, idl });
                 }
             }
         }
-        Self { scope, methods }
     }
 
     /// The scope.

@@ -226,7 +226,7 @@ mod tests {
 
     #[test]
     fn the_policy_has_a_rule_for_every_method_the_port_names() {
-        let policy = crate::scope::Policy::new(crate::scope::Scope::default());
+        let policy = crate::scope::Policy::new(crate::scope::Scope::default()).with_flyte2();
         for path in FLYTE2_METHODS {
             if let Err(e) = policy.admit(path) {
                 assert_ne!(e.reason, crate::scope::Reason::UnknownMethod, "{path}");

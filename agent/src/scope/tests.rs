@@ -23,7 +23,7 @@ fn frame(m: &DynamicMessage) -> Vec<u8> {
 }
 
 fn input(path: &str) -> MessageDescriptor {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     policy.methods[path].input.clone()
 }
 
@@ -135,7 +135,7 @@ fn collect(
 
 #[test]
 fn every_admin_method_has_a_rule_and_the_table_is_as_documented() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let admin = |p: &&String| !p.starts_with("/flyteidl2.");
     assert_eq!(
         policy.methods.keys().filter(admin).count(),
@@ -184,7 +184,7 @@ fn every_admin_method_has_a_rule_and_the_table_is_as_documented() {
 
 #[test]
 fn every_flyte2_method_has_a_rule_and_the_table_is_as_documented() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let flyte2: Vec<_> = policy
         .methods
         .iter()
@@ -232,6 +232,14 @@ fn every_flyte2_method_has_a_rule_and_the_table_is_as_documented() {
     assert_eq!(with(Rule::Scoped).len(), 36);
 }
 
+#[test]
+fn flyte2_methods_are_unknown_without_a_connect_port() {
+    let path = "/flyteidl2.workflow.RunService/ListRuns";
+    let e = Policy::new(own()).admit(path).unwrap_err();
+    assert_eq!(e.reason, Reason::UnknownMethod);
+    assert!(Policy::new(own()).with_flyte2().admit(path).is_ok());
+}
+
 /// flyteidl2's identifiers: `ProjectIdentifier` names the project `name` and the org
 /// `organization`; a run's own `org`, `project`, `domain`.
 #[test]
@@ -239,7 +247,8 @@ fn flyte2_identifiers_are_read_in_both_spellings() {
     let policy = Policy::new(Scope {
         org: Some("acme".into()),
         ..own()
-    });
+    })
+    .with_flyte2();
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let path = "/flyteidl2.workflow.RunService/ListRuns";
     let entry = policy.admit(path).unwrap().unwrap();
@@ -332,7 +341,7 @@ fn flyte2_identifiers_are_read_in_both_spellings() {
 
 #[test]
 fn refusals_name_method_field_and_value() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let path = "/flyteidl.service.AdminService/GetExecution";
     let entry = policy.admit(path).unwrap().unwrap();
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -374,7 +383,7 @@ fn refusals_name_method_field_and_value() {
 
 #[test]
 fn a_forged_nested_identifier_is_refused() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let path = "/flyteidl.service.AdminService/GetTaskExecution";
     let entry = policy.admit(path).unwrap().unwrap();
     let s = |v: &str| v.split('.').map(str::to_string).collect::<Vec<_>>();
@@ -401,7 +410,7 @@ fn a_forged_nested_identifier_is_refused() {
 
 #[test]
 fn methods_and_bodies_refused_before_the_walk() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     for (path, reason) in [
         (
             "/flyteidl.service.AdminService/CreateWorkflowEvent",
@@ -472,7 +481,7 @@ fn methods_and_bodies_refused_before_the_walk() {
 
 #[test]
 fn project_named_by_id_and_by_flyte_url() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let s = |v: &str| v.split('.').map(str::to_string).collect::<Vec<_>>();
     let path = "/flyteidl.service.AdminService/GetProject";
     let entry = policy.admit(path).unwrap().unwrap();
@@ -524,7 +533,7 @@ fn project_named_by_id_and_by_flyte_url() {
 type ScopePaths = Vec<(Vec<String>, Part)>;
 
 fn method_paths() -> Vec<(String, ScopePaths)> {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let mut all: Vec<(String, ScopePaths)> = policy
         .methods
         .iter()
@@ -557,7 +566,7 @@ proptest! {
     ) {
         let methods: Vec<_> = method_paths().into_iter().filter(|(_, p)| !p.is_empty()).collect();
         let (path, paths) = &methods[method % methods.len()];
-        let policy = Policy::new(own());
+        let policy = Policy::new(own()).with_flyte2();
         let (target_path, part) = &paths[target % paths.len()];
         prop_assume!(foreign != own_value(*part));
         let mut set_paths: Vec<(&[String], &str)> = others
@@ -580,7 +589,7 @@ proptest! {
     #[test]
     fn a_foreign_flyte_url_never_passes(project in "[a-z]{1,8}", domain in "[a-z]{1,8}") {
         prop_assume!(project != "flytesnacks" || domain != "development");
-        let policy = Policy::new(own());
+        let policy = Policy::new(own()).with_flyte2();
         let path = "/flyteidl.service.DataProxyService/GetData";
         let entry = policy.admit(path).unwrap().unwrap();
         let url = format!("flyte://v1/{project}/{domain}/a1/n0/0/o");
@@ -591,7 +600,7 @@ proptest! {
 
 #[test]
 fn the_own_scope_everywhere_passes_for_every_allowed_method() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let mut checked = 0;
     for (path, paths) in method_paths() {
         let entry = match policy.admit(&path) {

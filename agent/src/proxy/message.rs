@@ -39,16 +39,24 @@ impl Shape {
                     .to_ascii_lowercase()
             })
             .unwrap_or_default();
+        const GRPC_PROTO: [&str; 4] = [
+            "application/grpc",
+            "application/grpc+proto",
+            "application/grpc-web",
+            "application/grpc-web+proto",
+        ];
         let (enveloped, encoding_header) = match protocol {
-            Protocol::Grpc => (true, "grpc-encoding"),
+            Protocol::Grpc if GRPC_PROTO.contains(&content_type.as_str()) => {
+                (true, "grpc-encoding")
+            }
             Protocol::Connect if content_type == "application/connect+proto" => {
                 (true, "connect-content-encoding")
             }
             Protocol::Connect if content_type == "application/proto" => (false, "content-encoding"),
-            Protocol::Connect => {
+            _ => {
                 return Err((
                     Reason::Undecodable,
-                    format!("the request is {content_type}; the execution-scope policy reads application/proto and application/connect+proto only"),
+                    format!("the request is {:?}; the execution-scope policy reads protobuf bodies only (application/proto, application/connect+proto, application/grpc[+proto])", cut(&content_type)),
                 ))
             }
         };

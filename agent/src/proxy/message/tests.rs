@@ -34,6 +34,7 @@ const STREAM: (&str, &str) = ("content-type", "application/connect+proto");
 fn each_protocol_finds_its_message_plain_or_gzipped() {
     let m = b"\x0a\x03abc";
     let shape = |h: &[(&'static str, &'static str)], p| Shape::of(&headers(h), p).unwrap();
+    const GRPC: (&str, &str) = ("content-type", "application/grpc");
     // Connect unary: the whole body, gzipped per content-encoding.
     let plain = shape(&[UNARY], Protocol::Connect);
     assert_eq!(plain.message(m, 100).unwrap(), &m[..]);
@@ -45,13 +46,19 @@ fn each_protocol_finds_its_message_plain_or_gzipped() {
             &[STREAM, ("connect-content-encoding", "gzip")][..],
             Protocol::Connect,
         ),
-        (&[("grpc-encoding", "gzip")][..], Protocol::Grpc),
+        (&[GRPC, ("grpc-encoding", "gzip")][..], Protocol::Grpc),
     ] {
         let s = shape(h, p);
         assert_eq!(s.message(&envelope(1, &gzip(m)), 100).unwrap(), &m[..]);
         assert_eq!(s.message(&envelope(0, m), 100).unwrap(), &m[..]);
     }
-    let identity = shape(&[("grpc-encoding", "identity")], Protocol::Grpc);
+    let identity = shape(
+        &[
+            ("content-type", "application/grpc+proto"),
+            ("grpc-encoding", "identity"),
+        ],
+        Protocol::Grpc,
+    );
     assert_eq!(identity.message(&envelope(0, m), 100).unwrap(), &m[..]);
 }
 
@@ -89,33 +96,45 @@ fn gzip_is_decoded_within_the_bound_and_bad_gzip_is_refused() {
 #[test]
 fn what_the_policy_cannot_read_is_refused() {
     let refused = |h: &[(&'static str, &'static str)], p| Shape::of(&headers(h), p).unwrap_err().0;
+    const GRPC: (&str, &str) = ("content-type", "application/grpc");
     assert_eq!(
         refused(&[UNARY, ("content-encoding", "br")], Protocol::Connect),
         Reason::Compressed
     );
     assert_eq!(
-        refused(&[("grpc-encoding", "zstd")], Protocol::Grpc),
+        refused(&[GRPC, ("grpc-encoding", "zstd")], Protocol::Grpc),
         Reason::Compressed
     );
     // An enveloped call's messages name their encoding; an HTTP content-encoding on it is not
     // something the policy would undo.
     assert_eq!(
-        refused(&[("content-encoding", "gzip")], Protocol::Grpc),
+        refused(&[GRPC, ("content-encoding", "gzip")], Protocol::Grpc),
         Reason::Compressed
     );
     assert_eq!(
         refused(
-            &[("grpc-encoding", "gzip"), ("grpc-encoding", "identity")],
+            &[
+                GRPC,
+                ("grpc-encoding", "gzip"),
+                ("grpc-encoding", "identity")
+            ],
             Protocol::Grpc
         ),
         Reason::Compressed
     );
-    assert_eq!(
-        refused(&[("content-type", "application/json")], Protocol::Connect),
-        Reason::Undecodable
-    );
+    for (content_type, protocol) in [
+        ("application/json", Protocol::Connect),
+        ("application/connect+json", Protocol::Connect),
+        ("application/grpc+json", Protocol::Grpc),
+    ] {
+        assert_eq!(
+            refused(&[("content-type", content_type)], protocol),
+            Reason::Undecodable,
+            "{content_type}"
+        );
+    }
     // Flagged compressed with no encoding; Connect's end-stream flag; two messages.
-    let plain = Shape::of(&headers(&[]), Protocol::Grpc).unwrap();
+    let plain = Shape::of(&headers(&[GRPC]), Protocol::Grpc).unwrap();
     assert_eq!(
         plain.message(&envelope(1, &gzip(b"x")), 100).unwrap_err().0,
         Reason::Compressed

@@ -21,15 +21,14 @@
 //!
 //! Under the default policy (`admin.policy: execution`, see [`crate::scope`]) a call is also
 //! judged before anything is sent: its method must be one a task may call, and its request (one
-//! length-prefixed, uncompressed message of at most `admin.max_request_bytes`, read in full
-//! first) must name only the execution's own project, domain and org. A refusal is
-//! PERMISSION_DENIED naming the method and field, counted in `admin_policy_refusals`.
+//! message of at most `admin.max_request_bytes`, read in full first, gzip decoded within the same
+//! bound; see [`message`]) must name only the execution's own project, domain and org. A refusal
+//! is PERMISSION_DENIED naming the method and field, counted in `admin_policy_refusals`.
 //!
 //! The same proxy serves Connect, Flyte 2's protocol, on the loopback TCP port
-//! (`admin.connect_port`; see [`connect`]): the same credential, allow-list, metrics and
-//! renewal, with the agent's own errors and Admin's UNAUTHENTICATED (HTTP 401) read and written
-//! in Connect's form. The policy judges only gRPC bodies, so over Connect a method it would
-//! have to judge is refused.
+//! (`admin.connect_port`; see [`connect`]): the same credential, allow-list, policy (over
+//! flyteidl2's methods), metrics and renewal, with the agent's own errors and Admin's
+//! UNAUTHENTICATED (HTTP 401) read and written in Connect's form.
 //!
 //! Every call, forwarded or refused, leaves one audit event (tracing target `audit`): method,
 //! the project and domain the request named, the execution id the pod reported, the gRPC code the
@@ -51,6 +50,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument as _;
 
 pub mod connect;
+mod message;
 
 use crate::admin::AdminAuth;
 use crate::cache::TokenCache;
@@ -203,11 +203,16 @@ impl Proxy {
         let max_inflight = crate::config::Limits::default().max_inflight_calls;
         let config = auth.config();
         let policy = (config.policy == AdminPolicy::Execution).then(|| {
-            Arc::new(Policy::new(Scope {
+            let policy = Policy::new(Scope {
                 project: config.project.clone(),
                 domain: config.domain.clone(),
                 org: config.org.clone(),
-            }))
+            });
+            // Flyte 2's methods arrive on the Connect port only (its SDK cannot use the socket).
+            Arc::new(match config.connect_port {
+                Some(_) => policy.with_flyte2(),
+                None => policy,
+            })
         });
         match (&policy, &config.project, &config.domain) {
             (None, _, _) => tracing::warn!(
@@ -255,13 +260,15 @@ impl Proxy {
             Err(refused) => return refused.answer(body, self.max_request).await,
         };
         let judged = match (entry, self.policy.as_deref()) {
-            (Some(_), Some(_)) if protocol == Protocol::Connect => {
-                let message = format!("flyte-auth-agent: the execution-scope policy reads {} only over gRPC; over Connect it is refused (admin.policy)", call.method);
-                let refused = Refused::new(call, code::PERMISSION_DENIED, message);
-                return refused.answer(body, self.max_request).await;
-            }
             (Some(entry), Some(policy)) => {
-                match self.judge(policy, entry, &call.method, &mut body).await {
+                let judged = self.judge(
+                    policy,
+                    entry,
+                    &call.method,
+                    (&parts.headers, protocol),
+                    &mut body,
+                );
+                match judged.await {
                     Ok((message, named)) => {
                         call.request_bytes = Some(message.len());
                         call.named = named;
@@ -359,29 +366,39 @@ impl Proxy {
         Ok((call, entry, permit))
     }
 
-    /// Reads the request's one message (at most `admin.max_request_bytes`) and has the policy
-    /// judge it; the bytes to forward and what they named.
+    /// Reads the request's one message (at most `admin.max_request_bytes`, compressed or not)
+    /// as its protocol and headers carry it and has the policy judge it; the bytes to forward
+    /// (as the task sent them) and what they named.
     async fn judge(
         &self,
         policy: &Policy,
         entry: &crate::scope::Entry,
         path: &str,
+        (headers, protocol): (&HeaderMap, Protocol),
         body: &mut Incoming,
     ) -> Result<(Bytes, Named), Refusal> {
-        let bytes = read_body(body, self.max_request)
+        let refusal = |(reason, detail)| Refusal {
+            reason,
+            method: path.trim_start_matches('/').to_string(),
+            detail,
+        };
+        let shape = message::Shape::of(headers, protocol).map_err(refusal)?;
+        let bytes = read_body(body, self.max_request, shape.enveloped)
             .await
-            .map_err(|reason| Refusal {
-                reason,
-                method: path.trim_start_matches('/').to_string(),
-                detail: match reason {
-                    Reason::TooLarge => format!(
-                        "the request is larger than admin.max_request_bytes ({} bytes)",
-                        self.max_request
-                    ),
-                    _ => "the request body ended with an error".into(),
-                },
+            .map_err(|reason| {
+                refusal((
+                    reason,
+                    match reason {
+                        Reason::TooLarge => format!(
+                            "the request is larger than admin.max_request_bytes ({} bytes)",
+                            self.max_request
+                        ),
+                        _ => "the request body ended with an error".into(),
+                    },
+                ))
             })?;
-        let named = policy.check(path, entry, &bytes)?;
+        let message = shape.message(&bytes, self.max_request).map_err(refusal)?;
+        let named = policy.check_message(path, entry, &message)?;
         Ok((bytes, named))
     }
 
@@ -682,15 +699,16 @@ async fn read_all(body: Incoming, limit: usize) -> Option<Bytes> {
     Some(collected.to_bytes())
 }
 
-/// Reads a unary request's message: up to the end of the gRPC frame its 5-byte header announces
-/// (or of the body, if that comes first), at most `limit` bytes. It does not wait for the end of
-/// the stream, which a client may send in a later frame: the call goes on as soon as its message
-/// is judged, and [`Judged`] refuses anything the client sends after it. Trailers, which a gRPC
-/// client never sends, are dropped.
-async fn read_body(body: &mut Incoming, limit: usize) -> Result<Bytes, Reason> {
+/// Reads a request's one message: up to the end of the envelope its 5-byte header announces
+/// (gRPC, Connect streams; or of the body, if that comes first), or the whole body (Connect
+/// unary), at most `limit` bytes. It does not wait for the end of an enveloped stream, which a
+/// client may send in a later frame: the call goes on as soon as its message is judged, and
+/// [`Judged`] refuses anything the client sends after it. Trailers, which a gRPC client never
+/// sends, are dropped.
+async fn read_body(body: &mut Incoming, limit: usize, enveloped: bool) -> Result<Bytes, Reason> {
     let mut buf = bytes::BytesMut::new();
     loop {
-        if let Some(header) = buf.get(..5) {
+        if let Some(header) = buf.get(..5).filter(|_| enveloped) {
             let len = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
             if len.saturating_add(5) > limit {
                 return Err(Reason::TooLarge);

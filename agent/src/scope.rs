@@ -23,19 +23,25 @@
 //!   project), `CreateDownloadLocation` (a bare blob URL) and anything that is
 //!   not a FlyteAdmin method of flyteidl 1.16 are therefore refused too.
 //!
+//! Flyte 2's control plane (the `flyteidl2` services the Connect port proxies) gets the same
+//! classes from [`flyte2_rule`] ([`Policy::with_flyte2`]): its 45 methods, 36 of them scoped.
+//!
 //! A scoped request is decoded as its method's input type (descriptors from
-//! [`flyte_auth_proto::admin_pool`]) and walked at every depth: every non-empty string field
-//! named `project`, `domain` or `org` (plus `ProjectGetRequest.id` and `Project.id`, which name a
-//! project, and the project and domain inside `GetDataRequest.flyte_url`) must equal the scope;
-//! an empty `org` scope means only the empty org. Requests with fields flyteidl 1.16 does not
-//! know, or a set `google.protobuf.Any` (opaque bytes Admin might unpack), are refused: a newer
-//! Admin could read an identifier there that this walk cannot see.
+//! [`flyte_auth_proto::admin_pool`] and [`flyte_auth_proto::flyteidl2_pool`]) and walked at every
+//! depth: every non-empty string field named `project`, `domain`, `org` or `organization` (plus
+//! `ProjectGetRequest.id` and `Project.id`, which name a project, flyteidl2's `ProjectIdentifier`,
+//! `DomainIdentifier` and `OrgIdentifier`, which call theirs `name`, and the project and domain
+//! inside `GetDataRequest.flyte_url`) must equal the scope; an empty `org` scope means only the
+//! empty org. Requests with fields their IDL does not know, or a set `google.protobuf.Any`
+//! (opaque bytes Admin might unpack), are refused: a newer Admin could read an identifier there
+//! that this walk cannot see. How the message is found in a call's body (framing, gzip) is the
+//! proxy's (`proxy::message`); [`Policy::check`] reads an uncompressed gRPC frame.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
 use prost_reflect::{
-    DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, Value,
+    DescriptorPool, DynamicMessage, FieldDescriptor, MessageDescriptor, ReflectMessage as _, Value,
 };
 
 /// The execution's own project, domain and org; `None` when the agent was not given one.
@@ -167,12 +173,42 @@ pub fn rule(service: &str, method: &str) -> Option<Rule> {
     })
 }
 
+/// The rule for `service`/`method` of the Flyte 2 (`flyteidl2` 2.0.51) services the agent
+/// proxies on its Connect port ([`flyte_auth_proto::flyteidl2_pool`]); `None`: not one of them.
+/// The same classes as Flyte 1's: the executor's own writes (an action's state, `StateService/Put`
+/// and `ActionsService/Update`, which the SDK never calls) and project administration are
+/// refused; discovery is open; `UserInfo` and `ListProjects` (its `org` checked) may name
+/// nothing; `GetProject` must name the project; everything else the project and domain.
+pub fn flyte2_rule(service: &str, method: &str) -> Option<Rule> {
+    let known = flyte_auth_proto::flyteidl2_pool()
+        .get_service_by_name(service)
+        .is_some_and(|s| s.methods().any(|m| m.name() == method));
+    if !known {
+        return None;
+    }
+    Some(match (service, method) {
+        ("flyteidl2.auth.AuthMetadataService", _) => Rule::Open,
+        ("flyteidl2.auth.IdentityService", "UserInfo")
+        | ("flyteidl2.project.ProjectService", "ListProjects") => Rule::ReadOnly,
+        ("flyteidl2.project.ProjectService", "GetProject") => Rule::ProjectLevel,
+        ("flyteidl2.project.ProjectService", "CreateProject" | "UpdateProject")
+        | ("flyteidl2.workflow.StateService", "Put")
+        | ("flyteidl2.actions.ActionsService", "Update") => Rule::Refused,
+        _ => Rule::Scoped,
+    })
+}
+
+/// A rule table: [`rule`] or [`flyte2_rule`].
+type RuleOf = fn(&str, &str) -> Option<Rule>;
+
 /// One method's rule and input type.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// The rule.
     pub rule: Rule,
     input: MessageDescriptor,
+    /// The IDL the method comes from, for messages: `flyteidl 1.16`, `flyteidl2 2.0.51`.
+    idl: &'static str,
 }
 
 /// The policy: the scope and, per method path, its rule.
@@ -197,21 +233,32 @@ const MAX_QUOTED: usize = 64;
 impl Policy {
     /// The policy for `scope` over every method in the admin descriptors.
     pub fn new(scope: Scope) -> Self {
-        let mut methods = HashMap::new();
-        for service in flyte_auth_proto::admin_pool().services() {
+        let mut policy = Self {
+            scope,
+            methods: HashMap::new(),
+        };
+        policy.add(flyte_auth_proto::admin_pool(), rule, "flyteidl 1.16");
+        policy
+    }
+
+    /// Also judges Flyte 2's (flyteidl2) methods, which are otherwise refused as unknown. Only
+    /// an agent with a Connect port needs them: their descriptors cost about 3.5 MiB of memory.
+    pub fn with_flyte2(mut self) -> Self {
+        let pool = flyte_auth_proto::flyteidl2_pool();
+        self.add(pool, flyte2_rule, "flyteidl2 2.0.51");
+        self
+    }
+
+    fn add(&mut self, pool: &DescriptorPool, rule_of: RuleOf, idl: &'static str) {
+        for service in pool.services() {
             for m in service.methods() {
-                if let Some(rule) = rule(service.full_name(), m.name()) {
-                    methods.insert(
-                        format!("/{}/{}", service.full_name(), m.name()),
-                        Entry {
-                            rule,
-                            input: m.input(),
-                        },
-                    );
+                if let Some(rule) = rule_of(service.full_name(), m.name()) {
+                    let input = m.input();
+                    let path = format!("/{}/{}", service.full_name(), m.name());
+                    self.methods.insert(path, Entry { rule, input, idl });
                 }
             }
         }
-        Self { scope, methods }
     }
 
     /// The scope.
@@ -231,13 +278,13 @@ impl Policy {
         let Some(entry) = self.methods.get(path) else {
             return Err(refuse(
                 Reason::UnknownMethod,
-                "is not a FlyteAdmin method of flyteidl 1.16 that a task may call".into(),
+                "is not a method of FlyteAdmin (flyteidl 1.16) or of Flyte 2's control plane (flyteidl2 2.0.51) that a task may call".into(),
             ));
         };
         match entry.rule {
             Rule::Refused => Err(refuse(
                 Reason::AdminMethod,
-                "writes execution events or administers projects, which a task may not do".into(),
+                "writes execution events or administers projects, which a task may not do (the executor's and the platform's work)".into(),
             )),
             Rule::Open => Ok(None),
             Rule::ReadOnly => Ok(Some(entry)),
@@ -261,38 +308,35 @@ impl Policy {
         }
     }
 
-    /// Checks one gRPC request body (length-prefixed messages) for `entry`'s method.
+    /// Checks one uncompressed gRPC request body (one length-prefixed message) for `entry`'s
+    /// method.
     pub fn check(&self, path: &str, entry: &Entry, body: &[u8]) -> Result<Named, Refusal> {
+        let refuse = |(reason, detail)| Refusal {
+            reason,
+            method: path.trim_start_matches('/').to_string(),
+            detail,
+        };
+        match unframe(body).map_err(refuse)? {
+            (false, message) => self.check_message(path, entry, message),
+            (true, _) => Err(refuse((
+                Reason::Compressed,
+                "the request is compressed; send it uncompressed (grpc-encoding identity)".into(),
+            ))),
+        }
+    }
+
+    /// Checks one request message (its bare, uncompressed bytes) for `entry`'s method.
+    pub fn check_message(
+        &self,
+        path: &str,
+        entry: &Entry,
+        message: &[u8],
+    ) -> Result<Named, Refusal> {
         let method = path.trim_start_matches('/');
         let refuse = |reason, detail: String| Refusal {
             reason,
             method: method.to_string(),
             detail,
-        };
-        let message = match body {
-            [0, a, b, c, d, rest @ ..] => {
-                let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
-                if rest.len() != len {
-                    return Err(refuse(
-                        Reason::Undecodable,
-                        format!("the request is not one gRPC message ({} bytes after a {len}-byte frame header)", rest.len()),
-                    ));
-                }
-                rest
-            }
-            [1, ..] => {
-                return Err(refuse(
-                    Reason::Compressed,
-                    "the request is compressed; send it uncompressed (grpc-encoding identity)"
-                        .into(),
-                ))
-            }
-            _ => {
-                return Err(refuse(
-                    Reason::Undecodable,
-                    "the request is not one gRPC message".into(),
-                ))
-            }
         };
         let decoded = DynamicMessage::decode(entry.input.clone(), message).map_err(|e| {
             refuse(
@@ -304,6 +348,7 @@ impl Policy {
             scope: &self.scope,
             named: Named::default(),
             path: String::new(),
+            idl: entry.idl,
         };
         walk.message(&decoded)
             .map_err(|(reason, detail)| refuse(reason, detail))?;
@@ -320,6 +365,32 @@ impl Policy {
             ));
         }
         Ok(named)
+    }
+}
+
+/// The one message of an enveloped body (gRPC's length-prefixed message, or a Connect stream's
+/// envelope: a flags byte, a 4-byte big-endian length, the message) and whether its flags say it
+/// is compressed. Anything else (a second message, a cut one, other flags: Connect's end-stream
+/// flag is the server's) is refused.
+pub fn unframe(body: &[u8]) -> Result<(bool, &[u8]), Found> {
+    match body {
+        [flags @ (0 | 1), a, b, c, d, rest @ ..] => {
+            let len = u32::from_be_bytes([*a, *b, *c, *d]) as usize;
+            if rest.len() != len {
+                return Err((
+                    Reason::Undecodable,
+                    format!(
+                        "the request is not one gRPC message ({} bytes after a {len}-byte frame header)",
+                        rest.len()
+                    ),
+                ));
+            }
+            Ok((*flags == 1, rest))
+        }
+        _ => Err((
+            Reason::Undecodable,
+            "the request is not one gRPC message".into(),
+        )),
     }
 }
 
@@ -345,10 +416,19 @@ fn part_of(message: &MessageDescriptor, field: &FieldDescriptor) -> Option<Part>
     match (message.full_name(), field.name()) {
         (_, "project") => Some(Part::Project),
         (_, "domain") => Some(Part::Domain),
-        (_, "org") => Some(Part::Org),
-        ("flyteidl.admin.ProjectGetRequest" | "flyteidl.admin.Project", "id") => {
-            Some(Part::Project)
-        }
+        // flyteidl2's `common` identifiers spell the org `organization`.
+        (_, "org" | "organization") => Some(Part::Org),
+        (
+            "flyteidl.admin.ProjectGetRequest"
+            | "flyteidl.admin.Project"
+            | "flyteidl2.project.GetProjectRequest"
+            | "flyteidl2.project.Project",
+            "id",
+        ) => Some(Part::Project),
+        // flyteidl2 names a project, a domain and an org by `name` in their own identifiers.
+        ("flyteidl2.common.ProjectIdentifier", "name") => Some(Part::Project),
+        ("flyteidl2.common.DomainIdentifier", "name") => Some(Part::Domain),
+        ("flyteidl2.common.OrgIdentifier", "name") => Some(Part::Org),
         _ => None,
     }
 }
@@ -358,9 +438,12 @@ struct Walk<'a> {
     named: Named,
     /// The current field path, `id.execution_id.project`.
     path: String,
+    /// The IDL whose descriptors decoded the request, for messages.
+    idl: &'static str,
 }
 
-type Found = (Reason, String);
+/// A refusal's reason and detail, before the method is attached.
+pub type Found = (Reason, String);
 
 impl Walk<'_> {
     fn message(&mut self, message: &DynamicMessage) -> Result<(), Found> {
@@ -369,9 +452,10 @@ impl Walk<'_> {
             return Err((
                 Reason::Undecodable,
                 format!(
-                    "{}: field number {} is unknown to flyteidl 1.16, so the request cannot be checked",
+                    "{}: field number {} is unknown to {}, so the request cannot be checked",
                     self.here(),
-                    unknown.number()
+                    unknown.number(),
+                    self.idl
                 ),
             ));
         }

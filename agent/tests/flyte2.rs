@@ -15,10 +15,14 @@ use std::net::TcpListener;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::*;
+use prost::Message as _;
+use prost_reflect::{DynamicMessage, Value as Field};
 use serde_json::{json, Value};
 
 const PROPELLER_SECRET: &str = "propeller-secret-value";
 const ORG: &str = "acme";
+const PROJECT: &str = "flytesnacks";
+const DOMAIN: &str = "development";
 
 /// The IdP, the control plane and an agent with a Connect port in front of it.
 struct Flyte2 {
@@ -46,8 +50,11 @@ fn flyte2(cluster_endpoint: &str, extra: &[(&str, &str)]) -> Flyte2 {
             r#"{"group": "flyte-admin", "key": "client_secret"}"#.into(),
         ),
         ("FLYTE_AUTH_AGENT_ADMIN_CONNECT_PORT", port.to_string()),
-        // The policy reads gRPC bodies only; a Flyte 2 deployment runs unrestricted for now.
-        ("FLYTE_AUTH_AGENT_ADMIN_POLICY", "unrestricted".into()),
+        // The execution's scope, as the injector derives it from the namespace; the policy is
+        // the default one.
+        ("FLYTE_AUTH_AGENT_ADMIN_PROJECT", PROJECT.into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_DOMAIN", DOMAIN.into()),
+        ("FLYTE_AUTH_AGENT_ADMIN_ORG", ORG.into()),
     ] {
         env.push((k.to_string(), v));
     }
@@ -78,8 +85,8 @@ fn task_env(port: u16) -> Vec<(String, String)> {
         ("_U_EP_OVERRIDE", format!("http://127.0.0.1:{port}")),
         ("_U_INSECURE", "true".into()),
         ("_U_ORG_NAME", ORG.into()),
-        ("FLYTE_INTERNAL_EXECUTION_PROJECT", "flytesnacks".into()),
-        ("FLYTE_INTERNAL_EXECUTION_DOMAIN", "development".into()),
+        ("FLYTE_INTERNAL_EXECUTION_PROJECT", PROJECT.into()),
+        ("FLYTE_INTERNAL_EXECUTION_DOMAIN", DOMAIN.into()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
@@ -93,6 +100,46 @@ fn task_env(port: u16) -> Vec<(String, String)> {
         env.push((blank.to_string(), String::new()));
     }
     env
+}
+
+/// A `flyteidl2` message of type `name` with string `fields` set at dotted paths.
+fn flyte2_message(name: &str, fields: &[(&str, &str)]) -> Vec<u8> {
+    let pool = flyte_auth_proto::flyteidl2_pool();
+    let mut message = DynamicMessage::new(pool.get_message_by_name(name).unwrap());
+    for (path, value) in fields {
+        let mut m = &mut message;
+        let mut names = path.split('.').peekable();
+        while let Some(name) = names.next() {
+            if names.peek().is_none() {
+                m.set_field_by_name(name, Field::String(value.to_string()));
+                break;
+            }
+            let Some(Field::Message(child)) = m.get_field_by_name_mut(name) else {
+                panic!("{path}: {name} is not a message field");
+            };
+            m = child;
+        }
+    }
+    message.encode_to_vec()
+}
+
+/// A `ListTasksRequest` scoped by a project.
+fn list_tasks(org: &str, project: &str, domain: &str) -> Vec<u8> {
+    flyte2_message(
+        "flyteidl2.task.ListTasksRequest",
+        &[
+            ("project_id.organization", org),
+            ("project_id.name", project),
+            ("project_id.domain", domain),
+        ],
+    )
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    use std::io::Write as _;
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
 }
 
 fn methods(calls: &[Value]) -> Vec<&str> {
@@ -167,7 +214,7 @@ fn control_plane_errors_pass_through_and_are_counted_by_their_code() {
         ))
         .header("content-type", "application/proto")
         .header("connect-protocol-version", "1")
-        .body(Vec::new())
+        .body(list_tasks(ORG, PROJECT, DOMAIN))
         .send()
         .unwrap();
     assert_eq!(response.status(), 501);
@@ -277,5 +324,143 @@ fn refusals_reach_the_sdk_as_permission_denied_never_unauthenticated() {
     assert_contains(
         result["message"].as_str().unwrap(),
         "refused the executor credential twice",
+    );
+}
+
+#[test]
+fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
+    let f = flyte2("", &[(flyte_auth_agent::env::ENV_LOG_FORMAT, "json")]);
+    // In scope: the SDK's own calls (ListRuns, SelectCluster, CreateUploadLocation), gzipped as
+    // the SDK sends every request, are read and pass.
+    let (code, result) = f.task(&["remote"]);
+    assert_eq!(code, 0, "{result}");
+    let seen = f.plane.calls().len();
+
+    // Another project, through the real SDK: refused by the agent, never seen upstream.
+    let (code, result) = f.task(&["denied", "payroll"]);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["code"], json!("permission_denied"), "{result}");
+    assert_contains(
+        result["message"].as_str().unwrap(),
+        r#"flyteidl2.workflow.RunService/ListRuns: project_id.name "payroll" is not this execution's project "flytesnacks""#,
+    );
+
+    // Another domain, org or project, as a gzipped Connect unary call, a gzipped Connect stream
+    // envelope (Watch's request, judged like a unary one) and a gzipped gRPC call.
+    let post = |path: &str, content_type: &str, encoding: (&str, &str), body: Vec<u8>| {
+        reqwest::blocking::Client::new()
+            .post(format!("http://127.0.0.1:{}{path}", f.port))
+            .header("content-type", content_type)
+            .header("connect-protocol-version", "1")
+            .header(encoding.0, encoding.1)
+            .body(body)
+            .send()
+            .unwrap()
+    };
+    let response = post(
+        "/flyteidl2.task.TaskService/ListTasks",
+        "application/proto",
+        ("content-encoding", "gzip"),
+        gzip(&list_tasks(ORG, PROJECT, "production")),
+    );
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["code"], json!("permission_denied"), "{body}");
+    assert_contains(
+        body["message"].as_str().unwrap(),
+        r#"project_id.domain "production" is not this execution's domain "development""#,
+    );
+    let watch = flyte2_message(
+        "flyteidl2.workflow.WatchRunDetailsRequest",
+        &[
+            ("run_id.org", "globex"),
+            ("run_id.project", PROJECT),
+            ("run_id.domain", DOMAIN),
+            ("run_id.name", "r1"),
+        ],
+    );
+    let mut envelope = vec![1];
+    let compressed = gzip(&watch);
+    envelope.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(&compressed);
+    let response = post(
+        "/flyteidl2.workflow.RunService/WatchRunDetails",
+        "application/connect+proto",
+        ("connect-content-encoding", "gzip"),
+        envelope,
+    );
+    assert_eq!(response.status(), 403);
+    let body: Value = response.json().unwrap();
+    assert_contains(
+        body["message"].as_str().unwrap(),
+        r#"run_id.org "globex" is not this execution's org "acme""#,
+    );
+    // gRPC on the same port (h2c), its message gzipped per grpc-encoding: a gRPC refusal.
+    let compressed = gzip(&list_tasks(ORG, "payroll", DOMAIN));
+    let mut frame = vec![1];
+    frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&compressed);
+    let response = reqwest::blocking::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap()
+        .post(format!(
+            "http://127.0.0.1:{}/flyteidl2.task.TaskService/ListTasks",
+            f.port
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .header("grpc-encoding", "gzip")
+        .body(frame)
+        .send()
+        .unwrap();
+    assert_eq!(response.headers()["grpc-status"], "7", "{response:?}");
+    assert_contains(
+        response.headers()["grpc-message"].to_str().unwrap(),
+        r#"project_id.name "payroll" is not this execution's project"#,
+    );
+    // A gzip bomb: 4 MiB + 1 of zeros in 4 KiB, refused at admin.max_request_bytes.
+    let response = post(
+        "/flyteidl2.task.TaskService/ListTasks",
+        "application/proto",
+        ("content-encoding", "gzip"),
+        gzip(&vec![0; 4 * 1024 * 1024 + 1]),
+    );
+    let body: Value = response.json().unwrap();
+    assert_eq!(body["code"], json!("resource_exhausted"), "{body}");
+    assert_contains(body["message"].as_str().unwrap(), "once decompressed");
+    assert_eq!(
+        f.plane.calls().len(),
+        seen,
+        "the control plane saw a refused call"
+    );
+
+    let metrics = f.agent.health_get("/metrics").1;
+    for line in [
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.workflow.RunService/ListRuns",reason="foreign_project"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="foreign_domain"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="foreign_project"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.workflow.RunService/WatchRunDetails",reason="foreign_org"} 1"#,
+        r#"flyte_auth_agent_admin_policy_refusals_total{method="/flyteidl2.task.TaskService/ListTasks",reason="too_large"} 1"#,
+    ] {
+        assert_contains(&metrics, line);
+    }
+    // The audit lines: the in-scope ListRuns with what it named, the refused one with its code.
+    let list_runs = wait_for("two ListRuns audit events", Duration::from_secs(10), || {
+        let events: Vec<Value> = audit_events(&f.agent.output())
+            .into_iter()
+            .filter(|e| e["method"] == json!("flyteidl2.workflow.RunService/ListRuns"))
+            .collect();
+        (events.len() >= 2).then_some(events)
+    });
+    assert_eq!(list_runs.len(), 2, "{list_runs:#?}");
+    assert_eq!(list_runs[0]["code"], json!("Ok"), "{}", list_runs[0]);
+    assert_eq!(list_runs[0]["project"], json!(PROJECT), "{}", list_runs[0]);
+    assert_eq!(list_runs[0]["domain"], json!(DOMAIN), "{}", list_runs[0]);
+    assert_eq!(
+        list_runs[1]["code"],
+        json!("PermissionDenied"),
+        "{}",
+        list_runs[1]
     );
 }

@@ -14,7 +14,7 @@ mod kubelet;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::{flyte2_task, free_port, AgentProcess, ControlPlane, Idp, Pod};
+use common::{assert_contains, flyte2_task, free_port, AgentProcess, ControlPlane, Idp, Pod};
 use flyte_auth_injector::config::Config;
 use flyte_auth_injector::review::Injector;
 use kubelet::{agent_command, container_env, mutated, review_of};
@@ -36,7 +36,7 @@ fn a_flyte2_pod_the_injector_mutated_runs_its_sdk_task_through_the_agent() {
         &plane.address,
     );
     config.push_str(&format!(
-        "  connect_port: {port}\n  policy: unrestricted\nscope:\n  org: acme\nenv_conflict: replace\n"
+        "  connect_port: {port}\nscope:\n  org: acme\nenv_conflict: replace\n"
     ));
     let injector = Injector::new(Config::parse(&config, "flyte2 config").unwrap());
 
@@ -83,4 +83,18 @@ fn a_flyte2_pod_the_injector_mutated_runs_its_sdk_task_through_the_agent() {
         assert_eq!(call["authenticated"], json!(true), "{call}");
         assert_eq!(call["sub"], json!("flytepropeller"), "{call}");
     }
+    // Under the default policy, with the scope the injector read from the namespace: another
+    // project's runs are refused before the control plane sees the call.
+    let (code, result) = flyte2_task(&["denied", "payroll"], &task_env, &agent);
+    assert_eq!(code, 0, "{result}");
+    assert_eq!(result["code"], json!("permission_denied"), "{result}");
+    assert_contains(
+        result["message"].as_str().unwrap(),
+        r#"project_id.name "payroll" is not this execution's project "flytesnacks""#,
+    );
+    assert_eq!(
+        plane.calls().len(),
+        calls.len(),
+        "the control plane saw a refused call"
+    );
 }

@@ -62,6 +62,25 @@ pub fn admin_pool() -> &'static DescriptorPool {
     &ADMIN_POOL
 }
 
+/// The FileDescriptorSet of the Flyte 2 (`flyteidl2`) services the agent proxies on its Connect
+/// port (auth, identity, actions, cluster, dataproxy, project, task, and the workflow queue, run
+/// and state services) and every file they import, as PyPI flyteidl2 2.0.51 compiled them. The
+/// wheel ships no `.proto` files, so this is dumped from its generated modules by
+/// `tests/python/flyteidl2_descriptors.py` and byte-checked against the pinned wheel by
+/// `tests/flyteidl2_python.rs`.
+pub const FLYTE2_DESCRIPTOR_SET: &[u8] = include_bytes!("../descriptors/flyteidl2.binpb");
+
+static FLYTE2_POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    // A committed, test-checked file: failing to decode it is a build defect, not input.
+    DescriptorPool::decode(FLYTE2_DESCRIPTOR_SET)
+        .expect("committed flyteidl2 descriptor set decodes")
+});
+
+/// The descriptors of every request and response message of the Flyte 2 services.
+pub fn flyteidl2_pool() -> &'static DescriptorPool {
+    &FLYTE2_POOL
+}
+
 /// Why a JSON value is not a valid message; `path` is where, e.g. `tokens[1].client.clientId`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum JsonError {

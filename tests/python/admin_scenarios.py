@@ -18,8 +18,9 @@ Usage: admin_scenarios.py SCENARIO [ARG]
   scope      the execution-scope policy through the socket with plain flyteidl stubs: the task's
              own GetExecution/ListExecutions/CreateExecution, then the same for another project
              and domain, CreateWorkflowEvent, RegisterProject, a TaskExecutionGetRequest whose
-             inner execution id names another project, a gzip-compressed GetExecution, and
-             ListProjects/GetVersion (read-only, name no project): {name: {"code", "message"}}
+             inner execution id names another project, a gzip-compressed GetExecution of another
+             project, and ListProjects/GetVersion (read-only, name no project):
+             {name: {"code", "message"}}
   bidi N     ExecuteTaskSync: send a message, wait for its echo, N times (a proxy that buffered
              the request stream would deadlock here), then half-close
 """
@@ -234,8 +235,9 @@ def scenario_scope():
         "register_project": (stub.RegisterProject, project_pb2.ProjectRegisterRequest(
             project=project_pb2.Project(id="mine", name="mine")), None),
         "forged_nested": (stub.GetTaskExecution, forged, None),
-        # Long enough that grpc compresses it.
-        "compressed": (stub.GetExecution, execution_pb2.WorkflowExecutionGetRequest(id=wf(name="c" * 4096)),
+        # Another project's, gzipped (long enough that grpc compresses it): the agent reads it.
+        "compressed": (stub.GetExecution,
+                       execution_pb2.WorkflowExecutionGetRequest(id=wf(project="payroll", name="c" * 4096)),
                        grpc.Compression.Gzip),
         "list_projects": (stub.ListProjects, project_pb2.ProjectListRequest(), None),
         "version": (stub.GetVersion, version_pb2.GetVersionRequest(), None),

@@ -642,12 +642,6 @@ fn build_proxy(raw: &mut RawAdmin, l: &mut Loader<'_>) -> ProxySettings {
             _ => Err(format!("{s:?} is not execution or unrestricted")),
         },
     );
-    if connect_port.is_some() && policy == AdminPolicy::Execution {
-        l.file_error(
-            "admin.connect_port",
-            "needs admin.policy: unrestricted: the execution-scope policy does not know Flyte 2's (flyteidl2) methods yet, so it would refuse every call on the port",
-        );
-    }
     ProxySettings {
         allowed_methods,
         retry_buffer,
@@ -1027,14 +1021,11 @@ mod section_env_tests {
         };
         let base = serde_json::json!({"endpoint": "dns:///flyteadmin:81", "mode": "client-secret", "client_id": "p", "client_secret": {"group": "g", "key": "k"}, "policy": "unrestricted"});
         assert_eq!(port(base.clone(), &[]), (None, vec![]));
+        // The execution-scope policy judges flyteidl2's calls too, so the port goes with it.
         let mut scoped = base.clone();
         scoped["policy"] = "execution".into();
         scoped["connect_port"] = 8090.into();
-        let (_, errors) = port(scoped, &[]);
-        assert_eq!(
-            errors.iter().map(ToString::to_string).collect::<Vec<_>>(),
-            ["config: admin.connect_port: needs admin.policy: unrestricted: the execution-scope policy does not know Flyte 2's (flyteidl2) methods yet, so it would refuse every call on the port"]
-        );
+        assert_eq!(port(scoped, &[]), (Some(8090), vec![]));
         let mut with = base.clone();
         with["connect_port"] = 8090.into();
         assert_eq!(port(with, &[]), (Some(8090), vec![]));

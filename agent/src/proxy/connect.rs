@@ -225,6 +225,16 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_policy_has_a_rule_for_every_method_the_port_names() {
+        let policy = crate::scope::Policy::new(crate::scope::Scope::default()).with_flyte2();
+        for path in FLYTE2_METHODS {
+            if let Err(e) = policy.admit(path) {
+                assert_ne!(e.reason, crate::scope::Reason::UnknownMethod, "{path}");
+            }
+        }
+    }
+
+    #[test]
     fn select_cluster_answers_lose_only_their_endpoint() {
         // cluster_endpoint = "dns:///other:81", cluster = "c1", an unknown varint field 7 = 300.
         let mut message = vec![0x0a, 15];

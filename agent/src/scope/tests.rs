@@ -23,7 +23,7 @@ fn frame(m: &DynamicMessage) -> Vec<u8> {
 }
 
 fn input(path: &str) -> MessageDescriptor {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     policy.methods[path].input.clone()
 }
 
@@ -135,16 +135,17 @@ fn collect(
 
 #[test]
 fn every_admin_method_has_a_rule_and_the_table_is_as_documented() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
+    let admin = |p: &&String| !p.starts_with("/flyteidl2.");
     assert_eq!(
-        policy.methods.len(),
+        policy.methods.keys().filter(admin).count(),
         flyte_auth_proto::services::paths().count()
     );
     let with = |rule| {
         let mut v: Vec<&str> = policy
             .methods
             .iter()
-            .filter(|(_, e)| e.rule == rule)
+            .filter(|(p, e)| admin(p) && e.rule == rule)
             .map(|(p, _)| p.rsplit('/').next().unwrap())
             .collect();
         v.sort();
@@ -182,8 +183,165 @@ fn every_admin_method_has_a_rule_and_the_table_is_as_documented() {
 }
 
 #[test]
+fn every_flyte2_method_has_a_rule_and_the_table_is_as_documented() {
+    let policy = Policy::new(own()).with_flyte2();
+    let flyte2: Vec<_> = policy
+        .methods
+        .iter()
+        .filter(|(p, _)| p.starts_with("/flyteidl2."))
+        .collect();
+    // The services the Connect port proxies (`FLYTE2_METHODS`, checked against the pinned
+    // flyteidl2 by agent/tests/flyte2.rs and against this table in proxy::connect's tests).
+    assert_eq!(flyte2.len(), 45);
+    let with = |rule| {
+        let mut v: Vec<&str> = flyte2
+            .iter()
+            .filter(|(_, e)| e.rule == rule)
+            .map(|(p, _)| p.trim_start_matches("/flyteidl2."))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(
+        with(Rule::Refused),
+        [
+            "actions.ActionsService/Update",
+            "project.ProjectService/CreateProject",
+            "project.ProjectService/UpdateProject",
+            "workflow.StateService/Put",
+        ]
+    );
+    assert_eq!(
+        with(Rule::ReadOnly),
+        [
+            "auth.IdentityService/UserInfo",
+            "project.ProjectService/ListProjects"
+        ]
+    );
+    assert_eq!(
+        with(Rule::Open),
+        [
+            "auth.AuthMetadataService/GetOAuth2Metadata",
+            "auth.AuthMetadataService/GetPublicClientConfig"
+        ]
+    );
+    assert_eq!(
+        with(Rule::ProjectLevel),
+        ["project.ProjectService/GetProject"]
+    );
+    assert_eq!(with(Rule::Scoped).len(), 36);
+}
+
+#[test]
+fn flyte2_methods_are_unknown_without_a_connect_port() {
+    let path = "/flyteidl2.workflow.RunService/ListRuns";
+    let e = Policy::new(own()).admit(path).unwrap_err();
+    assert_eq!(e.reason, Reason::UnknownMethod);
+    assert!(Policy::new(own()).with_flyte2().admit(path).is_ok());
+}
+
+/// flyteidl2's identifiers: `ProjectIdentifier` names the project `name` and the org
+/// `organization`; a run's own `org`, `project`, `domain`.
+#[test]
+fn flyte2_identifiers_are_read_in_both_spellings() {
+    let policy = Policy::new(Scope {
+        org: Some("acme".into()),
+        ..own()
+    })
+    .with_flyte2();
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let path = "/flyteidl2.workflow.RunService/ListRuns";
+    let entry = policy.admit(path).unwrap().unwrap();
+    let (org, name, domain) = (
+        s(&["project_id", "organization"]),
+        s(&["project_id", "name"]),
+        s(&["project_id", "domain"]),
+    );
+    let list = |o: &str, p: &str, d: &str| {
+        let m = build(&entry.input, &[(&org, o), (&name, p), (&domain, d)]);
+        policy.check_message(path, entry, &m.encode_to_vec())
+    };
+    assert_eq!(
+        list("acme", "flytesnacks", "development").unwrap(),
+        Named {
+            project: Some("flytesnacks".into()),
+            domain: Some("development".into()),
+        }
+    );
+    let e = list("acme", "payroll", "development").unwrap_err();
+    assert_eq!(e.reason, Reason::ForeignProject);
+    assert_eq!(
+        e.to_string(),
+        "flyte-auth-agent: flyteidl2.workflow.RunService/ListRuns: project_id.name \"payroll\" is not this execution's project \"flytesnacks\""
+    );
+    assert_eq!(
+        list("acme", "flytesnacks", "production")
+            .unwrap_err()
+            .reason,
+        Reason::ForeignDomain
+    );
+    assert_eq!(
+        list("other", "flytesnacks", "development")
+            .unwrap_err()
+            .reason,
+        Reason::ForeignOrg
+    );
+    // ListRuns by org alone names no project.
+    let m = build(&entry.input, &[(&s(&["org"]), "acme")]);
+    assert_eq!(
+        policy
+            .check_message(path, entry, &m.encode_to_vec())
+            .unwrap_err()
+            .reason,
+        Reason::Unscoped
+    );
+    // A nested run identifier (EnqueueAction's action_id.run) in the other spelling.
+    let path = "/flyteidl2.workflow.QueueService/EnqueueAction";
+    let entry = policy.admit(path).unwrap().unwrap();
+    let run = |f: &str| s(&["action_id", "run", f]);
+    let m = build(
+        &entry.input,
+        &[
+            (&run("org"), "acme"),
+            (&run("project"), "flytesnacks"),
+            (&run("domain"), "staging"),
+        ],
+    );
+    let e = policy
+        .check_message(path, entry, &m.encode_to_vec())
+        .unwrap_err();
+    assert_eq!(
+        e.detail,
+        "action_id.run.domain \"staging\" is not this execution's domain \"development\""
+    );
+    // A field flyteidl2 2.0.51 does not know (number 999, varint) is refused by name.
+    let mut bytes = build(
+        &entry.input,
+        &[
+            (&run("org"), "acme"),
+            (&run("project"), "flytesnacks"),
+            (&run("domain"), "development"),
+        ],
+    )
+    .encode_to_vec();
+    assert!(policy.check_message(path, entry, &bytes).is_ok());
+    bytes.extend_from_slice(&[0xb8, 0x3e, 1]);
+    let e = policy.check_message(path, entry, &bytes).unwrap_err();
+    assert_eq!(e.reason, Reason::Undecodable);
+    assert!(e.detail.contains("unknown to flyteidl2 2.0.51"), "{e}");
+    // GetProject names the project by `id`.
+    let path = "/flyteidl2.project.ProjectService/GetProject";
+    let entry = policy.admit(path).unwrap().unwrap();
+    let m = build(&entry.input, &[(&s(&["id"]), "payroll")]);
+    let e = policy
+        .check_message(path, entry, &m.encode_to_vec())
+        .unwrap_err();
+    assert_eq!(e.reason, Reason::ForeignProject);
+}
+
+#[test]
 fn refusals_name_method_field_and_value() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let path = "/flyteidl.service.AdminService/GetExecution";
     let entry = policy.admit(path).unwrap().unwrap();
     let s = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
@@ -225,7 +383,7 @@ fn refusals_name_method_field_and_value() {
 
 #[test]
 fn a_forged_nested_identifier_is_refused() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let path = "/flyteidl.service.AdminService/GetTaskExecution";
     let entry = policy.admit(path).unwrap().unwrap();
     let s = |v: &str| v.split('.').map(str::to_string).collect::<Vec<_>>();
@@ -252,7 +410,7 @@ fn a_forged_nested_identifier_is_refused() {
 
 #[test]
 fn methods_and_bodies_refused_before_the_walk() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     for (path, reason) in [
         (
             "/flyteidl.service.AdminService/CreateWorkflowEvent",
@@ -323,7 +481,7 @@ fn methods_and_bodies_refused_before_the_walk() {
 
 #[test]
 fn project_named_by_id_and_by_flyte_url() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let s = |v: &str| v.split('.').map(str::to_string).collect::<Vec<_>>();
     let path = "/flyteidl.service.AdminService/GetProject";
     let entry = policy.admit(path).unwrap().unwrap();
@@ -375,7 +533,7 @@ fn project_named_by_id_and_by_flyte_url() {
 type ScopePaths = Vec<(Vec<String>, Part)>;
 
 fn method_paths() -> Vec<(String, ScopePaths)> {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let mut all: Vec<(String, ScopePaths)> = policy
         .methods
         .iter()
@@ -408,7 +566,7 @@ proptest! {
     ) {
         let methods: Vec<_> = method_paths().into_iter().filter(|(_, p)| !p.is_empty()).collect();
         let (path, paths) = &methods[method % methods.len()];
-        let policy = Policy::new(own());
+        let policy = Policy::new(own()).with_flyte2();
         let (target_path, part) = &paths[target % paths.len()];
         prop_assume!(foreign != own_value(*part));
         let mut set_paths: Vec<(&[String], &str)> = others
@@ -431,7 +589,7 @@ proptest! {
     #[test]
     fn a_foreign_flyte_url_never_passes(project in "[a-z]{1,8}", domain in "[a-z]{1,8}") {
         prop_assume!(project != "flytesnacks" || domain != "development");
-        let policy = Policy::new(own());
+        let policy = Policy::new(own()).with_flyte2();
         let path = "/flyteidl.service.DataProxyService/GetData";
         let entry = policy.admit(path).unwrap().unwrap();
         let url = format!("flyte://v1/{project}/{domain}/a1/n0/0/o");
@@ -442,7 +600,7 @@ proptest! {
 
 #[test]
 fn the_own_scope_everywhere_passes_for_every_allowed_method() {
-    let policy = Policy::new(own());
+    let policy = Policy::new(own()).with_flyte2();
     let mut checked = 0;
     for (path, paths) in method_paths() {
         let entry = match policy.admit(&path) {

@@ -42,6 +42,15 @@ pub fn wait_for<T>(what: &str, limit: Duration, mut f: impl FnMut() -> Option<T>
 
 /// Asserts that `text` contains `needle`, showing `text` when it does not.
 #[track_caller]
+/// The audit events in the agent's JSON log (tracing target `audit`).
+pub fn audit_events(output: &str) -> Vec<Value> {
+    output
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["target"] == json!("audit"))
+        .collect()
+}
+
 pub fn assert_contains(text: &str, needle: &str) {
     assert!(text.contains(needle), "expected {needle:?} in:\n{text}");
 }

@@ -11,9 +11,7 @@ its generated modules were built from are the source; proto/tests/flyteidl2_pyth
 and compares the bytes with the committed file.
 """
 
-import importlib
-
-from google.protobuf import descriptor_pb2
+from descriptor_sets import descriptor_set
 
 # The service modules, as agent/tests/flyte2.rs lists them for FLYTE2_METHODS.
 MODULES = ("auth.auth_service", "auth.identity", "actions.actions_service", "cluster.service",
@@ -21,22 +19,5 @@ MODULES = ("auth.auth_service", "auth.identity", "actions.actions_service", "clu
            "workflow.queue_service", "workflow.run_service", "workflow.state_service")
 
 
-def descriptor_set():
-    out = descriptor_pb2.FileDescriptorSet()
-    seen = set()
-
-    def add(fd):
-        if fd.name in seen:
-            return
-        seen.add(fd.name)
-        for dep in fd.dependencies:
-            add(dep)
-        fd.CopyToProto(out.file.add())
-
-    for module in MODULES:
-        add(importlib.import_module(f"flyteidl2.{module}_pb2").DESCRIPTOR)
-    return out.SerializeToString(deterministic=True)
-
-
 if __name__ == "__main__":
-    print(descriptor_set().hex())
+    print(descriptor_set(f"flyteidl2.{m}_pb2" for m in MODULES).hex())

@@ -201,21 +201,10 @@ def admin_services():
 
 def admin_descriptor_set():
     """The FileDescriptorSet of Admin's service files and their imports, dependencies first."""
-    import importlib
-    out = descriptor_pb2.FileDescriptorSet()
-    seen = set()
+    from descriptor_sets import descriptor_set
 
-    def add(fd):
-        if fd.name in seen:
-            return
-        seen.add(fd.name)
-        for dep in fd.dependencies:
-            add(dep)
-        fd.CopyToProto(out.file.add())
-
-    for module in ("admin_pb2", "dataproxy_pb2", "signal_pb2", "identity_pb2", "auth_pb2"):
-        add(importlib.import_module(f"flyteidl.service.{module}").DESCRIPTOR)
-    print(out.SerializeToString(deterministic=True).hex())
+    modules = ("admin_pb2", "dataproxy_pb2", "signal_pb2", "identity_pb2", "auth_pb2")
+    print(descriptor_set(f"flyteidl.service.{m}" for m in modules).hex())
 
 
 if __name__ == "__main__":

@@ -229,18 +229,10 @@ fn control_plane_errors_pass_through_and_are_counted_by_their_code() {
 
 #[test]
 fn the_flyte2_method_labels_are_the_pinned_flyteidl2_services() {
-    let listing = r#"
-import importlib
-paths = []
-for m in ["auth.auth_service", "auth.identity", "actions.actions_service", "cluster.service",
-          "dataproxy.dataproxy_service", "project.project_service", "task.task_service",
-          "workflow.queue_service", "workflow.run_service", "workflow.state_service"]:
-    for s in importlib.import_module(f"flyteidl2.{m}_pb2").DESCRIPTOR.services_by_name.values():
-        paths += [f"/{s.full_name}/{x.name}" for x in s.methods]
-print("\n".join(sorted(paths)))
-"#;
+    // The same service list the committed descriptors are dumped from.
     let out = std::process::Command::new(flyte2_python())
-        .args(["-c", listing])
+        .arg(workspace().join("tests/python/flyteidl2_descriptors.py"))
+        .arg("methods")
         .output()
         .unwrap();
     assert!(

@@ -142,6 +142,16 @@ fn gzip(data: &[u8]) -> Vec<u8> {
     e.finish().unwrap()
 }
 
+/// `message` gzipped in a Connect stream envelope or a gRPC frame (the same 5-byte prefix), its
+/// compressed flag set.
+fn gzipped_envelope(message: &[u8]) -> Vec<u8> {
+    let compressed = gzip(message);
+    let mut envelope = vec![1];
+    envelope.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
+    envelope.extend_from_slice(&compressed);
+    envelope
+}
+
 fn methods(calls: &[Value]) -> Vec<&str> {
     calls
         .iter()
@@ -371,15 +381,11 @@ fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
             ("run_id.name", "r1"),
         ],
     );
-    let mut envelope = vec![1];
-    let compressed = gzip(&watch);
-    envelope.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
-    envelope.extend_from_slice(&compressed);
     let response = post(
         "/flyteidl2.workflow.RunService/WatchRunDetails",
         "application/connect+proto",
         ("connect-content-encoding", "gzip"),
-        envelope,
+        gzipped_envelope(&watch),
     );
     assert_eq!(response.status(), 403);
     let body: Value = response.json().unwrap();
@@ -388,10 +394,7 @@ fn the_execution_scope_keeps_an_sdk_task_in_its_own_project_domain_and_org() {
         r#"run_id.org "globex" is not this execution's org "acme""#,
     );
     // gRPC on the same port (h2c), its message gzipped per grpc-encoding: a gRPC refusal.
-    let compressed = gzip(&list_tasks(ORG, "payroll", DOMAIN));
-    let mut frame = vec![1];
-    frame.extend_from_slice(&(compressed.len() as u32).to_be_bytes());
-    frame.extend_from_slice(&compressed);
+    let frame = gzipped_envelope(&list_tasks(ORG, "payroll", DOMAIN));
     let response = reqwest::blocking::Client::builder()
         .http2_prior_knowledge()
         .build()

@@ -105,6 +105,12 @@ const STRIPPED: [&str; 11] = [
     "upgrade",
 ];
 
+/// The media type of `headers`' content type: without its parameters, trimmed, as sent.
+fn media_type(headers: &http::HeaderMap) -> Option<&str> {
+    let content_type = headers.get(CONTENT_TYPE)?.to_str().ok()?;
+    Some(content_type.split(';').next().unwrap_or("").trim())
+}
+
 /// Whether `req` is a gRPC call (HTTP/2 with a gRPC content type).
 pub fn is_grpc<B>(req: &Request<B>) -> bool {
     req.version() == http::Version::HTTP_2

@@ -85,12 +85,7 @@ const CONTENT_TYPES: [&str; 4] = [
 /// Whether `req` is a Connect call: a POST with one of Connect's content types.
 pub fn is_connect<B>(req: &Request<B>) -> bool {
     req.method() == http::Method::POST
-        && req
-            .headers()
-            .get(CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|ct| ct.split(';').next().unwrap_or("").trim())
-            .is_some_and(|ct| CONTENT_TYPES.contains(&ct))
+        && super::media_type(req.headers()).is_some_and(|ct| CONTENT_TYPES.contains(&ct))
 }
 
 /// A Connect error made by the agent itself: the code's HTTP status and Connect's JSON body,

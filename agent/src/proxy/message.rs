@@ -28,16 +28,8 @@ impl Shape {
     /// `content-encoding` on an enveloped call (whose messages carry their own), or a JSON body
     /// is refused: the policy could not read what the control plane would.
     pub fn of(headers: &HeaderMap, protocol: Protocol) -> Result<Self, Found> {
-        let content_type = headers
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .map(|ct| {
-                ct.split(';')
-                    .next()
-                    .unwrap_or("")
-                    .trim()
-                    .to_ascii_lowercase()
-            })
+        let content_type = super::media_type(headers)
+            .map(str::to_ascii_lowercase)
             .unwrap_or_default();
         const GRPC_PROTO: [&str; 4] = [
             "application/grpc",
